@@ -1,0 +1,440 @@
+//! The token endpoint: one form POST, answered by a token or a precise error.
+//!
+//! The grants in [`crate::grant`] build a [`TokenEndpoint`] from their builder
+//! settings. A custom [`TokenSource`](crate::TokenSource) for a grant this
+//! crate does not ship (JWT bearer, token exchange, ...) can build one with
+//! [`TokenEndpoint::builder`] and call [`TokenEndpoint::exchange`].
+//!
+//! What every exchange guarantees:
+//! - `POST`, `application/x-www-form-urlencoded`, `Accept: application/json`,
+//!   each parameter once, nothing in the query string;
+//! - `https` only, except to loopback hosts (for tests and local servers);
+//! - redirects are never followed (the target would see the credentials);
+//! - a per-request timeout and a bounded response body;
+//! - the answer is read leniently where real servers differ and strictly
+//!   where a mistake would be dangerous (see [`TokenEndpoint::exchange`]).
+
+mod auth;
+mod response;
+
+use std::{net::IpAddr, time::Duration};
+
+use http::{header, HeaderValue, StatusCode};
+use secrecy::SecretString;
+use url::{Host, Url};
+
+pub use auth::AuthMethod;
+pub(crate) use auth::ClientAuth;
+use response::Leniency;
+
+use crate::{clock, Error, Token};
+
+/// Default bound on a token response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default timeout of one token request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Parameter names the crate sets itself; extra parameters may not repeat them.
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scope",
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "resource",
+    "audience",
+];
+
+/// A configured token endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    url: Url,
+    auth: ClientAuth,
+    http: reqwest::Client,
+    timeout: Duration,
+    max_body: usize,
+    extra_params: Vec<(String, String)>,
+    leniency: Leniency,
+}
+
+impl std::fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("url", &self.url.as_str())
+            .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEndpoint {
+    /// Starts configuring an endpoint for a custom grant.
+    pub fn builder() -> TokenEndpointBuilder {
+        TokenEndpointBuilder::default()
+    }
+
+    /// The token URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Sends one token request with `params` (plus the client authentication
+    /// and any configured extra parameters) and reads the answer.
+    ///
+    /// `requested_scopes` are reported as the token's scopes when the server
+    /// does not name them. The lifetime counts from the moment the request is
+    /// sent. An OAuth error body becomes [`ErrorKind::OAuth`] whatever the
+    /// HTTP status; any other non-success status becomes [`ErrorKind::Status`];
+    /// a success body that is not a usable bearer token becomes
+    /// [`ErrorKind::InvalidResponse`].
+    ///
+    /// [`ErrorKind::OAuth`]: crate::ErrorKind::OAuth
+    /// [`ErrorKind::Status`]: crate::ErrorKind::Status
+    /// [`ErrorKind::InvalidResponse`]: crate::ErrorKind::InvalidResponse
+    pub async fn exchange(
+        &self,
+        params: &[(&str, &str)],
+        requested_scopes: &[String],
+    ) -> Result<Token, Error> {
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(params);
+            form.extend_pairs(&self.extra_params);
+            self.auth.append_to(&mut form);
+            form.finish()
+        };
+        let grant_type = params
+            .iter()
+            .find(|(name, _)| *name == "grant_type")
+            .map_or("", |(_, value)| *value);
+
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .timeout(self.timeout)
+            .body(body);
+        if let Some(value) = self.auth.header() {
+            request = request.header(header::AUTHORIZATION, value.clone());
+        }
+
+        let sent_at = clock::now();
+        tracing::debug!(target: "tower_oauth2", url = %self.url, grant_type, "token request");
+        let result = self.send(request, sent_at, requested_scopes).await;
+        match &result {
+            Ok(token) => tracing::debug!(
+                target: "tower_oauth2",
+                grant_type,
+                expires_in = ?token.expires_in(),
+                "token received"
+            ),
+            Err(error) => {
+                tracing::warn!(target: "tower_oauth2", grant_type, %error, "token request failed")
+            }
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent_at: clock::Instant,
+        requested_scopes: &[String],
+    ) -> Result<Token, Error> {
+        let mut response = request.send().await.map_err(Error::from_transport)?;
+        let status = response.status();
+        // A caller-supplied client may follow redirects; refuse what it did.
+        if status.is_redirection() || response.url() != &self.url {
+            return Err(Error::redirect(if status.is_redirection() {
+                status
+            } else {
+                StatusCode::TEMPORARY_REDIRECT
+            }));
+        }
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_body as u64)
+        {
+            return Err(too_large(status, self.max_body, retry_after));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(Error::from_transport)? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large(status, self.max_body, retry_after));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        response::parse(status, &body, sent_at, requested_scopes, self.leniency)
+            .map_err(|e| e.with_retry_after(retry_after))
+    }
+}
+
+/// An oversized error page is still an error status; an oversized success is not.
+fn too_large(status: StatusCode, limit: usize, retry_after: Option<Duration>) -> Error {
+    let error = if status.is_success() {
+        Error::too_large(limit).with_status(status)
+    } else {
+        Error::http_status(status)
+    };
+    error.with_retry_after(retry_after)
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(
+        when.duration_since(clock::wall_now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Checks a token URL: absolute, `https` (or `http` to loopback), no fragment,
+/// no credentials in it.
+pub(crate) fn validate_url(raw: &str) -> Result<Url, Error> {
+    let url =
+        Url::parse(raw).map_err(|e| Error::config(format!("token URL is not a valid URL: {e}")))?;
+    if url.fragment().is_some() {
+        return Err(Error::config("token URL must not have a #fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::config("token URL must not carry credentials"));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(Error::config(
+            "token URL must use https (plain http is allowed only to loopback hosts)",
+        )),
+        _ => Err(Error::config("token URL must be an https URL")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The settings every grant shares; each grant's builder wraps one.
+#[derive(Default, Clone)]
+pub(crate) struct EndpointSettings {
+    pub(crate) token_url: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<SecretString>,
+    pub(crate) auth_method: Option<AuthMethod>,
+    pub(crate) http: Option<reqwest::Client>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_body: Option<usize>,
+    pub(crate) extra_params: Vec<(String, String)>,
+    pub(crate) leniency: Leniency,
+}
+
+impl EndpointSettings {
+    pub(crate) fn build(self) -> Result<TokenEndpoint, Error> {
+        let raw_url = self
+            .token_url
+            .ok_or_else(|| Error::config("token_url is required"))?;
+        let url = validate_url(&raw_url)?;
+        let client_id = self
+            .client_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Error::config("client_id is required"))?;
+        let method = self.auth_method.unwrap_or(if self.client_secret.is_some() {
+            AuthMethod::ClientSecretBasic
+        } else {
+            AuthMethod::None
+        });
+        let auth = ClientAuth::new(method, client_id, self.client_secret)?;
+        for (name, _) in &self.extra_params {
+            if name.is_empty() || RESERVED_PARAMS.contains(&name.as_str()) {
+                return Err(Error::config(format!(
+                    "extra parameter `{name}` is set by the crate itself; use the builder method for it"
+                )));
+            }
+        }
+        let http = match self.http {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|_| Error::config("could not build the HTTP client"))?,
+        };
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::config("timeout must be greater than zero"));
+        }
+        Ok(TokenEndpoint {
+            url,
+            auth,
+            http,
+            timeout,
+            max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            extra_params: self.extra_params,
+            leniency: self.leniency,
+        })
+    }
+}
+
+/// Writes the builder methods every grant shares, documented once here.
+/// Each builder using it has a field `endpoint: EndpointSettings`.
+macro_rules! endpoint_settings {
+    () => {
+        /// The token endpoint URL. Must be `https`, or `http` to a loopback host.
+        pub fn token_url(mut self, url: impl Into<String>) -> Self {
+            self.endpoint.token_url = Some(url.into());
+            self
+        }
+
+        /// The client identifier.
+        pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+            self.endpoint.client_id = Some(client_id.into());
+            self
+        }
+
+        /// The client secret. Without one the client is public
+        /// ([`AuthMethod::None`](crate::AuthMethod::None)).
+        pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+            self.endpoint.client_secret = Some(secrecy::SecretString::from(secret.into()));
+            self
+        }
+
+        /// How the client authenticates; defaults to
+        /// [`AuthMethod::ClientSecretBasic`](crate::AuthMethod::ClientSecretBasic)
+        /// with a secret and [`AuthMethod::None`](crate::AuthMethod::None) without.
+        pub fn auth_method(mut self, method: crate::AuthMethod) -> Self {
+            self.endpoint.auth_method = Some(method);
+            self
+        }
+
+        /// Adds a form parameter to every token request (sent once, encoded).
+        /// Names the crate sets itself (`grant_type`, `scope`, ...) are refused
+        /// by `build`.
+        pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.endpoint.extra_params.push((name.into(), value.into()));
+            self
+        }
+
+        /// Uses this HTTP client. Build it with
+        /// `redirect(reqwest::redirect::Policy::none())`: a client that follows
+        /// redirects may send the credentials to the redirect target before the
+        /// crate can refuse the answer.
+        pub fn http_client(mut self, client: reqwest::Client) -> Self {
+            self.endpoint.http = Some(client);
+            self
+        }
+
+        /// Timeout of one token request (default 30 s).
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.endpoint.timeout = Some(timeout);
+            self
+        }
+
+        /// Largest response body read, in bytes (default 1 MiB).
+        pub fn max_response_bytes(mut self, limit: usize) -> Self {
+            self.endpoint.max_body = Some(limit);
+            self
+        }
+
+        /// Accepts a success response without `token_type` as a bearer token.
+        /// Off by default: RFC 6749 requires the field.
+        pub fn allow_missing_token_type(mut self, allow: bool) -> Self {
+            self.endpoint.leniency.missing_token_type = allow;
+            self
+        }
+    };
+}
+pub(crate) use endpoint_settings;
+
+/// Builds a [`TokenEndpoint`]. Made by [`TokenEndpoint::builder`].
+#[derive(Default)]
+pub struct TokenEndpointBuilder {
+    endpoint: EndpointSettings,
+}
+
+impl std::fmt::Debug for TokenEndpointBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEndpointBuilder")
+            .field("token_url", &self.endpoint.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEndpointBuilder {
+    endpoint_settings!();
+
+    /// Checks the settings and builds the endpoint.
+    pub fn build(self) -> Result<TokenEndpoint, Error> {
+        self.endpoint.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_rules() {
+        for good in [
+            "https://identity.officernd.com/oauth/token",
+            "http://127.0.0.1:8080/token",
+            "http://localhost/token",
+            "http://[::1]:9/token",
+            "https://example.com/token?tenant=a",
+        ] {
+            assert!(validate_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://example.com/token",
+            "http://10.0.0.1/token",
+            "https://example.com/token#frag",
+            "ftp://example.com/token",
+            "https://user:pw@example.com/token",
+            "not a url",
+            "/relative",
+        ] {
+            assert_eq!(
+                validate_url(bad).unwrap_err().kind(),
+                &crate::ErrorKind::Config,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("120")),
+            Some(Duration::from_secs(120))
+        );
+        let past = HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn reserved_params_are_refused() {
+        let err = TokenEndpoint::builder()
+            .token_url("https://example.com/token")
+            .client_id("id")
+            .param("grant_type", "password")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), &crate::ErrorKind::Config);
+    }
+}

@@ -1,0 +1,278 @@
+//! Reading token endpoint answers (RFC 6749 §5.1 and §5.2), as real servers send them.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::{
+    clock::Instant,
+    token::{Token, MAX_LIFETIME},
+    Error, OAuthErrorCode,
+};
+
+/// How strictly to read a success response.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Leniency {
+    /// Accept a response without `token_type` as a bearer token.
+    pub(crate) missing_token_type: bool,
+}
+
+/// Turns a token endpoint answer into a token or a precise error.
+///
+/// `requested_scopes` stand in for a missing `scope` field (RFC 6749 §5.1:
+/// omitted means identical to the request). Never panics, whatever the bytes.
+pub(crate) fn parse(
+    status: StatusCode,
+    body: &[u8],
+    sent_at: Instant,
+    requested_scopes: &[String],
+    leniency: Leniency,
+) -> Result<Token, Error> {
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let object = match json {
+        Some(Value::Object(object)) => Some(object),
+        _ => None,
+    };
+
+    // An OAuth error body wins whatever the status: some servers send 200.
+    if let Some(object) = &object {
+        if let Some(code) = object.get("error") {
+            let code = match code {
+                Value::String(code) if !code.is_empty() => OAuthErrorCode::parse(code),
+                _ => {
+                    return Err(
+                        Error::invalid_response("`error` is not a string").with_status(status)
+                    )
+                }
+            };
+            let description = object.get("error_description").and_then(Value::as_str);
+            return Err(Error::oauth(code, description).with_status(status));
+        }
+    }
+    if !status.is_success() {
+        return Err(Error::http_status(status));
+    }
+    let Some(object) = object else {
+        return Err(
+            Error::invalid_response("unexpected response: the body is not a JSON object")
+                .with_status(status),
+        );
+    };
+    success(&object, sent_at, requested_scopes, leniency).map_err(|e| e.with_status(status))
+}
+
+fn success(
+    object: &Map<String, Value>,
+    sent_at: Instant,
+    requested_scopes: &[String],
+    leniency: Leniency,
+) -> Result<Token, Error> {
+    let access_token = match object.get("access_token") {
+        Some(Value::String(token)) => token.clone(),
+        Some(_) => return Err(Error::invalid_response("`access_token` is not a string")),
+        None => return Err(Error::invalid_response("`access_token` is missing")),
+    };
+
+    match object.get("token_type") {
+        Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(_)) => {
+            return Err(Error::invalid_response(
+                "unsupported `token_type`: only bearer tokens are supported",
+            ))
+        }
+        None | Some(Value::Null) if leniency.missing_token_type => {}
+        None | Some(Value::Null) => return Err(Error::invalid_response("`token_type` is missing")),
+        Some(_) => return Err(Error::invalid_response("`token_type` is not a string")),
+    }
+
+    let mut builder = Token::builder(access_token).issued_at(sent_at);
+    if let Some(lifetime) = expires_in(object.get("expires_in"))? {
+        builder = builder.expires_in(lifetime);
+    }
+    match object.get("refresh_token") {
+        Some(Value::String(token)) if !token.is_empty() => {
+            builder = builder.refresh_token(token.clone());
+        }
+        // Missing, empty or null: the server issued none; the grant keeps the old one.
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => return Err(Error::invalid_response("`refresh_token` is not a string")),
+    }
+    builder = match object.get("scope") {
+        Some(Value::String(scope)) => builder.scopes(scope.split_whitespace()),
+        None | Some(Value::Null) => builder.scopes(requested_scopes.iter().cloned()),
+        Some(_) => return Err(Error::invalid_response("`scope` is not a string")),
+    };
+    builder.build()
+}
+
+/// `expires_in` as a number or a numeric string; absent or null is `None`.
+fn expires_in(value: Option<&Value>) -> Result<Option<Duration>, Error> {
+    let invalid = || Error::invalid_response("`expires_in` is not a non-negative number");
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(invalid)?,
+        Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| invalid())?,
+        Some(_) => return Err(invalid()),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(invalid());
+    }
+    // Saturates instead of overflowing for absurd values.
+    let capped = seconds.min(MAX_LIFETIME.as_secs_f64());
+    Ok(Some(Duration::from_secs_f64(capped)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use secrecy::ExposeSecret;
+
+    fn ok(body: &str) -> Result<Token, Error> {
+        parse(
+            StatusCode::OK,
+            body.as_bytes(),
+            crate::clock::now(),
+            &["requested".to_owned()],
+            Leniency::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn minimal_response_without_expiry() {
+        let token = ok(r#"{"access_token":"x","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(token.access_token().expose_secret(), "x");
+        assert_eq!(token.expires_in(), None);
+        assert_eq!(token.scopes(), ["requested"]);
+    }
+
+    #[tokio::test]
+    async fn token_type_is_case_insensitive() {
+        for kind in ["bearer", "BEARER", "Bearer"] {
+            let token = ok(&format!(r#"{{"access_token":"x","token_type":"{kind}"}}"#)).unwrap();
+            assert_eq!(token.header_value(), "Bearer x");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_or_missing_token_type_is_refused() {
+        for body in [
+            r#"{"access_token":"x","token_type":"mac"}"#,
+            r#"{"access_token":"x"}"#,
+            r#"{"access_token":"x","token_type":7}"#,
+        ] {
+            assert_eq!(
+                ok(body).unwrap_err().kind(),
+                &ErrorKind::InvalidResponse,
+                "{body}"
+            );
+        }
+        let lenient = Leniency {
+            missing_token_type: true,
+        };
+        let token = parse(
+            StatusCode::OK,
+            br#"{"access_token":"x"}"#,
+            crate::clock::now(),
+            &[],
+            lenient,
+        );
+        assert!(token.is_ok());
+    }
+
+    #[tokio::test]
+    async fn expires_in_forms() {
+        let lifetime = |v: &str| {
+            ok(&format!(
+                r#"{{"access_token":"x","token_type":"bearer","expires_in":{v}}}"#
+            ))
+            .map(|t| t.expires_in())
+        };
+        assert_eq!(lifetime("3599").unwrap(), Some(Duration::from_secs(3599)));
+        assert_eq!(
+            lifetime(r#""3599""#).unwrap(),
+            Some(Duration::from_secs(3599))
+        );
+        assert_eq!(lifetime("null").unwrap(), None);
+        assert_eq!(lifetime("1e300").unwrap(), Some(MAX_LIFETIME));
+        assert_eq!(
+            lifetime("18446744073709551615").unwrap(),
+            Some(MAX_LIFETIME)
+        );
+        for bad in [r#""abc""#, "-5", "true", "{}", "[]", r#""""#] {
+            assert_eq!(
+                lifetime(bad).unwrap_err().kind(),
+                &ErrorKind::InvalidResponse,
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_are_ignored() {
+        let token = ok(
+            r#"{"access_token":"x","token_type":"bearer","id_token":"a.b.c",
+            "ext_expires_in":3599,"nested":{"deep":[1,2,{"x":null}]},"scope":" a  b "}"#,
+        )
+        .unwrap();
+        assert_eq!(token.scopes(), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn bad_access_tokens() {
+        for body in [
+            r#"{"token_type":"bearer"}"#,
+            r#"{"access_token":"","token_type":"bearer"}"#,
+            r#"{"access_token":42,"token_type":"bearer"}"#,
+            r#"{"access_token":"a\r\nb","token_type":"bearer"}"#,
+        ] {
+            assert_eq!(
+                ok(body).unwrap_err().kind(),
+                &ErrorKind::InvalidResponse,
+                "{body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_body_wins_over_status() {
+        let err = ok(r#"{"error":"invalid_grant","error_description":"expired"}"#).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::OAuth(OAuthErrorCode::InvalidGrant));
+        assert_eq!(err.status(), Some(StatusCode::OK));
+        assert_eq!(err.description(), Some("expired"));
+    }
+
+    #[tokio::test]
+    async fn html_error_page_is_a_status_error_without_body() {
+        let err = parse(
+            StatusCode::BAD_GATEWAY,
+            b"<html>SECRET-IN-PAGE</html>",
+            crate::clock::now(),
+            &[],
+            Leniency::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Status);
+        assert!(err.is_transient());
+        assert!(!format!("{err} {err:?}").contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn html_with_200_is_unexpected_response() {
+        let err = ok("<html>hi</html>").unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidResponse);
+        assert!(err.to_string().contains("unexpected response"));
+    }
+
+    #[tokio::test]
+    async fn empty_or_null_refresh_token_means_none() {
+        for rt in [r#""""#, "null"] {
+            let token = ok(&format!(
+                r#"{{"access_token":"x","token_type":"bearer","refresh_token":{rt}}}"#
+            ))
+            .unwrap();
+            assert!(token.refresh_token().is_none());
+        }
+    }
+}

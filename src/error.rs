@@ -1,0 +1,422 @@
+//! The crate's error type.
+//!
+//! One [`Error`] type serves every part of the crate. It is cheap to clone (an
+//! `Arc` inside) because the cache hands the same failure to every request that
+//! was waiting for a token. Match on [`Error::kind`] to decide what to do, and on
+//! [`Error::is_transient`] to know whether trying again later can help.
+//!
+//! An error never holds a response body: bodies may contain tokens. It holds the
+//! HTTP status, the OAuth error code and the server's short `error_description`.
+
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Longest `error_description` kept from a server, in characters.
+const MAX_DESCRIPTION: usize = 256;
+
+/// What went wrong. Returned by [`Error::kind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The builder was given something unusable: a missing field, a bad URL,
+    /// an `http` URL to a non-loopback host, a scope with invalid characters.
+    Config,
+    /// The token endpoint answered with an OAuth error response (RFC 6749 §5.2).
+    OAuth(OAuthErrorCode),
+    /// The refresh token (or authorization code) is no longer accepted: a
+    /// person must authorize the application again. Not retried.
+    ReauthorizationRequired,
+    /// The request could not be sent or the connection failed.
+    Network,
+    /// The token endpoint did not answer in time.
+    Timeout,
+    /// The token endpoint answered with a redirect. Redirects are never
+    /// followed: a redirect target could receive the client's credentials.
+    Redirect,
+    /// The token endpoint answered with an HTTP error status and no OAuth
+    /// error body (an HTML page from a proxy, say).
+    Status,
+    /// The token endpoint answered with something that is not a usable token
+    /// response: not JSON, no `access_token`, an unsupported `token_type`, ...
+    InvalidResponse,
+    /// The response body was larger than the configured bound.
+    ResponseTooLarge,
+    /// The cache's background task has stopped (its runtime is shutting down).
+    Closed,
+}
+
+/// The `error` code of an OAuth 2.0 error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OAuthErrorCode {
+    /// `invalid_request`: a parameter is missing, repeated or malformed.
+    InvalidRequest,
+    /// `invalid_client`: client authentication failed.
+    InvalidClient,
+    /// `invalid_grant`: the grant (code, refresh token) is invalid, expired or revoked.
+    InvalidGrant,
+    /// `unauthorized_client`: the client may not use this grant type.
+    UnauthorizedClient,
+    /// `unsupported_grant_type`: the server does not support this grant type.
+    UnsupportedGrantType,
+    /// `invalid_scope`: a requested scope is invalid, unknown or not granted.
+    InvalidScope,
+    /// Any other code, as the server sent it.
+    Other(String),
+}
+
+impl OAuthErrorCode {
+    /// Parses a code as sent in the `error` field.
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "invalid_request" => Self::InvalidRequest,
+            "invalid_client" => Self::InvalidClient,
+            "invalid_grant" => Self::InvalidGrant,
+            "unauthorized_client" => Self::UnauthorizedClient,
+            "unsupported_grant_type" => Self::UnsupportedGrantType,
+            "invalid_scope" => Self::InvalidScope,
+            other => Self::Other(sanitize(other, 64)),
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::Other(code) => code,
+        }
+    }
+}
+
+impl fmt::Display for OAuthErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error from a token request, a grant's configuration or the cache.
+///
+/// Cloning is cheap; clones share one allocation.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    status: Option<StatusCode>,
+    retry_after: Option<Duration>,
+    description: Option<String>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                status: None,
+                retry_after: None,
+                description: None,
+                source: None,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        // Only called while building an error, before it is shared.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+        }
+        self
+    }
+
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn invalid_response(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::InvalidResponse, message)
+    }
+
+    pub(crate) fn reauthorization_required(message: &'static str) -> Self {
+        Self::new(ErrorKind::ReauthorizationRequired, message)
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(
+            ErrorKind::Closed,
+            "the token cache's background task has stopped",
+        )
+    }
+
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            format!("token request timed out after {after:?}"),
+        )
+    }
+
+    pub(crate) fn redirect(status: StatusCode) -> Self {
+        Self::new(
+            ErrorKind::Redirect,
+            "token endpoint answered with a redirect, which is not followed",
+        )
+        .with_status(status)
+    }
+
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorKind::ResponseTooLarge,
+            format!("token response larger than {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn http_status(status: StatusCode) -> Self {
+        Self::new(
+            ErrorKind::Status,
+            "token endpoint answered with an HTTP error and no OAuth error body",
+        )
+        .with_status(status)
+    }
+
+    pub(crate) fn oauth(code: OAuthErrorCode, description: Option<&str>) -> Self {
+        let description = description.map(|d| sanitize(d, MAX_DESCRIPTION));
+        Self::new(ErrorKind::OAuth(code), "token endpoint returned an error")
+            .with(|i| i.description = description)
+    }
+
+    /// Turns `invalid_grant` into [`ErrorKind::ReauthorizationRequired`];
+    /// other errors pass through.
+    pub(crate) fn into_reauthorization(self) -> Self {
+        if self.kind() != &ErrorKind::OAuth(OAuthErrorCode::InvalidGrant) {
+            return self;
+        }
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                kind: ErrorKind::ReauthorizationRequired,
+                message:
+                    "the refresh token was rejected (invalid_grant): re-authorization required"
+                        .into(),
+                status: inner.status,
+                retry_after: None,
+                description: inner.description.clone(),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn from_transport(err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Network
+        };
+        let message = if kind == ErrorKind::Timeout {
+            "token request timed out"
+        } else {
+            "token request failed in transport"
+        };
+        // reqwest's error names the URL, never the body or headers.
+        Self::new(kind, message).with(|i| i.source = Some(Box::new(err.without_url())))
+    }
+
+    pub(crate) fn with_status(self, status: StatusCode) -> Self {
+        self.with(|i| i.status = Some(status))
+    }
+
+    pub(crate) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        self.with(|i| i.retry_after = retry_after)
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner.kind
+    }
+
+    /// The OAuth error code, when the server sent one.
+    ///
+    /// [`ErrorKind::ReauthorizationRequired`] reports `invalid_grant` here.
+    pub fn oauth_code(&self) -> Option<&OAuthErrorCode> {
+        match &self.inner.kind {
+            ErrorKind::OAuth(code) => Some(code),
+            ErrorKind::ReauthorizationRequired if self.inner.status.is_some() => {
+                Some(&OAuthErrorCode::InvalidGrant)
+            }
+            _ => None,
+        }
+    }
+
+    /// The server's `error_description`, trimmed to a short, printable string.
+    pub fn description(&self) -> Option<&str> {
+        self.inner.description.as_deref()
+    }
+
+    /// The HTTP status of the token endpoint's answer, when there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// How long the server asked us to wait (`Retry-After`), when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether the same request may succeed later without any change on the
+    /// client: network failures, timeouts, 5xx, 429 and 408 answers, and the
+    /// OAuth codes `server_error` and `temporarily_unavailable`.
+    ///
+    /// Everything else (`invalid_client`, `invalid_grant`, `invalid_scope`,
+    /// `unauthorized_client`, bad configuration, a malformed success response)
+    /// is permanent: retrying it quickly would only hammer the server.
+    pub fn is_transient(&self) -> bool {
+        let status_transient = self.inner.status.is_some_and(|s| {
+            s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT
+        });
+        match &self.inner.kind {
+            ErrorKind::Network | ErrorKind::Timeout | ErrorKind::ResponseTooLarge => true,
+            ErrorKind::Status => status_transient,
+            ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {
+                status_transient || code == "server_error" || code == "temporarily_unavailable"
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a person must authorize the application again.
+    pub fn is_reauthorization_required(&self) -> bool {
+        self.inner.kind == ErrorKind::ReauthorizationRequired
+    }
+}
+
+/// Keeps printable ASCII (and spaces) only, bounded in length: server text
+/// ends up in logs, so it must not smuggle control sequences or grow without bound.
+fn sanitize(text: &str, max: usize) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(max)
+        .collect()
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.write_str(&inner.message)?;
+        if let ErrorKind::OAuth(code) = &inner.kind {
+            write!(f, ": {code}")?;
+        }
+        if let Some(status) = inner.status {
+            write!(f, " (HTTP {})", status.as_u16())?;
+        }
+        if let Some(description) = &inner.description {
+            write!(f, ": {description}")?;
+        }
+        if let Some(retry_after) = inner.retry_after {
+            write!(f, "; retry after {}s", retry_after.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &inner.kind)
+            .field("message", &inner.message);
+        if let Some(status) = inner.status {
+            d.field("status", &status);
+        }
+        if let Some(description) = &inner.description {
+            d.field("description", description);
+        }
+        if let Some(retry_after) = inner.retry_after {
+            d.field("retry_after", &retry_after);
+        }
+        if let Some(source) = &inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in [
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+            "slow_down",
+        ] {
+            assert_eq!(OAuthErrorCode::parse(code).as_str(), code);
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let permanent =
+            Error::oauth(OAuthErrorCode::InvalidScope, None).with_status(StatusCode::BAD_REQUEST);
+        assert!(!permanent.is_transient());
+        let busy = Error::http_status(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(busy.is_transient());
+        let throttled = Error::http_status(StatusCode::TOO_MANY_REQUESTS);
+        assert!(throttled.is_transient());
+        let not_found = Error::http_status(StatusCode::NOT_FOUND);
+        assert!(!not_found.is_transient());
+        let unavailable = Error::oauth(OAuthErrorCode::parse("temporarily_unavailable"), None);
+        assert!(unavailable.is_transient());
+    }
+
+    #[test]
+    fn invalid_grant_becomes_reauthorization() {
+        let err = Error::oauth(OAuthErrorCode::InvalidGrant, Some("revoked"))
+            .with_status(StatusCode::BAD_REQUEST)
+            .into_reauthorization();
+        assert!(err.is_reauthorization_required());
+        assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::InvalidGrant));
+        assert!(err.to_string().contains("re-authorization required"));
+        let other = Error::oauth(OAuthErrorCode::InvalidClient, None).into_reauthorization();
+        assert_eq!(
+            other.kind(),
+            &ErrorKind::OAuth(OAuthErrorCode::InvalidClient)
+        );
+    }
+
+    #[test]
+    fn description_is_sanitized_and_bounded() {
+        let long = format!("bad\r\n\x1b[31m{}", "x".repeat(1000));
+        let err = Error::oauth(OAuthErrorCode::InvalidRequest, Some(&long));
+        let d = err.description().unwrap();
+        assert!(d.len() <= MAX_DESCRIPTION);
+        assert!(!d.contains('\r') && !d.contains('\n') && !d.contains('\x1b'));
+    }
+}

@@ -1,0 +1,198 @@
+use std::{fmt, sync::Arc};
+
+use secrecy::SecretString;
+
+use crate::{
+    endpoint::{endpoint_settings, EndpointSettings},
+    grant::{refresh_token::Rotation, scope_settings},
+    token::expose,
+    Error, Token, TokenSource,
+};
+
+/// The authorization code grant (RFC 6749 §4.1.3), with optional PKCE
+/// (RFC 7636): exchanges the code once, then refreshes with the refresh
+/// token it got, exactly like [`RefreshToken`](crate::RefreshToken).
+///
+/// The code is sent at most until the server gives a definite answer: after
+/// a success, or a permanent error, it is never sent again (codes are single
+/// use). Without a refresh token in the answer, the next fetch reports
+/// [`ErrorKind::ReauthorizationRequired`](crate::ErrorKind::ReauthorizationRequired).
+///
+/// ```
+/// use tower_oauth2::AuthorizationCode;
+///
+/// let grant = AuthorizationCode::builder()
+///     .token_url("https://example.orangelogic.com/oauth2/token")
+///     .client_id("my-app")
+///     .client_secret("s3cret")
+///     .code("code-from-the-redirect")
+///     .redirect_uri("https://my-app.example/callback")
+///     .code_verifier("the-pkce-verifier-you-generated-for-this-authorization")
+///     .refresh_token_param("code")
+///     .build()?;
+/// # Ok::<(), tower_oauth2::Error>(())
+/// ```
+pub struct AuthorizationCode {
+    exchange: Option<CodeExchange>,
+    rotation: Rotation,
+}
+
+struct CodeExchange {
+    code: SecretString,
+    redirect_uri: Option<String>,
+    code_verifier: Option<SecretString>,
+}
+
+impl fmt::Debug for AuthorizationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCode")
+            .field("endpoint", &self.rotation.endpoint)
+            .field("code_exchanged", &self.exchange.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizationCode {
+    /// Starts configuring the grant.
+    pub fn builder() -> AuthorizationCodeBuilder {
+        AuthorizationCodeBuilder::default()
+    }
+
+    /// Exchanges the code on the first call, refreshes on later ones.
+    pub async fn request_token(&mut self) -> Result<Token, Error> {
+        let Some(exchange) = &self.exchange else {
+            return self.rotation.refresh().await;
+        };
+        let mut params = vec![
+            ("grant_type", "authorization_code"),
+            ("code", expose(&exchange.code)),
+        ];
+        if let Some(uri) = &exchange.redirect_uri {
+            params.push(("redirect_uri", uri));
+        }
+        if let Some(verifier) = &exchange.code_verifier {
+            params.push(("code_verifier", expose(verifier)));
+        }
+        let result = self
+            .rotation
+            .endpoint
+            .exchange(&params, &self.rotation.scopes)
+            .await;
+        match result {
+            Ok(token) => {
+                self.exchange = None;
+                Ok(self.rotation.absorb(token))
+            }
+            // The server may not have seen the code: it may be tried again.
+            Err(error) if error.is_transient() => Err(error),
+            Err(error) => {
+                self.exchange = None;
+                Err(error.into_reauthorization())
+            }
+        }
+    }
+
+    /// The refresh token the next refresh will send, once the code is exchanged.
+    pub fn current_refresh_token(&self) -> Option<&SecretString> {
+        self.rotation.refresh_token.as_ref()
+    }
+}
+
+impl TokenSource for AuthorizationCode {
+    async fn fetch(&mut self) -> Result<Token, Error> {
+        self.request_token().await
+    }
+}
+
+/// Builds an [`AuthorizationCode`] grant. Made by [`AuthorizationCode::builder`].
+#[derive(Default)]
+pub struct AuthorizationCodeBuilder {
+    endpoint: EndpointSettings,
+    scopes: Vec<String>,
+    code: Option<SecretString>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<SecretString>,
+    param_name: Option<String>,
+    on_rotate: Option<crate::grant::refresh_token::RotationHook>,
+}
+
+impl fmt::Debug for AuthorizationCodeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCodeBuilder")
+            .field("token_url", &self.endpoint.token_url)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizationCodeBuilder {
+    endpoint_settings!();
+    scope_settings!();
+
+    /// The authorization code from the redirect.
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(SecretString::from(code.into()));
+        self
+    }
+
+    /// The `redirect_uri` used in the authorization request, if it had one.
+    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uri = Some(uri.into());
+        self
+    }
+
+    /// The PKCE `code_verifier` whose challenge went into the authorization request.
+    pub fn code_verifier(mut self, verifier: impl Into<String>) -> Self {
+        self.code_verifier = Some(SecretString::from(verifier.into()));
+        self
+    }
+
+    /// The form parameter that carries the refresh token on refresh
+    /// (`refresh_token` by default; `code` for Orange Logic).
+    pub fn refresh_token_param(mut self, name: impl Into<String>) -> Self {
+        self.param_name = Some(name.into());
+        self
+    }
+
+    /// Calls `hook` with each refresh token the server issues, the first one
+    /// included. Persist it here.
+    pub fn on_refresh_token(
+        mut self,
+        hook: impl Fn(&SecretString) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_rotate = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the settings and builds the grant.
+    pub fn build(self) -> Result<AuthorizationCode, Error> {
+        let code = self
+            .code
+            .filter(|c| !expose(c).is_empty())
+            .ok_or_else(|| Error::config("code is required"))?;
+        if let Some(verifier) = &self.code_verifier {
+            // RFC 7636 §4.1: 43 to 128 unreserved characters.
+            let v = expose(verifier);
+            let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+            if !(43..=128).contains(&v.len()) || !v.chars().all(unreserved) {
+                return Err(Error::config(
+                    "code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]",
+                ));
+            }
+        }
+        Ok(AuthorizationCode {
+            exchange: Some(CodeExchange {
+                code,
+                redirect_uri: self.redirect_uri,
+                code_verifier: self.code_verifier,
+            }),
+            rotation: Rotation::new(
+                self.endpoint,
+                self.scopes,
+                None,
+                self.param_name,
+                self.on_rotate,
+            )?,
+        })
+    }
+}

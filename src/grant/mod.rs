@@ -1,0 +1,107 @@
+//! Grants: the ways to obtain a token, each a [`TokenSource`].
+//!
+//! - [`ClientCredentials`] (RFC 6749 §4.4): a service acting as itself.
+//! - [`RefreshToken`] (RFC 6749 §6): exchanges a refresh token, keeping the
+//!   newest one when the server rotates it.
+//! - [`AuthorizationCode`] (RFC 6749 §4.1.3): exchanges a code once, then
+//!   carries on as a [`RefreshToken`] source.
+
+mod authorization_code;
+mod client_credentials;
+mod refresh_token;
+
+use std::future::Future;
+
+pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
+pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use refresh_token::{RefreshToken, RefreshTokenBuilder};
+
+use crate::{Error, Token};
+
+/// Something that can fetch a fresh access token.
+///
+/// The grants implement it; implement it yourself for any other source (a
+/// sidecar, a cloud metadata server, a grant this crate does not ship).
+/// [`TokenCache`](crate::TokenCache) owns its source and calls `fetch` from
+/// one background task, one call at a time, so `&mut self` is safe for state
+/// such as a rotating refresh token. The cache never drops a `fetch` future
+/// early because a request gave up waiting.
+///
+/// ```
+/// use tower_oauth2::{Error, Token, TokenSource};
+///
+/// struct Fixed(&'static str);
+///
+/// impl TokenSource for Fixed {
+///     async fn fetch(&mut self) -> Result<Token, Error> {
+///         Token::builder(self.0)
+///             .expires_in(std::time::Duration::from_secs(60))
+///             .build()
+///     }
+/// }
+/// ```
+pub trait TokenSource: Send + 'static {
+    /// Fetches a new token.
+    fn fetch(&mut self) -> impl Future<Output = Result<Token, Error>> + Send;
+}
+
+/// Scopes as RFC 6749 §3.3 defines them: split on any whitespace, each
+/// non-empty and made of printable ASCII other than `"` and `\`.
+pub(crate) fn push_scopes(into: &mut Vec<String>, raw: &str) {
+    into.extend(raw.split_whitespace().map(str::to_owned));
+}
+
+pub(crate) fn check_scopes(scopes: &[String]) -> Result<(), Error> {
+    let valid = |c: char| c.is_ascii_graphic() && c != '"' && c != '\\';
+    match scopes.iter().find(|s| !s.chars().all(valid)) {
+        Some(_) => Err(Error::config(
+            "a scope may only contain printable ASCII other than '\"' and '\\'",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Writes the scope setters every grant builder shares. Each builder using
+/// it has a field `scopes: Vec<String>`.
+macro_rules! scope_settings {
+    () => {
+        /// Adds scopes from a space-separated string. Splits on any run of
+        /// whitespace, so `" officernd.api.write"` is one scope.
+        pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
+            crate::grant::push_scopes(&mut self.scopes, scope.as_ref());
+            self
+        }
+
+        /// Adds each scope in turn (each may itself hold several, space-separated).
+        pub fn scopes<I, T>(mut self, scopes: I) -> Self
+        where
+            I: IntoIterator<Item = T>,
+            T: AsRef<str>,
+        {
+            for scope in scopes {
+                crate::grant::push_scopes(&mut self.scopes, scope.as_ref());
+            }
+            self
+        }
+    };
+}
+pub(crate) use scope_settings;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_split_on_any_whitespace() {
+        let mut scopes = Vec::new();
+        push_scopes(&mut scopes, " officernd.api.write\tofficernd.api.read  ");
+        assert_eq!(scopes, ["officernd.api.write", "officernd.api.read"]);
+    }
+
+    #[test]
+    fn scope_characters() {
+        assert!(check_scopes(&["a&b=c#d+e".into(), "https://x/.default".into()]).is_ok());
+        assert!(check_scopes(&["quo\"te".into()]).is_err());
+        assert!(check_scopes(&["é".into()]).is_err());
+    }
+}

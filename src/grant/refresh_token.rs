@@ -1,0 +1,216 @@
+use std::{fmt, sync::Arc};
+
+use secrecy::SecretString;
+
+use crate::{
+    endpoint::{endpoint_settings, EndpointSettings, TokenEndpoint},
+    grant::{check_scopes, scope_settings},
+    token::expose,
+    Error, Token, TokenSource,
+};
+
+/// Called with every refresh token the server issues; see
+/// [`RefreshTokenBuilder::on_refresh_token`].
+pub(crate) type RotationHook = Arc<dyn Fn(&SecretString) + Send + Sync>;
+
+/// The refresh token grant (RFC 6749 §6).
+///
+/// Each refresh sends the newest refresh token. When the server rotates it
+/// (a new `refresh_token` in the answer), the new one replaces the old one
+/// before the token is returned, and the old one is never sent again: servers
+/// that detect reuse revoke the whole family. When the answer carries no
+/// refresh token, the old one stays in use. `invalid_grant` becomes
+/// [`ErrorKind::ReauthorizationRequired`](crate::ErrorKind::ReauthorizationRequired).
+///
+/// Orange Logic's documented refresh request names the parameter `code`:
+///
+/// ```
+/// use tower_oauth2::RefreshToken;
+///
+/// let grant = RefreshToken::builder()
+///     .token_url("https://example.orangelogic.com/oauth2/token")
+///     .client_id("my-app")
+///     .client_secret("s3cret")
+///     .refresh_token("stored-refresh-token")
+///     .refresh_token_param("code")
+///     .on_refresh_token(|new| {
+///         // Persist `new` (it is a `secrecy::SecretString`) before it is needed again.
+///         let _ = new;
+///     })
+///     .build()?;
+/// # Ok::<(), tower_oauth2::Error>(())
+/// ```
+pub struct RefreshToken {
+    rotation: Rotation,
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("endpoint", &self.rotation.endpoint)
+            .field("refresh_token", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshToken {
+    /// Starts configuring the grant.
+    pub fn builder() -> RefreshTokenBuilder {
+        RefreshTokenBuilder::default()
+    }
+
+    /// Exchanges the current refresh token for a new access token.
+    pub async fn refresh(&mut self) -> Result<Token, Error> {
+        self.rotation.refresh().await
+    }
+
+    /// The refresh token the next refresh will send.
+    pub fn current_refresh_token(&self) -> Option<&SecretString> {
+        self.rotation.refresh_token.as_ref()
+    }
+}
+
+impl TokenSource for RefreshToken {
+    async fn fetch(&mut self) -> Result<Token, Error> {
+        self.refresh().await
+    }
+}
+
+/// The refresh half shared by [`RefreshToken`] and
+/// [`AuthorizationCode`](crate::AuthorizationCode): holds the newest refresh
+/// token and swaps in rotated ones.
+pub(crate) struct Rotation {
+    pub(crate) endpoint: TokenEndpoint,
+    pub(crate) refresh_token: Option<SecretString>,
+    pub(crate) param_name: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) on_rotate: Option<RotationHook>,
+}
+
+impl Rotation {
+    pub(crate) async fn refresh(&mut self) -> Result<Token, Error> {
+        let Some(current) = &self.refresh_token else {
+            return Err(Error::reauthorization_required(
+                "no refresh token is available: re-authorization required",
+            ));
+        };
+        let scope = self.scopes.join(" ");
+        let mut params = vec![
+            ("grant_type", "refresh_token"),
+            (self.param_name.as_str(), expose(current)),
+        ];
+        if !scope.is_empty() {
+            params.push(("scope", &scope));
+        }
+        let token = self
+            .endpoint
+            .exchange(&params, &self.scopes)
+            .await
+            .map_err(Error::into_reauthorization)?;
+        Ok(self.absorb(token))
+    }
+
+    /// Records the refresh token an answer carried, or puts the kept one on
+    /// the token when it carried none.
+    pub(crate) fn absorb(&mut self, token: Token) -> Token {
+        match token.refresh_token() {
+            Some(new) => {
+                self.refresh_token = Some(new.clone());
+                if let Some(hook) = &self.on_rotate {
+                    hook(new);
+                }
+                token
+            }
+            None => token.with_refresh_token(self.refresh_token.clone()),
+        }
+    }
+}
+
+/// Builds a [`RefreshToken`] grant. Made by [`RefreshToken::builder`].
+#[derive(Default)]
+pub struct RefreshTokenBuilder {
+    endpoint: EndpointSettings,
+    scopes: Vec<String>,
+    refresh_token: Option<SecretString>,
+    param_name: Option<String>,
+    on_rotate: Option<RotationHook>,
+}
+
+impl fmt::Debug for RefreshTokenBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenBuilder")
+            .field("token_url", &self.endpoint.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshTokenBuilder {
+    endpoint_settings!();
+    scope_settings!();
+
+    /// The refresh token to start from.
+    pub fn refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(SecretString::from(refresh_token.into()));
+        self
+    }
+
+    /// The name of the form parameter that carries the refresh token:
+    /// `refresh_token` (RFC 6749) by default, `code` for Orange Logic.
+    pub fn refresh_token_param(mut self, name: impl Into<String>) -> Self {
+        self.param_name = Some(name.into());
+        self
+    }
+
+    /// Calls `hook` with each new refresh token the server issues, right
+    /// after it replaces the old one. Persist it here: a lost rotated refresh
+    /// token means a person must authorize again.
+    pub fn on_refresh_token(
+        mut self,
+        hook: impl Fn(&SecretString) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_rotate = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the settings and builds the grant.
+    pub fn build(self) -> Result<RefreshToken, Error> {
+        let refresh_token = self
+            .refresh_token
+            .filter(|t| !expose(t).is_empty())
+            .ok_or_else(|| Error::config("refresh_token is required"))?;
+        Ok(RefreshToken {
+            rotation: Rotation::new(
+                self.endpoint,
+                self.scopes,
+                Some(refresh_token),
+                self.param_name,
+                self.on_rotate,
+            )?,
+        })
+    }
+}
+
+impl Rotation {
+    pub(crate) fn new(
+        endpoint: EndpointSettings,
+        scopes: Vec<String>,
+        refresh_token: Option<SecretString>,
+        param_name: Option<String>,
+        on_rotate: Option<RotationHook>,
+    ) -> Result<Self, Error> {
+        check_scopes(&scopes)?;
+        let param_name = param_name.unwrap_or_else(|| "refresh_token".to_owned());
+        if param_name.is_empty() || param_name == "grant_type" || param_name == "scope" {
+            return Err(Error::config(
+                "refresh_token_param must be a non-empty name other than grant_type or scope",
+            ));
+        }
+        Ok(Self {
+            endpoint: endpoint.build()?,
+            refresh_token,
+            param_name,
+            scopes,
+            on_rotate,
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! OAuth 2.0 bearer authentication for [tower] clients.
+//!
+//! Wrap any `Service<http::Request<B>>` in [`BearerAuthLayer`] and every
+//! request leaves with `Authorization: Bearer <token>`. The token comes from
+//! a [`TokenCache`] that every clone of the service shares: reading it is one
+//! atomic load, a background task refreshes it before it expires, and however
+//! many requests arrive at once, at most one token request is in flight.
+//!
+//! The data flow, and the modules, in order:
+//!
+//! ```text
+//! grant (how to get a token) ─▶ endpoint (one form POST) ─▶ cache (shared, refreshed) ─▶ layer (per request)
+//! ClientCredentials              TokenEndpoint                TokenCache + RefreshPolicy    BearerAuthLayer
+//! RefreshToken                   client auth, bounded body,                                 BearerAuth<S>
+//! AuthorizationCode              typed RFC 6749 errors
+//! (or your own TokenSource)
+//! ```
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_oauth2::{ClientCredentials, TokenSource};
+//!
+//! let grant = ClientCredentials::builder()
+//!     .token_url("https://identity.officernd.com/oauth/token")
+//!     .client_id("my-app")
+//!     .client_secret("s3cret")
+//!     .scope("officernd.api.read officernd.api.write")
+//!     .build()?;
+//! let mut grant = grant;
+//! let token = grant.fetch().await?;
+//! println!("token good for {:?}", token.expires_in());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Secrets (client secret, access and refresh tokens) never appear in the
+//! `Debug` or `Display` output of any type in this crate, nor in its errors
+//! or `tracing` events; the header the layer inserts is marked sensitive.
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod clock;
+pub mod endpoint;
+mod error;
+pub mod grant;
+mod token;
+
+pub use endpoint::{AuthMethod, TokenEndpoint};
+pub use error::{Error, ErrorKind, OAuthErrorCode};
+pub use grant::{AuthorizationCode, ClientCredentials, RefreshToken, TokenSource};
+pub use token::{Token, TokenBuilder};

@@ -1,0 +1,265 @@
+//! Access tokens.
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{
+    clock::{self, Instant},
+    Error,
+};
+
+/// Tokens live at most this long, whatever a server says: it keeps instant
+/// arithmetic far from overflow for absurd `expires_in` values.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// An access token, with the `Authorization` header value built once.
+///
+/// Cloning is cheap (an `Arc` inside). `Debug` never shows the token.
+/// Two clones of one token are the *same* token for [`TokenCache::invalidate`];
+/// a token fetched later is a different one even when the server returned
+/// the same string.
+///
+/// [`TokenCache::invalidate`]: crate::TokenCache::invalidate
+#[derive(Clone)]
+pub struct Token {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    access_token: SecretString,
+    header: HeaderValue,
+    refresh_token: Option<SecretString>,
+    scopes: Vec<String>,
+    expires_in: Option<Duration>,
+    issued_at: Instant,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Token {
+    /// Starts building a bearer token from its access token string.
+    ///
+    /// For custom [`TokenSource`](crate::TokenSource)s; the grants build their
+    /// tokens themselves.
+    pub fn builder(access_token: impl Into<String>) -> TokenBuilder {
+        TokenBuilder {
+            access_token: access_token.into(),
+            refresh_token: None,
+            scopes: Vec::new(),
+            expires_in: None,
+            issued_at: None,
+        }
+    }
+
+    /// The access token. Call `expose_secret()` on it to read the string.
+    pub fn access_token(&self) -> &SecretString {
+        &self.inner.access_token
+    }
+
+    /// The refresh token that goes with this access token, if any: the one the
+    /// server just issued, or the one kept from before when it issued none.
+    pub fn refresh_token(&self) -> Option<&SecretString> {
+        self.inner.refresh_token.as_ref()
+    }
+
+    /// The scopes granted: as the server reported them, or as requested when
+    /// it did not say.
+    pub fn scopes(&self) -> &[String] {
+        &self.inner.scopes
+    }
+
+    /// The lifetime the server announced (`expires_in`), if it announced one.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.inner.expires_in
+    }
+
+    /// When the token request was sent; the lifetime counts from here.
+    pub fn issued_at(&self) -> Instant {
+        self.inner.issued_at
+    }
+
+    /// When the token expires, if the server said.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.inner.expires_in.map(|d| self.inner.issued_at + d)
+    }
+
+    /// The `Authorization` header value, `Bearer <token>`, marked sensitive.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.inner.header
+    }
+
+    /// Whether `self` and `other` are clones of one fetched token.
+    pub fn same_as(&self, other: &Token) -> bool {
+        self.inner.id == other.inner.id
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The same token with the refresh token set to `refresh_token`.
+    pub(crate) fn with_refresh_token(self, refresh_token: Option<SecretString>) -> Token {
+        let inner = &self.inner;
+        Token {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                access_token: inner.access_token.clone(),
+                header: inner.header.clone(),
+                refresh_token,
+                scopes: inner.scopes.clone(),
+                expires_in: inner.expires_in,
+                issued_at: inner.issued_at,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"[REDACTED]")
+            .field(
+                "refresh_token",
+                &self.inner.refresh_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("scopes", &self.inner.scopes)
+            .field("expires_in", &self.inner.expires_in)
+            .finish()
+    }
+}
+
+/// Builds a [`Token`]. Made by [`Token::builder`].
+#[derive(Debug)]
+pub struct TokenBuilder {
+    access_token: String,
+    refresh_token: Option<SecretString>,
+    scopes: Vec<String>,
+    expires_in: Option<Duration>,
+    issued_at: Option<Instant>,
+}
+
+impl TokenBuilder {
+    /// The announced lifetime. Values beyond ten years are capped to ten years.
+    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+        self.expires_in = Some(lifetime.min(MAX_LIFETIME));
+        self
+    }
+
+    /// The refresh token that came with the access token.
+    pub fn refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(SecretString::from(refresh_token.into()));
+        self
+    }
+
+    /// The granted scopes.
+    pub fn scopes<I, T>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// When the token request was sent (defaults to now).
+    pub fn issued_at(mut self, issued_at: Instant) -> Self {
+        self.issued_at = Some(issued_at);
+        self
+    }
+
+    /// Builds the token.
+    ///
+    /// Fails when the access token is empty or holds characters that cannot
+    /// appear in an HTTP header (controls, spaces, non-ASCII).
+    pub fn build(self) -> Result<Token, Error> {
+        let access = self.access_token;
+        if access.is_empty() {
+            return Err(Error::invalid_response("access_token is empty"));
+        }
+        // RFC 6750 b64token is a subset of visible ASCII; anything else would
+        // either be refused by `HeaderValue` or split the header.
+        if !access.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_response(
+                "access_token contains characters not allowed in a header",
+            ));
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {access}"))
+            .map_err(|_| Error::invalid_response("access_token is not a valid header value"))?;
+        header.set_sensitive(true);
+        Ok(Token {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                access_token: SecretString::from(access),
+                header,
+                refresh_token: self.refresh_token,
+                scopes: self.scopes,
+                expires_in: self.expires_in,
+                issued_at: self.issued_at.unwrap_or_else(clock::now),
+            }),
+        })
+    }
+}
+
+/// Exposes a secret for building a request; kept in one place so the places
+/// that touch raw secrets are easy to audit.
+pub(crate) fn expose(secret: &SecretString) -> &str {
+    secret.expose_secret()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn header_is_sensitive_bearer() {
+        let token = Token::builder("abc.DEF-123").build().unwrap();
+        assert_eq!(token.header_value(), "Bearer abc.DEF-123");
+        assert!(token.header_value().is_sensitive());
+    }
+
+    #[tokio::test]
+    async fn rejects_unusable_access_tokens() {
+        for bad in ["", "a b", "a\r\nX-Evil: 1", "é", "tab\there", "nul\0"] {
+            let err = Token::builder(bad).build().unwrap_err();
+            assert_eq!(err.kind(), &crate::ErrorKind::InvalidResponse, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_redacts() {
+        let token = Token::builder("SENTINEL-ACCESS")
+            .refresh_token("SENTINEL-REFRESH")
+            .build()
+            .unwrap();
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("SENTINEL"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn identity_survives_clone_not_refetch() {
+        let a = Token::builder("same").build().unwrap();
+        let b = Token::builder("same").build().unwrap();
+        assert!(a.same_as(&a.clone()));
+        assert!(!a.same_as(&b));
+    }
+
+    #[tokio::test]
+    async fn huge_lifetimes_are_capped() {
+        let token = Token::builder("t")
+            .expires_in(Duration::from_secs(u64::MAX))
+            .build()
+            .unwrap();
+        assert_eq!(token.expires_in(), Some(MAX_LIFETIME));
+        assert!(token.expires_at().is_some());
+    }
+}
