@@ -43,13 +43,17 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+pub mod cache;
 mod clock;
 pub mod endpoint;
 mod error;
 pub mod grant;
+pub mod layer;
 mod token;
 
+pub use cache::{CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
 pub use error::{Error, ErrorKind, OAuthErrorCode};
 pub use grant::{AuthorizationCode, ClientCredentials, RefreshToken, TokenSource};
+pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer};
 pub use token::{Token, TokenBuilder};

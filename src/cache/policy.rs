@@ -1,0 +1,237 @@
+//! When to refresh and how long to back off: decisions only, no I/O.
+
+use std::time::Duration;
+
+/// When the cache refreshes a token and how it backs off after failures.
+///
+/// A plain value: the cache is the mechanism, this is the policy. Every
+/// decision is a pure function of the token's lifetime, the failure count and
+/// a random number, so each can be tested without a clock.
+///
+/// | setting | default | |
+/// |---|---|---|
+/// | [`refresh_ahead`](Self::refresh_ahead) | 20 % of the lifetime | bounded by `min_ahead` and `max_ahead` |
+/// | [`min_ahead`](Self::min_ahead) | 10 s | never more than half the lifetime |
+/// | [`max_ahead`](Self::max_ahead) | 10 min | |
+/// | [`jitter`](Self::jitter) | 0.2 | refresh up to 20 % earlier; back off up to 20 % shorter |
+/// | [`expiry_margin`](Self::expiry_margin) | 5 s | at most 10 % of the lifetime |
+/// | [`default_lifetime`](Self::default_lifetime) | 1 h | when `expires_in` is missing |
+/// | [`initial_backoff`](Self::initial_backoff) | 1 s | doubled per failure |
+/// | [`max_backoff`](Self::max_backoff) | 5 min | also the wait after a permanent error |
+/// | [`request_timeout`](Self::request_timeout) | 30 s | bounds one fetch from any source |
+///
+/// Against the anchors: Go's x/oauth2 refreshes 10 s before expiry, on the
+/// request path, so an endpoint hiccup in those 10 s fails requests. Duende
+/// refreshes 60 s ahead. aliri refreshes at 75 % of the lifetime. Here a
+/// one-hour token (OfficeRnD's 3599 s) is refreshed about 10–12 minutes
+/// ahead, which leaves that long for retries with backoff before any request
+/// notices an outage; a 24 h token (Orange Logic) 10–12 minutes ahead; a 2 s
+/// token after about a second; a 1 s token after half a second.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    refresh_ahead: f64,
+    min_ahead: Duration,
+    max_ahead: Duration,
+    jitter: f64,
+    expiry_margin: Duration,
+    default_lifetime: Duration,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    request_timeout: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_ahead: 0.2,
+            min_ahead: Duration::from_secs(10),
+            max_ahead: Duration::from_secs(600),
+            jitter: 0.2,
+            expiry_margin: Duration::from_secs(5),
+            default_lifetime: Duration::from_secs(3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// The default policy (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refresh when this fraction of the lifetime remains (clamped to `0..=1`).
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = clamp_unit(fraction);
+        self
+    }
+
+    /// Refresh at least this long before expiry (but never before half the
+    /// lifetime has passed).
+    pub fn min_ahead(mut self, ahead: Duration) -> Self {
+        self.min_ahead = ahead;
+        self
+    }
+
+    /// Refresh at most this long before expiry.
+    pub fn max_ahead(mut self, ahead: Duration) -> Self {
+        self.max_ahead = ahead;
+        self
+    }
+
+    /// Randomisation, as a fraction (clamped to `0..=1`): refreshes start up
+    /// to this much earlier and backoff delays are up to this much shorter,
+    /// so a fleet started together does not move in lockstep. `0` makes the
+    /// policy deterministic.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = clamp_unit(fraction);
+        self
+    }
+
+    /// Stop handing out a token this long before it expires (at most 10 %
+    /// of its lifetime), so it does not expire on its way to the server.
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin;
+        self
+    }
+
+    /// The lifetime assumed when the server sends no `expires_in`.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = lifetime;
+        self
+    }
+
+    /// The first delay after a failed token request; doubled per failure.
+    pub fn initial_backoff(mut self, delay: Duration) -> Self {
+        self.initial_backoff = delay;
+        self
+    }
+
+    /// The longest delay between attempts, and the delay after a permanent
+    /// error (`invalid_client`, `invalid_scope`, ...). Also caps `Retry-After`.
+    pub fn max_backoff(mut self, delay: Duration) -> Self {
+        self.max_backoff = delay;
+        self
+    }
+
+    /// The longest one token fetch may take, whatever the source.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub(crate) fn lifetime(&self, announced: Option<Duration>) -> Duration {
+        announced.unwrap_or(self.default_lifetime)
+    }
+
+    /// How long before expiry to refresh a token of `lifetime`; `random` is
+    /// uniform in `[0, 1)`.
+    pub(crate) fn ahead(&self, lifetime: Duration, random: f64) -> Duration {
+        let base = lifetime
+            .mul_f64(self.refresh_ahead)
+            .clamp(self.min_ahead, self.max_ahead.max(self.min_ahead));
+        let jittered = base.mul_f64(1.0 + self.jitter * random);
+        jittered.min(lifetime / 2)
+    }
+
+    /// How long before expiry to stop handing a token out.
+    pub(crate) fn margin(&self, lifetime: Duration) -> Duration {
+        self.expiry_margin.min(lifetime / 10)
+    }
+
+    /// The delay before attempt number `failures + 1` after `failures`
+    /// consecutive failures of the kind described.
+    pub(crate) fn backoff(
+        &self,
+        failures: u32,
+        transient: bool,
+        retry_after: Option<Duration>,
+        random: f64,
+    ) -> Duration {
+        let delay = if transient {
+            let exp = self
+                .initial_backoff
+                .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+            exp.min(self.max_backoff)
+                .mul_f64(1.0 - self.jitter * random)
+        } else {
+            self.max_backoff
+        };
+        let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.max_backoff));
+        delay.max(asked)
+    }
+}
+
+fn clamp_unit(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn ahead_scales_with_lifetime() {
+        let p = RefreshPolicy::new().jitter(0.0);
+        assert_eq!(p.ahead(S(3599), 0.5), S(600)); // 20 % is 12 min: the ceiling wins
+        assert_eq!(p.ahead(S(1800), 0.5), S(360));
+        assert_eq!(p.ahead(S(24 * 3600), 0.5), S(600)); // ceiling
+        assert_eq!(p.ahead(S(60), 0.5), S(12));
+        assert_eq!(p.ahead(S(30), 0.5), S(10)); // floor
+        assert_eq!(p.ahead(S(2), 0.5), S(1)); // half the lifetime
+        assert_eq!(p.ahead(S(1), 0.5), Duration::from_millis(500));
+        assert_eq!(p.ahead(S(30 * 24 * 3600), 0.5), S(600));
+    }
+
+    #[test]
+    fn jitter_only_moves_refresh_earlier_and_stays_bounded() {
+        let p = RefreshPolicy::new();
+        let lifetime = S(3600);
+        let low = p.ahead(lifetime, 0.0);
+        let high = p.ahead(lifetime, 0.999);
+        assert_eq!(low, S(600));
+        assert!(high > low && high <= S(720), "{high:?}");
+        for r in [0.0, 0.3, 0.999] {
+            assert!(p.ahead(S(1), r) <= Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn margin_is_small_for_short_tokens() {
+        let p = RefreshPolicy::new();
+        assert_eq!(p.margin(S(3600)), S(5));
+        assert_eq!(p.margin(S(1)), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let p = RefreshPolicy::new().jitter(0.0);
+        let delays: Vec<_> = (1..=12).map(|n| p.backoff(n, true, None, 0.0)).collect();
+        assert_eq!(&delays[..4], &[S(1), S(2), S(4), S(8)]);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*delays.last().unwrap(), S(300));
+        assert_eq!(p.backoff(1, true, Some(S(120)), 0.0), S(120));
+        assert_eq!(p.backoff(1, true, Some(S(100_000)), 0.0), S(300));
+        assert_eq!(p.backoff(1, false, None, 0.0), S(300));
+        assert_eq!(p.backoff(u32::MAX, true, None, 0.0), S(300));
+    }
+
+    #[test]
+    fn backoff_jitter_shortens_within_bounds() {
+        let p = RefreshPolicy::new();
+        let d = p.backoff(3, true, None, 0.999);
+        assert!(d < S(4) && d >= S(4).mul_f64(0.8), "{d:?}");
+    }
+}
