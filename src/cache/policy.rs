@@ -11,7 +11,7 @@ use std::time::Duration;
 /// | setting | default | |
 /// |---|---|---|
 /// | [`refresh_ahead`](Self::refresh_ahead) | 20 % of the lifetime | bounded by `min_ahead` and `max_ahead` |
-/// | [`min_ahead`](Self::min_ahead) | 10 s | never more than half the lifetime |
+/// | [`min_ahead`](Self::min_ahead) | 10 s | never more than a quarter of the lifetime |
 /// | [`max_ahead`](Self::max_ahead) | 10 min | |
 /// | [`jitter`](Self::jitter) | 0.2 | refresh up to 20 % earlier; back off up to 20 % shorter |
 /// | [`expiry_margin`](Self::expiry_margin) | 5 s | at most 10 % of the lifetime |
@@ -25,8 +25,10 @@ use std::time::Duration;
 /// refreshes 60 s ahead. aliri refreshes at 75 % of the lifetime. Here a
 /// one-hour token (OfficeRnD's 3599 s) is refreshed about 10–12 minutes
 /// ahead, which leaves that long for retries with backoff before any request
-/// notices an outage; a 24 h token (Orange Logic) 10–12 minutes ahead; a 2 s
-/// token after about a second; a 1 s token after half a second.
+/// notices an outage; a 24 h token (Orange Logic) 10–12 minutes ahead. Short
+/// tokens are refreshed when a quarter of their life is left: a 2 s token
+/// after 1.5 s, a 1 s token after 0.75 s, so a token request is made about
+/// once per 0.75–0.85 lifetimes at every scale.
 #[derive(Debug, Clone)]
 pub struct RefreshPolicy {
     refresh_ahead: f64,
@@ -68,8 +70,8 @@ impl RefreshPolicy {
         self
     }
 
-    /// Refresh at least this long before expiry (but never before half the
-    /// lifetime has passed).
+    /// Refresh at least this long before expiry (but never before three
+    /// quarters of the lifetime have passed).
     pub fn min_ahead(mut self, ahead: Duration) -> Self {
         self.min_ahead = ahead;
         self
@@ -137,7 +139,7 @@ impl RefreshPolicy {
             .mul_f64(self.refresh_ahead)
             .clamp(self.min_ahead, self.max_ahead.max(self.min_ahead));
         let jittered = base.mul_f64(1.0 + self.jitter * random);
-        jittered.min(lifetime / 2)
+        jittered.min(lifetime / 4)
     }
 
     /// How long before expiry to stop handing a token out.
@@ -189,9 +191,10 @@ mod tests {
         assert_eq!(p.ahead(S(1800), 0.5), S(360));
         assert_eq!(p.ahead(S(24 * 3600), 0.5), S(600)); // ceiling
         assert_eq!(p.ahead(S(60), 0.5), S(12));
-        assert_eq!(p.ahead(S(30), 0.5), S(10)); // floor
-        assert_eq!(p.ahead(S(2), 0.5), S(1)); // half the lifetime
-        assert_eq!(p.ahead(S(1), 0.5), Duration::from_millis(500));
+        assert_eq!(p.ahead(S(45), 0.5), S(10)); // floor
+        assert_eq!(p.ahead(S(30), 0.5), Duration::from_millis(7500)); // floor, capped at a quarter
+        assert_eq!(p.ahead(S(2), 0.5), Duration::from_millis(500)); // a quarter of the lifetime
+        assert_eq!(p.ahead(S(1), 0.5), Duration::from_millis(250));
         assert_eq!(p.ahead(S(30 * 24 * 3600), 0.5), S(600));
     }
 
@@ -204,7 +207,7 @@ mod tests {
         assert_eq!(low, S(600));
         assert!(high > low && high <= S(720), "{high:?}");
         for r in [0.0, 0.3, 0.999] {
-            assert!(p.ahead(S(1), r) <= Duration::from_millis(500));
+            assert!(p.ahead(S(1), r) <= Duration::from_millis(250));
         }
     }
 
