@@ -46,6 +46,8 @@ pub enum ErrorKind {
     ResponseTooLarge,
     /// The cache's background task has stopped (its runtime is shutting down).
     Closed,
+    /// A custom [`TokenSource`](crate::TokenSource) failed; see [`Error::custom`].
+    Source,
 }
 
 /// The `error` code of an OAuth 2.0 error response (RFC 6749 §5.2).
@@ -117,6 +119,7 @@ struct Inner {
     retry_after: Option<Duration>,
     description: Option<String>,
     source: Option<BoxError>,
+    transient: bool,
 }
 
 impl Error {
@@ -129,14 +132,59 @@ impl Error {
                 retry_after: None,
                 description: None,
                 source: None,
+                transient: false,
             }),
         }
     }
 
+    /// An error for a custom [`TokenSource`](crate::TokenSource): `error` is
+    /// kept as the [`source`](std::error::Error::source), `transient` tells the
+    /// cache whether to retry with backoff (`true`) or treat it as permanent.
+    ///
+    /// ```
+    /// use tower_oauth2::{Error, ErrorKind};
+    ///
+    /// let error = Error::custom("metadata server unreachable", true);
+    /// assert_eq!(error.kind(), &ErrorKind::Source);
+    /// assert!(error.is_transient());
+    /// ```
+    pub fn custom(error: impl Into<BoxError>, transient: bool) -> Self {
+        Self::new(ErrorKind::Source, "the token source failed").with(|i| {
+            i.source = Some(error.into());
+            i.transient = transient;
+        })
+    }
+
+    /// An error saying the source can never succeed again without a person
+    /// authorizing the application anew (a dead refresh token, say). The
+    /// cache stops fetching for good after it.
+    pub fn reauthorization_required(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::ReauthorizationRequired, message)
+    }
+
+    /// The same error, saying the server asked to wait `delay` before trying again.
+    pub fn with_retry_after(self, delay: Duration) -> Self {
+        self.with_retry_after_opt(Some(delay))
+    }
+
     fn with(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        // Only called while building an error, before it is shared.
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            f(inner);
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(inner),
+            // Shared already: copy what can be copied, then change the copy.
+            None => {
+                let old = &self.inner;
+                let mut inner = Inner {
+                    kind: old.kind.clone(),
+                    message: old.message.clone(),
+                    status: old.status,
+                    retry_after: old.retry_after,
+                    description: old.description.clone(),
+                    source: None,
+                    transient: old.transient,
+                };
+                f(&mut inner);
+                self.inner = Arc::new(inner);
+            }
         }
         self
     }
@@ -147,10 +195,6 @@ impl Error {
 
     pub(crate) fn invalid_response(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::InvalidResponse, message)
-    }
-
-    pub(crate) fn reauthorization_required(message: &'static str) -> Self {
-        Self::new(ErrorKind::ReauthorizationRequired, message)
     }
 
     pub(crate) fn closed() -> Self {
@@ -213,6 +257,7 @@ impl Error {
                 retry_after: None,
                 description: inner.description.clone(),
                 source: None,
+                transient: false,
             }),
         }
     }
@@ -236,7 +281,7 @@ impl Error {
         self.with(|i| i.status = Some(status))
     }
 
-    pub(crate) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn with_retry_after_opt(self, retry_after: Option<Duration>) -> Self {
         self.with(|i| i.retry_after = retry_after)
     }
 
@@ -288,6 +333,7 @@ impl Error {
         });
         match &self.inner.kind {
             ErrorKind::Network | ErrorKind::Timeout | ErrorKind::ResponseTooLarge => true,
+            ErrorKind::Source => self.inner.transient,
             ErrorKind::Status => status_transient,
             ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {
                 status_transient || code == "server_error" || code == "temporarily_unavailable"

@@ -174,7 +174,7 @@ impl TokenEndpoint {
             body.extend_from_slice(&chunk);
         }
         response::parse(status, &body, sent_at, requested_scopes, self.leniency)
-            .map_err(|e| e.with_retry_after(retry_after))
+            .map_err(|e| e.with_retry_after_opt(retry_after))
     }
 }
 
@@ -185,7 +185,7 @@ fn too_large(status: StatusCode, limit: usize, retry_after: Option<Duration>) ->
     } else {
         Error::http_status(status)
     };
-    error.with_retry_after(retry_after)
+    error.with_retry_after_opt(retry_after)
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
