@@ -41,7 +41,10 @@ use tokio::sync::{mpsc, Notify};
 
 pub use policy::RefreshPolicy;
 
-use crate::{Error, Token, TokenSource};
+use crate::{
+    clock::{self, Instant},
+    Error, Token, TokenSource,
+};
 
 /// A shared, self-refreshing access token. Cheap to clone; every clone sees
 /// the same token and the same background task.
@@ -64,8 +67,12 @@ pub(crate) enum Slot {
     Empty,
     /// A token that has not reached its expiry margin.
     Ready(Token),
-    /// The last attempt failed and no valid token is left: fail fast.
-    Failed(Error),
+    /// The last attempt failed and no valid token is left: fail fast until
+    /// `retry_at` (never, when `None`), then wait for the next attempt.
+    Failed {
+        error: Error,
+        retry_at: Option<Instant>,
+    },
 }
 
 #[derive(Default)]
@@ -124,9 +131,12 @@ impl TokenCache {
 
     /// The current valid token, waiting for a fetch when there is none.
     ///
-    /// Returns the fetch's error when it fails and no valid token is left;
-    /// while a failing endpoint is being retried in the background, callers
-    /// get that error at once rather than piling up.
+    /// Returns the fetch's error when it fails and no valid token is left.
+    /// Until the next attempt is due (after the policy's backoff, or never
+    /// after [`ErrorKind::ReauthorizationRequired`]), callers get that error at
+    /// once rather than piling up; once it is due, they wait for the attempt.
+    ///
+    /// [`ErrorKind::ReauthorizationRequired`]: crate::ErrorKind::ReauthorizationRequired
     pub async fn token(&self) -> Result<Token, Error> {
         let mut counted = false;
         loop {
@@ -136,9 +146,16 @@ impl TokenCache {
             notified.as_mut().enable();
             match &**self.shared.slot.load() {
                 Slot::Ready(token) => return Ok(token.clone()),
-                Slot::Failed(error) => {
+                Slot::Failed { error, retry_at } => {
+                    // Off the hot path: only a failed cache reads the clock here.
+                    if retry_at.is_none_or(|at| clock::now() < at) {
+                        return Err(error.clone());
+                    }
+                    if !counted {
+                        counted = true;
+                        self.shared.counters.waits.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.wake()?;
-                    return Err(error.clone());
                 }
                 Slot::Empty => {
                     if !counted {
@@ -214,7 +231,7 @@ impl std::fmt::Debug for TokenCache {
         let state = match &**self.shared.slot.load() {
             Slot::Empty => "empty",
             Slot::Ready(_) => "ready",
-            Slot::Failed(_) => "failed",
+            Slot::Failed { .. } => "failed",
         };
         f.debug_struct("TokenCache")
             .field("state", &state)

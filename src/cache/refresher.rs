@@ -112,10 +112,17 @@ impl Refresher {
         }
         tracing::debug!(target: "tower_oauth2", "token reached its expiry margin without a replacement");
         let slot = match &self.last_error {
-            Some(error) => Slot::Failed(error.clone()),
+            Some(error) => self.failed(error.clone()),
             None => Slot::Empty,
         };
         self.publish(slot);
+    }
+
+    fn failed(&self, error: Error) -> Slot {
+        Slot::Failed {
+            error,
+            retry_at: if self.terminal { None } else { self.next_try },
+        }
     }
 
     fn publish(&self, slot: Slot) {
@@ -191,7 +198,7 @@ impl Refresher {
                 if self.current.is_some() {
                     self.last_error = Some(error);
                 } else {
-                    self.publish(Slot::Failed(error));
+                    self.publish(self.failed(error));
                     self.demand = false;
                 }
             }
