@@ -255,6 +255,7 @@ async fn a_token_is_never_handed_out_past_its_expiry_even_when_refresh_fails() {
     for _ in 0..1200 {
         match cache.token().await {
             Ok(token) => {
+                assert!(token.same_as(&first), "the endpoint never gave a second token");
                 assert!(Instant::now() < expires_at);
                 served += 1;
             }
