@@ -1,15 +1,12 @@
 //! TokenCache behaviour on paused time with a scripted token source.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
+mod scripted;
 
+use std::{sync::atomic::Ordering, time::Duration};
+
+use scripted::{Reply, Scripted};
 use tokio::time::{advance, sleep, Instant};
-use tower_oauth2::{Error, ErrorKind, RefreshPolicy, Token, TokenCache, TokenSource};
+use tower_oauth2::{Error, ErrorKind, RefreshPolicy, TokenCache};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -17,96 +14,12 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// What the scripted source answers to its n-th call (1-based).
-enum Reply {
-    Token(Option<Duration>),
-    Fail(Error),
-}
-
-/// A token source that answers from a script, after `latency`, and counts
-/// its calls. A call past the end of a finite script panics (and is counted,
-/// so tests that check the count notice it).
-#[derive(Clone)]
-struct Scripted {
-    script: Arc<Mutex<dyn FnMut(usize) -> Reply + Send>>,
-    calls: Arc<AtomicUsize>,
-    completed: Arc<AtomicUsize>,
-    latency: Duration,
-    dropped: Arc<AtomicBool>,
-}
-
-impl Scripted {
-    fn new(script: impl FnMut(usize) -> Reply + Send + 'static) -> Self {
-        Self {
-            script: Arc::new(Mutex::new(script)),
-            calls: Arc::default(),
-            completed: Arc::default(),
-            latency: Duration::ZERO,
-            dropped: Arc::default(),
-        }
-    }
-
-    /// Answers these replies in order, then panics.
-    fn exactly(replies: Vec<Reply>) -> Self {
-        let mut replies = replies.into_iter();
-        Self::new(move |n| {
-            replies
-                .next()
-                .unwrap_or_else(|| panic!("token source called {n} times, more than scripted"))
-        })
-    }
-
-    /// Always hands out tokens of `lifetime`.
-    fn tokens(lifetime: Duration) -> Self {
-        Self::new(move |_| Reply::Token(Some(lifetime)))
-    }
-
-    fn latency(mut self, latency: Duration) -> Self {
-        self.latency = latency;
-        self
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-struct Source(Scripted);
-
-impl TokenSource for Source {
-    async fn fetch(&mut self) -> Result<Token, Error> {
-        let s = &self.0;
-        let sent = Instant::now();
-        let n = s.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        sleep(s.latency).await;
-        let reply = (s.script.lock().unwrap())(n);
-        s.completed.fetch_add(1, Ordering::SeqCst);
-        match reply {
-            Reply::Token(lifetime) => {
-                let builder = Token::builder(format!("token-{n}")).issued_at(sent);
-                match lifetime {
-                    Some(l) => builder.expires_in(l),
-                    None => builder,
-                }
-                .build()
-            }
-            Reply::Fail(error) => Err(error),
-        }
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.0.dropped.store(true, Ordering::SeqCst);
-    }
-}
-
 fn deterministic() -> RefreshPolicy {
     RefreshPolicy::new().jitter(0.0)
 }
 
 fn cache(script: &Scripted, policy: RefreshPolicy) -> TokenCache {
-    TokenCache::with_policy(Source(script.clone()), policy)
+    TokenCache::with_policy(script.source(), policy)
 }
 
 fn transient() -> Error {
@@ -255,7 +168,10 @@ async fn a_token_is_never_handed_out_past_its_expiry_even_when_refresh_fails() {
     for _ in 0..1200 {
         match cache.token().await {
             Ok(token) => {
-                assert!(token.same_as(&first), "the endpoint never gave a second token");
+                assert!(
+                    token.same_as(&first),
+                    "the endpoint never gave a second token"
+                );
                 assert!(Instant::now() < expires_at);
                 served += 1;
             }
