@@ -27,7 +27,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// What the upstream saw: the `Authorization` header of each call, and
 /// whether it was marked sensitive.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(Option<String>, bool)>>>);
+struct Seen(Arc<Mutex<Vec<Call>>>);
+
+/// One upstream call: its `Authorization` header and whether it was sensitive.
+type Call = (Option<String>, bool);
 
 impl Seen {
     fn headers(&self) -> Vec<Option<String>> {
@@ -280,7 +283,8 @@ async fn a_body_that_cannot_be_copied_is_not_replayed_but_the_token_is_dropped()
 
 #[tokio::test(start_paused = true)]
 async fn answers_that_do_not_blame_the_token_are_returned_as_they_are() {
-    let cases: [(fn() -> Response<()>, bool); 4] = [
+    type Answer = fn() -> Response<()>;
+    let cases: [(Answer, bool); 4] = [
         (
             || {
                 status(
