@@ -17,21 +17,32 @@
 //! ```
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use tower_oauth2::{ClientCredentials, TokenSource};
+//! # use std::convert::Infallible;
+//! # async fn run() -> Result<(), tower_oauth2::Error> {
+//! # let inner = tower::service_fn(|_: http::Request<String>| async {
+//! #     Ok::<_, Infallible>(http::Response::new(String::new()))
+//! # });
+//! use tower::ServiceBuilder;
+//! use tower_oauth2::{BearerAuthLayer, ClientCredentials, TokenCache};
 //!
 //! let grant = ClientCredentials::builder()
 //!     .token_url("https://identity.officernd.com/oauth/token")
 //!     .client_id("my-app")
 //!     .client_secret("s3cret")
 //!     .scope("officernd.api.read officernd.api.write")
-//!     .build()?;
-//! let mut grant = grant;
-//! let token = grant.fetch().await?;
-//! println!("token good for {:?}", token.expires_in());
+//!     .build()?;                            // Result<ClientCredentials, tower_oauth2::Error>
+//! let cache = TokenCache::new(grant);       // Clone; inside a Tokio runtime
+//! let client = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(cache.clone()))
+//!     .service(inner);                      // any Service<http::Request<B>> + Clone
+//! let token = cache.token().await?;         // the current valid token (fetches if needed)
+//! # drop((client, token));
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The module docs of [`layer`], [`cache`], [`grant`] and [`endpoint`] go
+//! further, each with an example.
 //!
 //! Secrets (client secret, access and refresh tokens) never appear in the
 //! `Debug` or `Display` output of any type in this crate, nor in its errors

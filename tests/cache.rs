@@ -107,11 +107,12 @@ async fn nothing_is_fetched_before_the_first_request() {
 
 #[tokio::test(start_paused = true)]
 async fn no_refresh_before_the_refresh_point_and_one_by_then() {
-    // 3600 s lifetime, deterministic policy: 10 min ahead, so at 3000 s.
+    // 3600 s lifetime, deterministic policy: usable until 3595 s (5 s
+    // margin), refreshed 10 min before that, at 2995 s.
     let script = Scripted::tokens(HOUR);
     let cache = cache(&script, deterministic());
     let first = cache.token().await.unwrap();
-    advance(secs(2999)).await;
+    advance(secs(2994)).await;
     settle().await;
     assert_eq!(
         script.calls(),
@@ -129,19 +130,22 @@ async fn no_refresh_before_the_refresh_point_and_one_by_then() {
 
 #[tokio::test(start_paused = true)]
 async fn continuous_traffic_over_ten_lifetimes() {
-    for (lifetime, every) in [
-        (HOUR, secs(10)),
-        (secs(2), Duration::from_millis(20)),
-        (secs(1), Duration::from_millis(10)),
+    // The default policy refreshes 10-12 min ahead for an hour (12-13
+    // fetches in 10 lifetimes); a short token is usable for its lifetime less
+    // a margin of 1 s or half of it (servers round expiry to whole seconds),
+    // and refreshed when a quarter of that is left: every 0.75 s for a 2 s
+    // token, every 0.375 s for a 1 s one.
+    for (lifetime, every, fetches) in [
+        (HOUR, secs(10), 12..=15),
+        (secs(2), Duration::from_millis(20), 26..=29),
+        (secs(1), Duration::from_millis(10), 26..=29),
     ] {
         let script = Scripted::tokens(lifetime).latency(Duration::from_millis(5));
         let cache = cache(&script, RefreshPolicy::new());
         let requests = steady_traffic(&cache, every, lifetime * 10).await;
         let stats = cache.stats();
-        // The default policy refreshes 10-12 min ahead for an hour, a quarter
-        // of the lifetime for short tokens: 10 lifetimes take 12 to 14 fetches.
         assert!(
-            (11..=15).contains(&stats.token_requests),
+            fetches.contains(&stats.token_requests),
             "{lifetime:?}: {stats:?} for {requests} requests"
         );
         assert_eq!(
@@ -191,11 +195,12 @@ async fn a_token_is_never_handed_out_past_its_expiry_even_when_refresh_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_while_the_token_is_valid_costs_requests_nothing() {
-    // Healthy, then down for 400 s starting at the refresh point, then healthy.
+    // Healthy, then down for 400 s from just before the refresh point
+    // (2995 s), then healthy again.
     let start = Instant::now();
     let script = Scripted::new(move |_| {
         let t = Instant::now() - start;
-        if t >= secs(3000) && t < secs(3400) {
+        if t >= secs(2990) && t < secs(3390) {
             Reply::Fail(transient())
         } else {
             Reply::Token(Some(HOUR))
@@ -357,8 +362,8 @@ async fn missing_expires_in_uses_the_default_lifetime() {
     let script = Scripted::new(|_| Reply::Token(None));
     let cache = cache(&script, deterministic().default_lifetime(secs(100)));
     cache.token().await.unwrap();
-    // 100 s default: 20 % ahead, so the refresh is at 80 s.
-    advance(secs(79)).await;
+    // 100 s default: usable 95 s, refreshed 19 s (20 %) before, at 76 s.
+    advance(secs(75)).await;
     settle().await;
     assert_eq!(script.calls(), 1);
     advance(secs(2)).await;

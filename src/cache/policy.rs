@@ -10,25 +10,30 @@ use std::time::Duration;
 ///
 /// | setting | default | |
 /// |---|---|---|
-/// | [`refresh_ahead`](Self::refresh_ahead) | 20 % of the lifetime | bounded by `min_ahead` and `max_ahead` |
-/// | [`min_ahead`](Self::min_ahead) | 10 s | never more than a quarter of the lifetime |
+/// | [`refresh_ahead`](Self::refresh_ahead) | 20 % of the usable lifetime | bounded by `min_ahead` and `max_ahead` |
+/// | [`min_ahead`](Self::min_ahead) | 10 s | never more than a quarter of the usable lifetime |
 /// | [`max_ahead`](Self::max_ahead) | 10 min | |
 /// | [`jitter`](Self::jitter) | 0.2 | refresh up to 20 % earlier; back off up to 20 % shorter |
-/// | [`expiry_margin`](Self::expiry_margin) | 5 s | at most 10 % of the lifetime |
+/// | [`expiry_margin`](Self::expiry_margin) | 5 s | at most 10 % of the lifetime but at least 1 s; at most half |
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | when `expires_in` is missing |
 /// | [`initial_backoff`](Self::initial_backoff) | 1 s | doubled per failure |
 /// | [`max_backoff`](Self::max_backoff) | 5 min | also the wait after a permanent error |
 /// | [`request_timeout`](Self::request_timeout) | 30 s | bounds one fetch from any source |
 ///
+/// The *usable* lifetime is the announced one less the expiry margin: the
+/// cache stops handing a token out there, so it does not expire on its way
+/// to the server. Servers compute expiry in whole seconds and often round
+/// the issue time down, so a token announced as 2 s may be valid for only a
+/// little over 1 s: hence a margin of at least 1 s for short tokens.
+///
 /// Against the anchors: Go's x/oauth2 refreshes 10 s before expiry, on the
-/// request path, so an endpoint hiccup in those 10 s fails requests. Duende
+/// request path, so an endpoint hiccup in those 10 s fails requests (and a
+/// token shorter than 10 s is fetched anew for every request). Duende
 /// refreshes 60 s ahead. aliri refreshes at 75 % of the lifetime. Here a
-/// one-hour token (OfficeRnD's 3599 s) is refreshed about 10–12 minutes
-/// ahead, which leaves that long for retries with backoff before any request
-/// notices an outage; a 24 h token (Orange Logic) 10–12 minutes ahead. Short
-/// tokens are refreshed when a quarter of their life is left: a 2 s token
-/// after 1.5 s, a 1 s token after 0.75 s, so a token request is made about
-/// once per 0.75–0.85 lifetimes at every scale.
+/// one-hour token (OfficeRnD's 3599 s) is refreshed 10–12 minutes ahead, which
+/// leaves that long for retries with backoff before any request notices an
+/// outage; a 24 h token (Orange Logic) likewise. A 60 s token is refreshed
+/// after 44 s; a 2 s token after 0.75 s, a 1 s token after 0.375 s.
 #[derive(Debug, Clone)]
 pub struct RefreshPolicy {
     refresh_ahead: f64,
@@ -40,6 +45,13 @@ pub struct RefreshPolicy {
     initial_backoff: Duration,
     max_backoff: Duration,
     request_timeout: Duration,
+}
+
+/// When a token is refreshed and retired, counted from its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    pub(crate) refresh_after: Duration,
+    pub(crate) retire_after: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -132,19 +144,27 @@ impl RefreshPolicy {
         announced.unwrap_or(self.default_lifetime)
     }
 
-    /// How long before expiry to refresh a token of `lifetime`; `random` is
-    /// uniform in `[0, 1)`.
-    pub(crate) fn ahead(&self, lifetime: Duration, random: f64) -> Duration {
-        let base = lifetime
+    /// When to refresh and when to stop handing out a token of `lifetime`,
+    /// both counted from the token request; `random` is uniform in `[0, 1)`.
+    pub(crate) fn schedule(&self, lifetime: Duration, random: f64) -> Schedule {
+        let margin = self
+            .expiry_margin
+            .min((lifetime / 10).max(Duration::from_secs(1)))
+            .min(lifetime / 2);
+        let usable = lifetime - margin;
+        Schedule {
+            refresh_after: usable - self.ahead(usable, random),
+            retire_after: usable,
+        }
+    }
+
+    /// How long before the end of `usable` to refresh.
+    fn ahead(&self, usable: Duration, random: f64) -> Duration {
+        let base = usable
             .mul_f64(self.refresh_ahead)
             .clamp(self.min_ahead, self.max_ahead.max(self.min_ahead));
         let jittered = base.mul_f64(1.0 + self.jitter * random);
-        jittered.min(lifetime / 4)
-    }
-
-    /// How long before expiry to stop handing a token out.
-    pub(crate) fn margin(&self, lifetime: Duration) -> Duration {
-        self.expiry_margin.min(lifetime / 10)
+        jittered.min(usable / 4)
     }
 
     /// The delay before attempt number `failures + 1` after `failures`
@@ -184,38 +204,50 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    fn at(p: &RefreshPolicy, lifetime: Duration, random: f64) -> (Duration, Duration) {
+        let s = p.schedule(lifetime, random);
+        (s.refresh_after, s.retire_after)
+    }
+
     #[test]
-    fn ahead_scales_with_lifetime() {
+    fn schedule_scales_with_lifetime() {
         let p = RefreshPolicy::new().jitter(0.0);
-        assert_eq!(p.ahead(S(3599), 0.5), S(600)); // 20 % is 12 min: the ceiling wins
-        assert_eq!(p.ahead(S(1800), 0.5), S(360));
-        assert_eq!(p.ahead(S(24 * 3600), 0.5), S(600)); // ceiling
-        assert_eq!(p.ahead(S(60), 0.5), S(12));
-        assert_eq!(p.ahead(S(45), 0.5), S(10)); // floor
-        assert_eq!(p.ahead(S(30), 0.5), Duration::from_millis(7500)); // floor, capped at a quarter
-        assert_eq!(p.ahead(S(2), 0.5), Duration::from_millis(500)); // a quarter of the lifetime
-        assert_eq!(p.ahead(S(1), 0.5), Duration::from_millis(250));
-        assert_eq!(p.ahead(S(30 * 24 * 3600), 0.5), S(600));
+        let ms = Duration::from_millis;
+        // (lifetime, refresh after, retire after)
+        for (lifetime, refresh, retire) in [
+            (S(3599), S(2994), S(3594)), // ceiling: 10 min ahead of a 5 s margin
+            (S(24 * 3600), S(85795), S(86395)),
+            (S(30 * 24 * 3600), S(2591395), S(2591995)),
+            (S(1800), S(1436), S(1795)), // 20 % of the usable lifetime
+            (S(60), S(44), S(55)),       // 20 % of 55 s
+            (S(30), ms(20250), S(27)),   // margin 10 %; floor capped at a quarter
+            (S(2), ms(750), S(1)),       // margin 1 s: whole-second expiry
+            (S(1), ms(375), ms(500)),    // margin at most half
+        ] {
+            assert_eq!(at(&p, lifetime, 0.5), (refresh, retire), "{lifetime:?}");
+        }
     }
 
     #[test]
     fn jitter_only_moves_refresh_earlier_and_stays_bounded() {
         let p = RefreshPolicy::new();
-        let lifetime = S(3600);
-        let low = p.ahead(lifetime, 0.0);
-        let high = p.ahead(lifetime, 0.999);
-        assert_eq!(low, S(600));
-        assert!(high > low && high <= S(720), "{high:?}");
+        let (plain, retire) = at(&p, S(3600), 0.0);
+        let (early, _) = at(&p, S(3600), 0.999);
+        assert_eq!((plain, retire), (S(2995), S(3595)));
+        assert!(early < plain && early >= S(2995 - 120), "{early:?}");
         for r in [0.0, 0.3, 0.999] {
-            assert!(p.ahead(S(1), r) <= Duration::from_millis(250));
+            let (refresh, retire) = at(&p, S(1), r);
+            assert!(refresh >= Duration::from_millis(375) && refresh < retire);
         }
     }
 
     #[test]
-    fn margin_is_small_for_short_tokens() {
+    fn zero_lifetime_does_not_underflow() {
         let p = RefreshPolicy::new();
-        assert_eq!(p.margin(S(3600)), S(5));
-        assert_eq!(p.margin(S(1)), Duration::from_millis(100));
+        assert_eq!(
+            at(&p, Duration::ZERO, 0.5),
+            (Duration::ZERO, Duration::ZERO)
+        );
     }
 
     #[test]

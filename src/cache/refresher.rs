@@ -208,14 +208,14 @@ impl Refresher {
     /// Decides when a fresh token is refreshed and when it stops being handed out.
     fn schedule(&self, token: Token, now: Instant) -> Result<Live, Error> {
         let lifetime = self.policy.lifetime(token.expires_in());
-        let expires_at = token.issued_at() + lifetime;
-        let retire_at = expires_at - self.policy.margin(lifetime);
+        let schedule = self.policy.schedule(lifetime, rand::random());
+        let retire_at = token.issued_at() + schedule.retire_after;
         if retire_at <= now {
             return Err(Error::invalid_response(
                 "the token expired before it arrived (expires_in shorter than the round trip)",
             ));
         }
-        let planned = expires_at - self.policy.ahead(lifetime, rand::random());
+        let planned = token.issued_at() + schedule.refresh_after;
         // A slow round trip can eat the planned lead time; never refresh in a loop.
         let refresh_at = if planned > now {
             planned
