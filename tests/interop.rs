@@ -1,0 +1,592 @@
+//! Interop with a real, certified authorization server: oidc-provider, run by
+//! `tests/interop/server.mjs` on loopback.
+//!
+//! Needs Node.js and `npm ci` in `tests/interop`. Without them these tests
+//! print one line and pass, unless `TOWER_OAUTH2_INTEROP=require` is set (CI
+//! sets it), in which case they fail.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, Once,
+    },
+    time::Duration,
+};
+
+use axum::{extract::State, http::HeaderMap, routing::get, Router};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use bytes::Bytes;
+use http::{header::AUTHORIZATION, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tower::{Layer, Service, ServiceExt};
+use tower_oauth2::{
+    AuthMethod, AuthorizationCode, BearerAuthLayer, ClientCredentials, ErrorKind, OAuthErrorCode,
+    RefreshPolicy, TokenCache, TokenSource,
+};
+
+const AUDIENCE: &str = "urn:tower-oauth2:api";
+const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+
+/// A running oidc-provider; killed on drop.
+struct Provider {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Provider {
+    /// Starts a fresh server, or returns `None` (after saying why, once)
+    /// when Node.js or the npm packages are missing and interop is not required.
+    fn start() -> Option<Provider> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let missing = if Command::new("node").arg("--version").output().is_err() {
+            Some("Node.js is not installed")
+        } else if !dir.join("node_modules/oidc-provider").is_dir() {
+            Some("its npm packages are not installed (run `npm ci` in tests/interop)")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            if std::env::var("TOWER_OAUTH2_INTEROP").as_deref() == Ok("require") {
+                panic!("TOWER_OAUTH2_INTEROP=require, but the interop server cannot start: {why}");
+            }
+            static SAID: Once = Once::new();
+            // Straight to stderr: the test harness would swallow `eprintln!`.
+            SAID.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping interop tests against oidc-provider: {why}"
+                );
+            });
+            return None;
+        }
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the interop server did not say READY within 30 s");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the interop server: {line:?}"));
+        Some(Provider {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn token_url(&self) -> String {
+        format!("{}/token", self.base)
+    }
+
+    fn client_credentials(
+        &self,
+        id: &str,
+        secret: &str,
+        method: AuthMethod,
+        scope: &str,
+    ) -> ClientCredentials {
+        ClientCredentials::builder()
+            .token_url(self.token_url())
+            .client_id(id)
+            .client_secret(secret)
+            .auth_method(method)
+            .scope(scope)
+            .build()
+            .unwrap()
+    }
+
+    /// Token requests the server has seen from `client_id`.
+    async fn token_requests(&self, client_id: &str) -> u64 {
+        let stats: Value = self.get_json("/test/stats").await;
+        stats["token_requests"][client_id].as_u64().unwrap_or(0)
+    }
+
+    async fn token_requests_by_grant(&self, grant: &str) -> u64 {
+        let stats: Value = self.get_json("/test/stats").await;
+        stats["token_requests_by_grant"][grant]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    /// What the provider says about `token`, asked as the resource server.
+    async fn introspect(&self, token: &str) -> Value {
+        self.http
+            .post(format!("{}/token/introspection", self.base))
+            .basic_auth("resource-server", Some("rs-secret"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn revoke(&self, token: &str, client_id: &str, secret: &str) {
+        let response = self
+            .http
+            .post(format!("{}/token/revocation", self.base))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "revocation: {}",
+            response.status()
+        );
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+macro_rules! provider {
+    () => {
+        match Provider::start() {
+            Some(provider) => provider,
+            None => return,
+        }
+    };
+}
+
+fn secret_of(token: &tower_oauth2::Token) -> String {
+    token.access_token().expose_secret().to_owned()
+}
+
+#[tokio::test]
+async fn client_credentials_with_basic_and_post() {
+    let provider = provider!();
+    for (id, secret, method) in [
+        ("cc-basic", "basic-secret", AuthMethod::ClientSecretBasic),
+        ("cc-post", "post-secret", AuthMethod::ClientSecretPost),
+    ] {
+        let mut grant = provider.client_credentials(id, secret, method, "api.read api.write");
+        let token = grant.fetch().await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(token.scopes(), ["api.read", "api.write"], "{id}");
+        assert_eq!(token.expires_in(), Some(Duration::from_secs(300)));
+        let info = provider.introspect(&secret_of(&token)).await;
+        assert_eq!(info["active"], true, "{id}: {info}");
+        assert_eq!(info["client_id"], id);
+        assert_eq!(info["aud"], AUDIENCE, "{info}");
+
+        let mut narrow = provider.client_credentials(id, secret, method, "api.read");
+        let token = narrow.fetch().await.unwrap();
+        assert_eq!(token.scopes(), ["api.read"]);
+        let info = provider.introspect(&secret_of(&token)).await;
+        assert_eq!(info["scope"], "api.read", "{info}");
+    }
+}
+
+#[tokio::test]
+async fn a_secret_with_special_characters_is_encoded_for_basic_auth() {
+    let provider = provider!();
+    let secret = "p@ss:w/rd+&=% é";
+    let mut encoded = provider.client_credentials(
+        "cc-special",
+        secret,
+        AuthMethod::ClientSecretBasic,
+        "api.read",
+    );
+    encoded
+        .fetch()
+        .await
+        .expect("form-urlencoded Basic credentials are accepted");
+    let mut raw = provider.client_credentials(
+        "cc-special",
+        secret,
+        AuthMethod::ClientSecretBasicUnencoded,
+        "api.read",
+    );
+    let error = raw.fetch().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+        "{error}"
+    );
+}
+
+/// A permanent error through the cache: the server sees one token request,
+/// however many callers ask.
+async fn assert_no_retry_storm(
+    provider: &Provider,
+    grant: ClientCredentials,
+    client_id: &str,
+    code: OAuthErrorCode,
+) {
+    let cache = TokenCache::new(grant);
+    for _ in 0..100 {
+        let error = cache.token().await.unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::OAuth(code.clone()), "{error}");
+        assert!(!error.is_transient());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(provider.token_requests(client_id).await, 1);
+    assert_eq!(cache.stats().token_requests, 1);
+}
+
+#[tokio::test]
+async fn invalid_client_and_invalid_scope_are_typed_and_not_retried() {
+    let provider = provider!();
+    let wrong_secret = provider.client_credentials(
+        "cc-basic",
+        "wrong",
+        AuthMethod::ClientSecretBasic,
+        "api.read",
+    );
+    assert_no_retry_storm(
+        &provider,
+        wrong_secret,
+        "cc-basic",
+        OAuthErrorCode::InvalidClient,
+    )
+    .await;
+    // OfficeRnD's documented case: a scope the application was not granted.
+    let not_granted = provider.client_credentials(
+        "cc-post",
+        "post-secret",
+        AuthMethod::ClientSecretPost,
+        "api.admin",
+    );
+    assert_no_retry_storm(
+        &provider,
+        not_granted,
+        "cc-post",
+        OAuthErrorCode::InvalidScope,
+    )
+    .await;
+}
+
+/// A resource server that asks the provider about every token it is shown.
+#[derive(Clone)]
+struct ResourceServer {
+    provider_base: String,
+    http: reqwest::Client,
+    served: Arc<AtomicUsize>,
+    rejected: Arc<AtomicUsize>,
+}
+
+async fn protected(
+    State(rs): State<ResourceServer>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, &'static str) {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let info: Value = rs
+        .http
+        .post(format!("{}/token/introspection", rs.provider_base))
+        .basic_auth("resource-server", Some("rs-secret"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scopes = info["scope"].as_str().unwrap_or_default();
+    let ok = info["active"] == true
+        && info["aud"] == AUDIENCE
+        && scopes.split(' ').any(|s| s == "api.read");
+    if ok {
+        rs.served.fetch_add(1, Ordering::SeqCst);
+        (StatusCode::OK, HeaderMap::new(), "data")
+    } else {
+        rs.rejected.fetch_add(1, Ordering::SeqCst);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+        );
+        (StatusCode::UNAUTHORIZED, headers, "")
+    }
+}
+
+impl ResourceServer {
+    async fn start(provider: &Provider) -> (ResourceServer, String) {
+        let rs = ResourceServer {
+            provider_base: provider.base.clone(),
+            http: reqwest::Client::new(),
+            served: Arc::default(),
+            rejected: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/data", get(protected))
+            .with_state(rs.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/data", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rs, url)
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn api_client(cache: &TokenCache) -> tower_oauth2::BearerAuth<HttpClient> {
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    BearerAuthLayer::new(cache.clone()).layer(http)
+}
+
+async fn call(client: &mut tower_oauth2::BearerAuth<HttpClient>, url: &str) -> StatusCode {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn the_layer_recovers_from_a_revoked_token_with_one_refresh_and_one_replay() {
+    let provider = provider!();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let grant = provider.client_credentials(
+        "cc-basic",
+        "basic-secret",
+        AuthMethod::ClientSecretBasic,
+        "api.read",
+    );
+    let cache = TokenCache::new(grant);
+    let mut client = api_client(&cache);
+    for _ in 0..20 {
+        assert_eq!(call(&mut client, &url).await, StatusCode::OK);
+    }
+    assert_eq!(provider.token_requests("cc-basic").await, 1);
+
+    let revoked = cache.token().await.unwrap();
+    provider
+        .revoke(&secret_of(&revoked), "cc-basic", "basic-secret")
+        .await;
+    assert_eq!(
+        call(&mut client, &url).await,
+        StatusCode::OK,
+        "replayed with a new token"
+    );
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        1,
+        "one 401, for the revoked token"
+    );
+    assert_eq!(provider.token_requests("cc-basic").await, 2, "one refresh");
+    assert_eq!(cache.stats().invalidations, 1);
+    assert!(!cache.token().await.unwrap().same_as(&revoked));
+    assert_eq!(call(&mut client, &url).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_under_concurrent_traffic() {
+    let provider = provider!();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let grant = provider.client_credentials(
+        "cc-short",
+        "short-secret",
+        AuthMethod::ClientSecretBasic,
+        "api.read",
+    );
+    let cache = TokenCache::new(grant);
+    let lifetimes = 10;
+    let run_for = Duration::from_secs(2 * lifetimes + 1);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut client, url) = (api_client(&cache), url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let end = tokio::time::Instant::now() + run_for;
+                while tokio::time::Instant::now() < end {
+                    match call(&mut client, &url).await {
+                        StatusCode::OK => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let token_requests = provider.token_requests("cc-short").await;
+    let stats = cache.stats();
+    println!("{ok} requests, {failed} failed, {token_requests} token requests, {stats:?}");
+    assert!(ok > 100, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no request carried an expired token"
+    );
+    assert_eq!(stats.waits, 1, "only the first request waited: {stats:?}");
+    // The server rounds expiry to whole seconds, so a "2 s" token may be
+    // valid for just over 1 s: the policy refreshes every 0.75 s.
+    assert!(
+        (lifetimes..=3 * lifetimes + 2).contains(&token_requests),
+        "{token_requests} token requests over {lifetimes} lifetimes"
+    );
+}
+
+fn pkce_pair() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(rand_bytes());
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (std::process::id() as u8)
+            .wrapping_mul(31)
+            .wrapping_add(i as u8 * 7);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    bytes[0] ^= nanos as u8;
+    bytes[1] ^= (nanos >> 8) as u8;
+    bytes
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
+    let provider = provider!();
+    let (verifier, challenge) = pkce_pair();
+    let code: Value = provider
+        .get_json(&format!(
+            "/test/code?client_id=web-app&redirect_uri={REDIRECT_URI}&scope=openid%20offline_access%20api.read\
+             &code_challenge={challenge}&code_challenge_method=S256&resource={AUDIENCE}&state=xyz"
+        ))
+        .await;
+    let code = code["code"].as_str().expect("a code").to_owned();
+
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = issued.clone();
+    let grant = AuthorizationCode::builder()
+        .token_url(provider.token_url())
+        .client_id("web-app")
+        .client_secret("web-secret")
+        .code(code)
+        .redirect_uri(REDIRECT_URI)
+        .code_verifier(verifier)
+        .on_refresh_token(move |rt| record.lock().unwrap().push(rt.expose_secret().to_owned()))
+        .build()
+        .unwrap();
+    let cache = TokenCache::with_policy(grant, RefreshPolicy::new());
+    let first = cache.token().await.unwrap();
+    let info = provider.introspect(&secret_of(&first)).await;
+    assert_eq!(info["active"], true, "{info}");
+
+    // Refresh pressure from many callers at once: each round invalidates the
+    // current token from 50 tasks; one refresh per round must follow, always
+    // with the newest refresh token (reusing an old one would revoke them all).
+    for _ in 0..5 {
+        let current = cache.token().await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, current) = (cache.clone(), current.clone());
+                tokio::spawn(async move {
+                    cache.invalidate(&current);
+                    cache.token().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await
+                .unwrap()
+                .expect("no refresh failed: no old refresh token was reused");
+        }
+    }
+    let issued = issued.lock().unwrap().clone();
+    assert_eq!(
+        issued.len(),
+        6,
+        "one refresh token from the code, one per refresh"
+    );
+    let mut distinct = issued.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "every refresh rotated the refresh token");
+    assert_eq!(
+        provider.token_requests_by_grant("authorization_code").await,
+        1
+    );
+    assert_eq!(provider.token_requests_by_grant("refresh_token").await, 5);
+    assert_eq!(cache.stats().failures, 0);
+
+    // Revoked at the provider: the next refresh says a person must come back.
+    let response = provider
+        .http
+        .post(format!(
+            "{}/test/revoke-grants?client_id=web-app",
+            provider.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let current = cache.token().await.unwrap();
+    cache.invalidate(&current);
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_reauthorization_required(), "{error}");
+    assert_eq!(error.oauth_code(), Some(&OAuthErrorCode::InvalidGrant));
+    for _ in 0..10 {
+        assert!(cache
+            .token()
+            .await
+            .unwrap_err()
+            .is_reauthorization_required());
+    }
+    assert_eq!(
+        provider.token_requests_by_grant("refresh_token").await,
+        6,
+        "no retries after invalid_grant"
+    );
+}
