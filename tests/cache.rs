@@ -405,6 +405,23 @@ async fn the_background_task_ends_with_the_last_handle() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_panicking_source_fails_waiters_instead_of_hanging_them() {
+    let script = Scripted::exactly(vec![]).latency(Duration::from_millis(10));
+    let cache = cache(&script, deterministic());
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    for waiter in waiters {
+        let error = waiter.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::Closed);
+    }
+    assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn fetches_are_bounded_by_the_request_timeout() {
     let script = Scripted::exactly(vec![Reply::Token(Some(HOUR)), Reply::Token(Some(HOUR))])
         .latency(secs(3600));

@@ -230,6 +230,17 @@ impl Refresher {
     }
 }
 
+impl Drop for Refresher {
+    /// The task is gone (a panicking source, a runtime shutting down): tell
+    /// every waiter now rather than leave them waiting for ever.
+    fn drop(&mut self) {
+        self.publish(Slot::Failed {
+            error: Error::closed(),
+            retry_at: None,
+        });
+    }
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
