@@ -1,0 +1,249 @@
+//! A token endpoint that fails in every way a real one does, behind a
+//! `TokenCache`: no panic, a typed error where one is due, the cached token
+//! keeps serving while it is valid, and token requests stay bounded.
+//!
+//! Real sockets need real time: the server hands out 3 s tokens (usable for
+//! 2 s, refreshed after 1.5 s), the fault starts with the first refresh, and
+//! each scenario runs for 3 s. Nothing waits for a token to expire to prove
+//! a point about expiry; the point is what happens around the refresh.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use tokio::time::Instant;
+use tower_oauth2::{ClientCredentials, ErrorKind, RefreshPolicy, TokenCache};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Hang,
+    HtmlError(u16),
+    RetryAfter(u16),
+    Malformed,
+    Oversized,
+    Redirect,
+    Refused,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    fault: Fault,
+    token_requests: Arc<AtomicUsize>,
+    redirect_hits: Arc<AtomicUsize>,
+    shutdown: Arc<tokio::sync::Notify>,
+}
+
+async fn token(State(e): State<Endpoint>) -> Response {
+    let n = e.token_requests.fetch_add(1, Ordering::SeqCst);
+    if n == 0 {
+        let body = format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":3}}"#);
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
+    match e.fault {
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            StatusCode::OK.into_response()
+        }
+        Fault::HtmlError(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body>Bad gateway tok-secret-in-page</body></html>",
+        )
+            .into_response(),
+        Fault::RetryAfter(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            [(header::RETRY_AFTER, HeaderValue::from_static("120"))],
+            r#"{"error":"temporarily_unavailable"}"#,
+        )
+            .into_response(),
+        Fault::Malformed => (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"access_token": "#,
+        )
+            .into_response(),
+        Fault::Oversized => {
+            let chunk = "x".repeat(1 << 20);
+            let body = format!(r#"{{"access_token":"{}"}}"#, chunk.repeat(10));
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Fault::Redirect => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, "/elsewhere")],
+        )
+            .into_response(),
+        Fault::Refused => {
+            e.shutdown.notify_one();
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+async fn elsewhere(State(e): State<Endpoint>) -> StatusCode {
+    e.redirect_hits.fetch_add(1, Ordering::SeqCst);
+    StatusCode::OK
+}
+
+/// Starts an endpoint that serves one 3 s token and then fails with `fault`.
+async fn endpoint(fault: Fault) -> (Endpoint, String) {
+    let e = Endpoint {
+        fault,
+        token_requests: Arc::default(),
+        redirect_hits: Arc::default(),
+        shutdown: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/elsewhere", post(elsewhere).get(elsewhere))
+        .with_state(e.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let shutdown = e.shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.notified().await })
+            .await
+            .unwrap();
+    });
+    (e, url)
+}
+
+struct Outcome {
+    served_while_valid: usize,
+    failed_while_valid: usize,
+    errors_after: Vec<ErrorKind>,
+    token_requests: usize,
+    redirect_hits: usize,
+}
+
+async fn run(fault: Fault) -> Outcome {
+    let (e, url) = endpoint(fault).await;
+    let grant = ClientCredentials::builder()
+        .token_url(url)
+        .client_id("id")
+        .client_secret("secret")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let cache = TokenCache::with_policy(grant, RefreshPolicy::new().jitter(0.0));
+    let first = cache.token().await.unwrap();
+    let valid_until = first.issued_at() + Duration::from_secs(2);
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut outcome = Outcome {
+        served_while_valid: 0,
+        failed_while_valid: 0,
+        errors_after: Vec::new(),
+        token_requests: 0,
+        redirect_hits: 0,
+    };
+    // Traffic every 5 ms; the request rate must not drive token requests.
+    while Instant::now() < end {
+        let before_expiry = Instant::now() < valid_until - Duration::from_millis(50);
+        match cache.token().await {
+            Ok(token) => {
+                assert!(
+                    token.same_as(&first),
+                    "{fault:?}: the endpoint only ever gave one token"
+                );
+                if before_expiry {
+                    outcome.served_while_valid += 1;
+                }
+            }
+            Err(error) if before_expiry => {
+                outcome.failed_while_valid += 1;
+                panic!("{fault:?}: request failed while the token was valid: {error}");
+            }
+            Err(error) => {
+                assert!(
+                    !format!("{error} {error:?}").contains("tok-"),
+                    "{fault:?} leaks: {error:?}"
+                );
+                outcome.errors_after.push(error.kind().clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    outcome.token_requests = e.token_requests.load(Ordering::SeqCst);
+    outcome.redirect_hits = e.redirect_hits.load(Ordering::SeqCst);
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_survived_while_the_token_is_valid() {
+    let faults = [
+        (Fault::Hang, ErrorKind::Timeout),
+        (Fault::HtmlError(500), ErrorKind::Status),
+        (Fault::HtmlError(502), ErrorKind::Status),
+        (
+            Fault::RetryAfter(503),
+            ErrorKind::OAuth(tower_oauth2::OAuthErrorCode::Other(
+                "temporarily_unavailable".into(),
+            )),
+        ),
+        (
+            Fault::RetryAfter(429),
+            ErrorKind::OAuth(tower_oauth2::OAuthErrorCode::Other(
+                "temporarily_unavailable".into(),
+            )),
+        ),
+        (Fault::Malformed, ErrorKind::InvalidResponse),
+        (Fault::Oversized, ErrorKind::ResponseTooLarge),
+        (Fault::Redirect, ErrorKind::Redirect),
+        (Fault::Refused, ErrorKind::Network),
+    ];
+    let runs: Vec<_> = faults
+        .iter()
+        .map(|(fault, _)| tokio::spawn(run(*fault)))
+        .collect();
+    for ((fault, kind), run) in faults.into_iter().zip(runs) {
+        let outcome = run.await.unwrap();
+        assert!(
+            outcome.served_while_valid > 100,
+            "{fault:?}: {}",
+            outcome.served_while_valid
+        );
+        assert_eq!(outcome.failed_while_valid, 0);
+        assert!(
+            !outcome.errors_after.is_empty(),
+            "{fault:?}: no request outlived the token"
+        );
+        assert!(
+            outcome
+                .errors_after
+                .iter()
+                // Refused: the 503 that shut the server down comes first.
+                .all(|k| *k == kind || (fault == Fault::Refused && *k == ErrorKind::Status)),
+            "{fault:?}: expected {kind:?}, got {:?}",
+            outcome.errors_after
+        );
+        assert!(
+            outcome.errors_after.contains(&kind),
+            "{fault:?}: never saw {kind:?}"
+        );
+        // One token, one failed refresh at 1.5 s, at most one retry after the
+        // 1 s backoff; with Retry-After 120 s, no retry at all.
+        let bound = match fault {
+            Fault::RetryAfter(_) => 2,
+            _ => 4,
+        };
+        assert!(
+            (2..=bound).contains(&outcome.token_requests),
+            "{fault:?}: {} token requests",
+            outcome.token_requests
+        );
+        assert_eq!(
+            outcome.redirect_hits, 0,
+            "{fault:?}: the redirect was followed"
+        );
+    }
+}
