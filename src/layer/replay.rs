@@ -11,10 +11,11 @@ use http::Request;
 /// is, and a 401 for it is returned to the caller (after the token has been
 /// invalidated, so the caller's own retry gets a new one).
 ///
-/// Implemented for the usual in-memory bodies, which are always copied, and
-/// for streaming bodies (`BoxBody`, `UnsyncBoxBody`, and with the `axum` and
-/// `hyper` features, `axum::body::Body` and `hyper::body::Incoming`), which
-/// never are. Implement it for your own body type:
+/// Implemented for the usual in-memory bodies, which are always copied; for
+/// streaming bodies (`BoxBody`, `UnsyncBoxBody`, and with the `axum` feature
+/// `axum::body::Body`), which are copied only when known to be empty; and,
+/// with the `hyper` feature, for `hyper::body::Incoming`, which never is.
+/// Implement it for your own body type:
 ///
 /// ```
 /// use tower_oauth2::layer::ReplayBody;
@@ -57,26 +58,36 @@ impl<D> ReplayBody for http_body_util::Empty<D> {
     }
 }
 
-macro_rules! streaming {
+/// Streaming bodies are copied only when they are known to be empty (a GET,
+/// say): then a fresh empty body is as good as the original.
+macro_rules! copy_if_empty {
     ($($ty:ty $(: $($generic:ident),*)?);* $(;)?) => {$(
-        impl$(<$($generic),*>)? ReplayBody for $ty {
+        impl$(<$($generic),*>)? ReplayBody for $ty
+        where
+            $ty: http_body::Body + Default,
+        {
             fn try_clone(&self) -> Option<Self> {
-                None
+                (http_body::Body::size_hint(self).exact() == Some(0)).then(Self::default)
             }
         }
     )*};
 }
 
-streaming!(
+copy_if_empty!(
     http_body_util::combinators::BoxBody<D, E>: D, E;
     http_body_util::combinators::UnsyncBoxBody<D, E>: D, E;
 );
 
 #[cfg(feature = "axum")]
-streaming!(axum_core::body::Body);
+copy_if_empty!(axum_core::body::Body);
 
+/// Incoming bodies cannot be made anew, not even empty ones.
 #[cfg(feature = "hyper")]
-streaming!(hyper::body::Incoming);
+impl ReplayBody for hyper::body::Incoming {
+    fn try_clone(&self) -> Option<Self> {
+        None
+    }
+}
 
 /// A copy of `request` with every part but the body cloned, if the body can be.
 pub(crate) fn try_clone_request<B: ReplayBody>(request: &Request<B>) -> Option<Request<B>> {
@@ -113,8 +124,12 @@ mod tests {
     }
 
     #[test]
-    fn streaming_bodies_are_not_copied() {
-        let body: BoxBody<Bytes, std::convert::Infallible> = Full::new(Bytes::new()).boxed();
-        assert!(try_clone_request(&Request::new(body)).is_none());
+    fn streaming_bodies_are_copied_only_when_empty() {
+        type Streaming = BoxBody<Bytes, std::convert::Infallible>;
+        let full: Streaming = Full::new(Bytes::from_static(b"data")).boxed();
+        assert!(try_clone_request(&Request::new(full)).is_none());
+        let empty: Streaming = http_body_util::Empty::new().boxed();
+        let copy = try_clone_request(&Request::new(empty)).expect("an empty body is copied");
+        assert_eq!(http_body::Body::size_hint(copy.body()).exact(), Some(0));
     }
 }
