@@ -342,6 +342,29 @@ impl Error {
         }
     }
 
+    /// Finds a token error in `error` or its chain of sources: useful behind
+    /// layers that box errors (`tower::timeout`, `tower::buffer`), where the
+    /// layer's [`BearerAuthError::Token`](crate::BearerAuthError::Token) is
+    /// one link of the chain.
+    ///
+    /// ```
+    /// use tower_oauth2::{BearerAuthError, Error};
+    ///
+    /// let boxed: tower::BoxError =
+    ///     Box::new(BearerAuthError::<std::io::Error>::Token(Error::custom("down", true)));
+    /// assert!(Error::find_in(boxed.as_ref()).is_some_and(Error::is_transient));
+    /// ```
+    pub fn find_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+
     /// Whether a person must authorize the application again.
     pub fn is_reauthorization_required(&self) -> bool {
         self.inner.kind == ErrorKind::ReauthorizationRequired
