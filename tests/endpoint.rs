@@ -1,0 +1,521 @@
+//! The grants against a recording token endpoint: the exact bytes sent, and
+//! what each kind of answer becomes. Numbers refer to shared/CASES.md.
+
+mod recorder;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use recorder::{Recorder, Reply};
+use secrecy::ExposeSecret;
+use tower_oauth2::{
+    AuthMethod, AuthorizationCode, ClientCredentials, Error, ErrorKind, OAuthErrorCode,
+    RefreshToken, Token, TokenSource,
+};
+
+fn cc(server: &Recorder) -> tower_oauth2::grant::ClientCredentialsBuilder {
+    ClientCredentials::builder()
+        .token_url(server.url("/oauth/token"))
+        .client_id("my-app")
+        .client_secret("s3cret")
+}
+
+/// Fetches once with a fresh grant built by `build`, after scripting `reply`.
+async fn answer(reply: Reply) -> (Recorder, Result<Token, Error>) {
+    let server = Recorder::start().await;
+    server.reply([reply]);
+    let result = cc(&server).build().unwrap().fetch().await;
+    (server, result)
+}
+
+async fn answer_err(reply: Reply) -> Error {
+    answer(reply)
+        .await
+        .1
+        .expect_err("the answer should be refused")
+}
+
+#[tokio::test]
+async fn client_secret_basic_encodes_before_base64() {
+    // 1: the vector from RFC 6749 §2.3.1 discussions.
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t")]);
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("CLIENT_ID??")
+        .client_secret("CLIENT_SECRET??")
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    let sent = server.last();
+    assert_eq!(
+        sent.header("authorization"),
+        Some("Basic Q0xJRU5UX0lEJTNGJTNGOkNMSUVOVF9TRUNSRVQlM0YlM0Y=")
+    );
+    assert!(!sent.has_param("client_id") && !sent.has_param("client_secret"));
+}
+
+#[tokio::test]
+async fn client_secret_basic_unencoded_is_plain_base64() {
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t")]);
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("CLIENT_ID??")
+        .client_secret("CLIENT_SECRET??")
+        .auth_method(AuthMethod::ClientSecretBasicUnencoded)
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    // base64("CLIENT_ID??:CLIENT_SECRET??")
+    assert_eq!(
+        server.last().header("authorization"),
+        Some("Basic Q0xJRU5UX0lEPz86Q0xJRU5UX1NFQ1JFVD8/")
+    );
+}
+
+#[tokio::test]
+async fn client_secret_post_and_public_clients_use_the_body() {
+    // 2
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t"), Reply::token("t")]);
+    let mut post = cc(&server)
+        .client_secret("+ %:é=")
+        .auth_method(AuthMethod::ClientSecretPost)
+        .build()
+        .unwrap();
+    post.fetch().await.unwrap();
+    let sent = server.last();
+    assert_eq!(sent.header("authorization"), None);
+    assert_eq!(sent.param("client_id"), "my-app");
+    assert_eq!(sent.param("client_secret"), "+ %:é=");
+
+    let mut public = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("spa")
+        .build()
+        .unwrap();
+    public.fetch().await.unwrap();
+    let sent = server.last();
+    assert_eq!(sent.header("authorization"), None);
+    assert_eq!(sent.param("client_id"), "spa");
+    assert!(!sent.has_param("client_secret"));
+}
+
+#[tokio::test]
+async fn the_request_is_a_form_post_with_each_parameter_once() {
+    // 3, and OfficeRnD's scope with a leading space.
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t")]);
+    let mut grant = cc(&server)
+        .scope(" officernd.api.write")
+        .scopes(["a&b=c#d+e"])
+        .resource("https://api.example.com/")
+        .resource("urn:example:other")
+        .audience("https://aud.example.com")
+        .param("tenant", "x&y=z")
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    let sent = server.last();
+    assert_eq!(sent.method, "POST");
+    assert_eq!(sent.path, "/oauth/token");
+    assert_eq!(sent.query, None, "nothing in the query string");
+    assert_eq!(
+        sent.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(sent.header("accept"), Some("application/json"));
+    assert_eq!(sent.param("grant_type"), "client_credentials");
+    assert_eq!(sent.param("scope"), "officernd.api.write a&b=c#d+e");
+    assert_eq!(sent.param("audience"), "https://aud.example.com");
+    assert_eq!(sent.param("tenant"), "x&y=z");
+    let resources: Vec<_> = sent
+        .form()
+        .into_iter()
+        .filter(|(n, _)| n == "resource")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(resources, ["https://api.example.com/", "urn:example:other"]);
+    let raw = String::from_utf8(sent.body.to_vec()).unwrap();
+    assert!(
+        raw.contains("scope=officernd.api.write+a%26b%3Dc%23d%2Be"),
+        "{raw}"
+    );
+    assert!(!raw.contains("s3cret"), "the secret travels in the header");
+}
+
+#[tokio::test]
+async fn bad_token_urls_are_refused_at_build_time() {
+    // 4
+    for url in [
+        "http://example.com/token",
+        "https://example.com/token#frag",
+        "ftp://example.com/t",
+    ] {
+        let err = ClientCredentials::builder()
+            .token_url(url)
+            .client_id("id")
+            .client_secret("s")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Config, "{url}");
+    }
+    let no_id = ClientCredentials::builder()
+        .token_url("https://example.com/t")
+        .build();
+    assert_eq!(no_id.unwrap_err().kind(), &ErrorKind::Config);
+    let no_url = ClientCredentials::builder().client_id("id").build();
+    assert_eq!(no_url.unwrap_err().kind(), &ErrorKind::Config);
+    let reserved = ClientCredentials::builder()
+        .token_url("https://example.com/t")
+        .client_id("id")
+        .param("grant_type", "password")
+        .build();
+    assert_eq!(reserved.unwrap_err().kind(), &ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    // 5
+    for status in [302, 307] {
+        let target = Recorder::start().await;
+        let server = Recorder::start().await;
+        server.reply([Reply::json(status, "{}").with_header("location", &target.url("/steal"))]);
+        let err = cc(&server).build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Redirect, "{status}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        assert!(
+            target.requests().is_empty(),
+            "{status}: the redirect target was reached"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_without_expiry_or_with_odd_token_types() {
+    // 7, 8
+    let (_, token) = answer(Reply::json(
+        200,
+        r#"{"access_token":"x","token_type":"Bearer"}"#,
+    ))
+    .await;
+    assert_eq!(token.unwrap().expires_in(), None);
+    for kind in ["bearer", "BEARER"] {
+        let body = format!(r#"{{"access_token":"x","token_type":"{kind}"}}"#);
+        let (_, token) = answer(Reply::json(200, &body)).await;
+        assert_eq!(token.unwrap().header_value(), "Bearer x");
+    }
+    // 9
+    for body in [
+        r#"{"access_token":"x","token_type":"mac"}"#,
+        r#"{"access_token":"x"}"#,
+    ] {
+        assert_eq!(
+            answer_err(Reply::json(200, body)).await.kind(),
+            &ErrorKind::InvalidResponse
+        );
+    }
+    let server = Recorder::start().await;
+    server.reply([Reply::json(200, r#"{"access_token":"x"}"#)]);
+    let mut lenient = cc(&server).allow_missing_token_type(true).build().unwrap();
+    assert!(lenient.fetch().await.is_ok());
+}
+
+#[tokio::test]
+async fn expires_in_and_access_token_forms() {
+    // 10
+    let with =
+        |v: &str| format!(r#"{{"access_token":"x","token_type":"bearer","expires_in":{v}}}"#);
+    let (_, token) = answer(Reply::json(200, &with(r#""3599""#))).await;
+    assert_eq!(token.unwrap().expires_in(), Some(Duration::from_secs(3599)));
+    let (_, token) = answer(Reply::json(200, &with("null"))).await;
+    assert_eq!(token.unwrap().expires_in(), None);
+    for bad in [r#""abc""#, "-5", "true", "{}"] {
+        assert_eq!(
+            answer_err(Reply::json(200, &with(bad))).await.kind(),
+            &ErrorKind::InvalidResponse,
+            "{bad}"
+        );
+    }
+    // 11
+    let (_, token) = answer(Reply::json(
+        200,
+        r#"{"access_token":"x","token_type":"bearer","id_token":"a.b.c","ext_expires_in":1,"n":{"d":[{}]}}"#,
+    ))
+    .await;
+    assert!(token.is_ok());
+    // 12
+    for body in [
+        r#"{"token_type":"bearer"}"#,
+        r#"{"access_token":"","token_type":"bearer"}"#,
+        r#"{"access_token":7,"token_type":"bearer"}"#,
+    ] {
+        assert_eq!(
+            answer_err(Reply::json(200, body)).await.kind(),
+            &ErrorKind::InvalidResponse,
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oauth_errors_are_typed_whatever_the_status() {
+    // 13, 14, 15
+    for (status, code, expected) in [
+        (200, "invalid_grant", OAuthErrorCode::InvalidGrant),
+        (400, "invalid_scope", OAuthErrorCode::InvalidScope),
+        (401, "invalid_client", OAuthErrorCode::InvalidClient),
+        (
+            400,
+            "unauthorized_client",
+            OAuthErrorCode::UnauthorizedClient,
+        ),
+        (
+            400,
+            "unsupported_grant_type",
+            OAuthErrorCode::UnsupportedGrantType,
+        ),
+        (400, "invalid_request", OAuthErrorCode::InvalidRequest),
+    ] {
+        let body = format!(r#"{{"error":"{code}","error_description":"nope"}}"#);
+        let (server, result) = answer(Reply::json(status, &body)).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::OAuth(expected), "{code}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        assert_eq!(err.description(), Some("nope"));
+        assert!(!err.is_transient(), "{code} is permanent");
+        assert_eq!(
+            server.requests().len(),
+            1,
+            "a grant never retries by itself"
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_transient_and_bodies_stay_out_of_errors() {
+    // 16, 17
+    for (status, body) in [
+        (500, r#"{"message":"SENTINEL-BODY"}"#),
+        (502, "<html>SENTINEL-BODY</html>"),
+        (503, "<html>SENTINEL-BODY</html>"),
+    ] {
+        let err = answer_err(Reply::Raw {
+            status,
+            headers: vec![],
+            body: body.into(),
+        })
+        .await;
+        assert_eq!(err.kind(), &ErrorKind::Status, "{status}");
+        assert!(err.is_transient());
+        assert!(!format!("{err} {err:?}").contains("SENTINEL"), "{err:?}");
+    }
+    for status in [429, 503] {
+        let err = answer_err(Reply::json(status, "{}").with_header("retry-after", "120")).await;
+        assert!(err.is_transient());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    }
+}
+
+#[tokio::test]
+async fn huge_bodies_stop_at_the_bound() {
+    // 18
+    let huge = format!(
+        r#"{{"access_token":"{}","token_type":"bearer"}}"#,
+        "x".repeat(10 << 20)
+    );
+    let err = answer_err(Reply::json(200, &huge)).await;
+    assert_eq!(err.kind(), &ErrorKind::ResponseTooLarge);
+    let server = Recorder::start().await;
+    server.reply([Reply::token(&"y".repeat(2000))]);
+    let mut small_bound = cc(&server).max_response_bytes(1000).build().unwrap();
+    assert_eq!(
+        small_bound.fetch().await.unwrap_err().kind(),
+        &ErrorKind::ResponseTooLarge
+    );
+}
+
+#[tokio::test]
+async fn hangs_time_out_and_refused_connections_are_network_errors() {
+    let server = Recorder::start().await;
+    server.reply([Reply::Hang]);
+    let mut grant = cc(&server)
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = grant.fetch().await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::Timeout);
+    assert!(err.is_transient());
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut grant = ClientCredentials::builder()
+        .token_url(format!("http://127.0.0.1:{port}/token"))
+        .client_id("id")
+        .client_secret("s")
+        .build()
+        .unwrap();
+    let err = grant.fetch().await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::Network);
+    assert!(err.is_transient());
+}
+
+fn refresh_grant(
+    server: &Recorder,
+    rotations: &Arc<Mutex<Vec<String>>>,
+) -> tower_oauth2::grant::RefreshTokenBuilder {
+    let seen = rotations.clone();
+    RefreshToken::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .refresh_token("rt-0")
+        .on_refresh_token(move |rt| seen.lock().unwrap().push(rt.expose_secret().to_owned()))
+}
+
+fn refreshed(refresh_token: Option<&str>) -> Reply {
+    let rt = match refresh_token {
+        Some(rt) => format!(r#","refresh_token":{rt}"#),
+        None => String::new(),
+    };
+    Reply::json(
+        200,
+        &format!(r#"{{"access_token":"at","token_type":"bearer","expires_in":60{rt}}}"#),
+    )
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_are_kept_when_not_rotated() {
+    // 19, 20
+    let server = Recorder::start().await;
+    server.reply([
+        refreshed(Some(r#""rt-1""#)),
+        refreshed(None),
+        refreshed(Some(r#""""#)),
+        refreshed(Some("null")),
+        refreshed(Some(r#""rt-2""#)),
+        refreshed(None),
+    ]);
+    let rotations = Arc::new(Mutex::new(Vec::new()));
+    let mut grant = refresh_grant(&server, &rotations).build().unwrap();
+    for _ in 0..6 {
+        let token = grant.fetch().await.unwrap();
+        assert!(token.refresh_token().is_some());
+    }
+    let sent: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("refresh_token"))
+        .collect();
+    assert_eq!(sent, ["rt-0", "rt-1", "rt-1", "rt-1", "rt-1", "rt-2"]);
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.param("grant_type") == "refresh_token"));
+    assert_eq!(*rotations.lock().unwrap(), ["rt-1", "rt-2"]);
+    assert_eq!(
+        grant.current_refresh_token().unwrap().expose_secret(),
+        "rt-2"
+    );
+}
+
+#[tokio::test]
+async fn orange_logic_sends_the_refresh_token_as_code() {
+    let server = Recorder::start().await;
+    server.reply([refreshed(Some(r#""rt-1""#))]);
+    let mut grant = refresh_grant(&server, &Arc::default())
+        .refresh_token_param("code")
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    let sent = server.last();
+    assert_eq!(sent.param("code"), "rt-0");
+    assert!(!sent.has_param("refresh_token"));
+    assert_eq!(sent.param("grant_type"), "refresh_token");
+}
+
+#[tokio::test]
+async fn invalid_grant_on_refresh_means_reauthorization() {
+    // 21
+    let server = Recorder::start().await;
+    server.reply([Reply::json(400, r#"{"error":"invalid_grant"}"#)]);
+    let err = refresh_grant(&server, &Arc::default())
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert!(err.is_reauthorization_required());
+    assert_eq!(err.kind(), &ErrorKind::ReauthorizationRequired);
+    assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::InvalidGrant));
+}
+
+fn code_grant(server: &Recorder, method: AuthMethod) -> AuthorizationCode {
+    AuthorizationCode::builder()
+        .token_url(server.url("/token"))
+        .client_id("web")
+        .client_secret("web-secret")
+        .auth_method(method)
+        .code("the-code")
+        .redirect_uri("https://app.example.com/cb")
+        .code_verifier("v".repeat(43))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn authorization_code_exchanges_once_then_refreshes() {
+    for method in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {
+        let server = Recorder::start().await;
+        server.reply([
+            refreshed(Some(r#""rt-1""#)),
+            refreshed(Some(r#""rt-2""#)),
+            refreshed(None),
+        ]);
+        let mut grant = code_grant(&server, method);
+        for _ in 0..3 {
+            grant.fetch().await.unwrap();
+        }
+        let sent = server.requests();
+        assert_eq!(sent[0].param("grant_type"), "authorization_code");
+        assert_eq!(sent[0].param("code"), "the-code");
+        assert_eq!(sent[0].param("redirect_uri"), "https://app.example.com/cb");
+        assert_eq!(sent[0].param("code_verifier"), "v".repeat(43));
+        assert_eq!(sent[1].param("refresh_token"), "rt-1");
+        assert_eq!(sent[2].param("refresh_token"), "rt-2");
+        assert!(sent[1..]
+            .iter()
+            .all(|r| !r.has_param("code") && r.param("grant_type") == "refresh_token"));
+    }
+}
+
+#[tokio::test]
+async fn a_code_is_retried_after_a_transient_failure_only() {
+    let server = Recorder::start().await;
+    server.reply([Reply::json(503, "{}"), refreshed(Some(r#""rt-1""#))]);
+    let mut grant = code_grant(&server, AuthMethod::ClientSecretBasic);
+    assert!(grant.fetch().await.unwrap_err().is_transient());
+    grant.fetch().await.unwrap();
+    let codes: Vec<_> = server.requests().iter().map(|r| r.param("code")).collect();
+    assert_eq!(codes, ["the-code", "the-code"]);
+
+    let server = Recorder::start().await;
+    server.reply([Reply::json(400, r#"{"error":"invalid_grant"}"#)]);
+    let mut grant = code_grant(&server, AuthMethod::ClientSecretBasic);
+    assert!(grant
+        .fetch()
+        .await
+        .unwrap_err()
+        .is_reauthorization_required());
+    let again = grant.fetch().await.unwrap_err();
+    assert!(again.is_reauthorization_required());
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "a refused code is never sent again"
+    );
+}
