@@ -265,6 +265,70 @@ mod tests {
         assert!(err.to_string().contains("unexpected response"));
     }
 
+    mod never_panics {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("access_token".to_owned()),
+                            Just("token_type".to_owned()),
+                            Just("expires_in".to_owned()),
+                            Just("refresh_token".to_owned()),
+                            Just("scope".to_owned()),
+                            Just("error".to_owned()),
+                            Just("error_description".to_owned()),
+                            "[a-z_]{1,8}",
+                        ],
+                        inner,
+                        0..6,
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn check(status: u16, body: &[u8]) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let now = crate::clock::Instant::now();
+            match parse(status, body, now, &[], Leniency::default()) {
+                Ok(token) => assert!(token
+                    .header_value()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer ")),
+                Err(error) => {
+                    let _ = format!("{error} {error:?}");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..256)) {
+                check(status, &body);
+            }
+
+            #[test]
+            fn arbitrary_json(status in prop::sample::select(vec![200u16, 400, 401, 500]), value in json_value()) {
+                check(status, value.to_string().as_bytes());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn empty_or_null_refresh_token_means_none() {
         for rt in [r#""""#, "null"] {

@@ -1,0 +1,158 @@
+//! CASES 6: a sentinel secret, access token and refresh token never appear in
+//! any Debug, Display, error chain or tracing event the crate produces.
+
+mod recorder;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use recorder::{Recorder, Reply};
+use tower::{service_fn, Layer, ServiceExt};
+use tower_oauth2::{
+    AuthorizationCode, BearerAuthLayer, ClientCredentials, RefreshPolicy, RefreshToken, TokenCache,
+    TokenSource,
+};
+use tracing_subscriber::fmt::MakeWriter;
+
+const SECRET: &str = "SENTINEL-SECRET-7f3a";
+const ACCESS: &str = "SENTINEL-ACCESS-91bc";
+const REFRESH: &str = "SENTINEL-REFRESH-d2e4";
+const CODE: &str = "SENTINEL-CODE-55aa";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+fn assert_clean(what: &str, text: &str) {
+    for sentinel in [SECRET, ACCESS, REFRESH, CODE] {
+        assert!(!text.contains(sentinel), "{what} shows {sentinel}: {text}");
+    }
+}
+
+/// The error, its Display, its Debug, and every source in the chain.
+fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{error} {error:?}");
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(&format!(" | {s} {s:?}"));
+        source = s.source();
+    }
+    text
+}
+
+fn token_body() -> Reply {
+    Reply::json(
+        200,
+        &format!(
+            r#"{{"access_token":"{ACCESS}","token_type":"Bearer","expires_in":3600,"refresh_token":"{REFRESH}"}}"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn no_sentinel_in_debug_display_errors_or_traces() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = Recorder::start().await;
+    let url = server.url("/token");
+    // Success, then every kind of failure, with sentinels in the bodies.
+    server.reply([
+        token_body(),
+        token_body(),
+        Reply::json(
+            401,
+            &format!(r#"{{"error":"invalid_client","leak":"{SECRET}{ACCESS}"}}"#),
+        ),
+        Reply::Raw {
+            status: 502,
+            headers: vec![],
+            body: format!("<html>{ACCESS} {REFRESH}</html>").into(),
+        },
+        Reply::json(
+            200,
+            &format!(r#"{{"access_token":"{ACCESS}","token_type":"mac"}}"#),
+        ),
+        Reply::json(
+            200,
+            &format!(r#"{{"access_token":"{ACCESS} x","token_type":"bearer"}}"#),
+        ),
+        Reply::json(400, r#"{"error":"invalid_grant"}"#),
+    ]);
+
+    let cc = ClientCredentials::builder()
+        .token_url(&url)
+        .client_id("id")
+        .client_secret(SECRET);
+    assert_clean("ClientCredentialsBuilder", &format!("{cc:?}"));
+    let mut cc = cc.build().unwrap();
+    assert_clean("ClientCredentials", &format!("{cc:?}"));
+
+    let cache = TokenCache::with_policy(cc.clone(), RefreshPolicy::new());
+    let token = cache.token().await.unwrap();
+    assert_clean("Token", &format!("{token:?}"));
+    assert_clean("TokenCache", &format!("{cache:?}"));
+    let layer = BearerAuthLayer::new(cache.clone());
+    let service = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    }));
+    assert_clean("BearerAuth", &format!("{layer:?} {service:?}"));
+    service.oneshot(http::Request::new(())).await.unwrap();
+
+    cc.fetch().await.unwrap();
+    for _ in 0..4 {
+        let error = cc.fetch().await.unwrap_err();
+        assert_clean("error", &error_text(&error));
+    }
+
+    let rt = RefreshToken::builder()
+        .token_url(&url)
+        .client_id("id")
+        .client_secret(SECRET)
+        .refresh_token(REFRESH);
+    assert_clean("RefreshTokenBuilder", &format!("{rt:?}"));
+    let mut rt = rt.build().unwrap();
+    assert_clean("RefreshToken", &format!("{rt:?}"));
+    let error = rt.fetch().await.unwrap_err();
+    assert!(error.is_reauthorization_required());
+    assert_clean("reauthorization error", &error_text(&error));
+
+    let code = AuthorizationCode::builder()
+        .token_url(&url)
+        .client_id("id")
+        .client_secret(SECRET)
+        .code(CODE);
+    assert_clean("AuthorizationCodeBuilder", &format!("{code:?}"));
+    assert_clean("AuthorizationCode", &format!("{:?}", code.build().unwrap()));
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token request"),
+        "tracing captured nothing: {logs}"
+    );
+    assert!(logs.contains("token request failed"), "{logs}");
+    assert_clean("tracing output", &logs);
+}
