@@ -50,15 +50,18 @@ use crate::{
 /// the same token and the same background task.
 #[derive(Clone)]
 pub struct TokenCache {
+    // One reference count per clone: cloning a handle (which the layer does
+    // per request when it may replay) costs a single atomic increment.
     shared: Arc<Shared>,
-    // Wakes the background task; when the last sender is dropped, it ends.
-    wake: mpsc::Sender<()>,
 }
 
 pub(crate) struct Shared {
     slot: ArcSwap<Slot>,
     changed: Notify,
     counters: Counters,
+    // Wakes the background task, which holds only a weak reference: when the
+    // last handle goes, this sender goes with it and the task ends.
+    wake: mpsc::Sender<()>,
 }
 
 /// What a request finds in the cache.
@@ -119,14 +122,15 @@ impl TokenCache {
     ///
     /// When called outside a Tokio runtime.
     pub fn with_policy<S: TokenSource>(source: S, policy: RefreshPolicy) -> Self {
+        let (wake, rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             slot: ArcSwap::from_pointee(Slot::Empty),
             changed: Notify::new(),
             counters: Counters::default(),
+            wake,
         });
-        let (wake, rx) = mpsc::channel(1);
-        tokio::spawn(refresher::run(source, policy, shared.clone(), rx));
-        Self { shared, wake }
+        tokio::spawn(refresher::run(source, policy, Arc::downgrade(&shared), rx));
+        Self { shared }
     }
 
     /// The current valid token, waiting for a fetch when there is none.
@@ -190,7 +194,7 @@ impl TokenCache {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "tower_oauth2", "token invalidated");
                 // A full channel means the task is already due to look.
-                let _ = self.wake.try_send(());
+                let _ = self.shared.wake.try_send(());
             }
         }
     }
@@ -218,7 +222,7 @@ impl TokenCache {
     }
 
     fn wake(&self) -> Result<(), Error> {
-        match self.wake.try_send(()) {
+        match self.shared.wake.try_send(()) {
             Err(mpsc::error::TrySendError::Closed(())) => Err(Error::closed()),
             // Full: a wake-up is already pending.
             _ => Ok(()),

@@ -1,6 +1,6 @@
 //! The background task that owns the token source.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{atomic::Ordering, Arc, Weak};
 
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -20,7 +20,9 @@ struct Live {
 
 struct Refresher {
     policy: RefreshPolicy,
-    shared: Arc<Shared>,
+    // Weak: the task must not keep the handles' state (and its wake-up
+    // sender) alive, or it would never learn that they are all gone.
+    shared: Weak<Shared>,
     current: Option<Live>,
     /// Consecutive failed fetches.
     failures: u32,
@@ -37,7 +39,7 @@ struct Refresher {
 pub(super) async fn run<S: TokenSource>(
     mut source: S,
     policy: RefreshPolicy,
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     mut wake: mpsc::Receiver<()>,
 ) {
     let mut task = Refresher {
@@ -97,8 +99,11 @@ impl Refresher {
     /// A caller invalidated our token: forget it and fetch for them.
     fn notice_invalidation(&mut self) {
         let Some(live) = &self.current else { return };
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         let still_current =
-            matches!(&**self.shared.slot.load(), Slot::Ready(t) if t.same_as(&live.token));
+            matches!(&**shared.slot.load(), Slot::Ready(t) if t.same_as(&live.token));
         if !still_current {
             self.current = None;
             self.demand = true;
@@ -126,12 +131,16 @@ impl Refresher {
     }
 
     fn publish(&self, slot: Slot) {
-        self.shared.slot.store(Arc::new(slot));
-        self.shared.changed.notify_waiters();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.slot.store(Arc::new(slot));
+            shared.changed.notify_waiters();
+        }
     }
 
     async fn attempt<S: TokenSource>(&mut self, source: &mut S) {
-        let shared = self.shared.clone();
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         let counters = &shared.counters;
         counters.token_requests.fetch_add(1, Ordering::Relaxed);
         let ahead = self.current.is_some();
