@@ -37,7 +37,9 @@
 //!
 //! - A token is ready (the usual case): the header is inserted (replacing any
 //!   `Authorization` the request had) and the inner service is called at once.
-//!   That costs one atomic load and a reference-count increment.
+//!   That costs one atomic load and a reference-count increment; with 401
+//!   handling on (the default) also a copy of the request for the replay.
+//!   `handle_unauthorized(false)` drops the copy: see `BENCHMARKS.md`.
 //! - No token yet (the very first requests, or after an invalidation): the
 //!   request waits for the cache's single fetch, then goes out. `poll_ready`
 //!   only ever reports the inner service's readiness; a token failure comes
