@@ -292,7 +292,8 @@ impl Error {
 
     /// The OAuth error code, when the server sent one.
     ///
-    /// [`ErrorKind::ReauthorizationRequired`] reports `invalid_grant` here.
+    /// [`ErrorKind::ReauthorizationRequired`] reports `invalid_grant` here
+    /// when it came from the server's `invalid_grant` answer.
     pub fn oauth_code(&self) -> Option<&OAuthErrorCode> {
         match &self.inner.kind {
             ErrorKind::OAuth(code) => Some(code),
