@@ -1,125 +1,271 @@
 // oidc-provider on loopback, configured for tower-oauth2's interop tests.
 //
-// Started by tests/interop.rs with PORT=0; prints `READY <port>` once it
-// listens, then nothing else on stdout. Exits when stdin closes or on SIGTERM.
-// The clients, endpoints and test helpers are listed in README.md beside it.
+// Started by tests/interop.rs as `node server.mjs` with PORT=0 (0 = any free
+// port). Listens on 127.0.0.1 only, prints `READY <port>` on stdout once it
+// accepts requests, then nothing else on stdout. Exits when stdin closes or on
+// SIGTERM. Clients, endpoints and test helpers are listed in README.md.
 
+import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
 
-// stdout carries the one READY line; anything the provider logs goes to stderr.
+import Provider, { errors } from 'oidc-provider';
+
+// stdout carries the READY line and nothing else, but oidc-provider prints its
+// "you SHOULD change this default" notices with console.info: send those (and
+// anything else that logs) to stderr.
 console.log = console.error;
 console.info = console.error;
-import Provider, { errors } from 'oidc-provider';
 
 const AUDIENCE = 'urn:tower-oauth2:api';
 const RESOURCE_SCOPES = 'api.read api.write';
+const REDIRECT_URI = 'http://127.0.0.1/callback';
+
+// ---------------------------------------------------------------- clients --
+
+const ccClient = (client_id, client_secret, token_endpoint_auth_method, scope) => ({
+  client_id,
+  client_secret,
+  token_endpoint_auth_method,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope,
+});
 
 const clients = [
-  { client_id: 'cc-basic', client_secret: 'basic-secret', token_endpoint_auth_method: 'client_secret_basic', grant_types: ['client_credentials'], response_types: [], redirect_uris: [], scope: 'api.read api.write' },
-  { client_id: 'cc-post', client_secret: 'post-secret', token_endpoint_auth_method: 'client_secret_post', grant_types: ['client_credentials'], response_types: [], redirect_uris: [], scope: 'api.read api.write' },
-  { client_id: 'cc-special', client_secret: 'p@ss:w/rd+&=% ~x', token_endpoint_auth_method: 'client_secret_basic', grant_types: ['client_credentials'], response_types: [], redirect_uris: [], scope: 'api.read' },
-  { client_id: 'cc-short', client_secret: 'short-secret', token_endpoint_auth_method: 'client_secret_basic', grant_types: ['client_credentials'], response_types: [], redirect_uris: [], scope: 'api.read api.write' },
-  { client_id: 'web-app', client_secret: 'web-secret', token_endpoint_auth_method: 'client_secret_basic', grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], redirect_uris: ['http://127.0.0.1/callback'], scope: 'openid offline_access api.read api.write' },
-  { client_id: 'resource-server', client_secret: 'rs-secret', token_endpoint_auth_method: 'client_secret_basic', grant_types: [], response_types: [], redirect_uris: [] },
+  ccClient('cc-basic', 'basic-secret', 'client_secret_basic', 'api.read api.write'),
+  ccClient('cc-post', 'post-secret', 'client_secret_post', 'api.read api.write'),
+  // Every character that needs form-urlencoding in a Basic header. No
+  // non-ASCII: oidc-provider holds client_secret to RFC 6749's VSCHAR
+  // (%x20-7E). A secret with `é` is refused as invalid_client_metadata when
+  // the client is loaded, and in a Basic header as invalid_request.
+  ccClient('cc-special', 'p@ss:w/rd+&=% ~x', 'client_secret_basic', 'api.read'),
+  ccClient('cc-short', 'short-secret', 'client_secret_basic', 'api.read api.write'),
+  {
+    client_id: 'web-app',
+    client_secret: 'web-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [REDIRECT_URI],
+    scope: 'openid offline_access api.read api.write',
+  },
+  // Only authenticates to the introspection endpoint.
+  {
+    client_id: 'resource-server',
+    client_secret: 'rs-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  },
 ];
 
-const ttlFor = (clientId) => (clientId === 'cc-short' ? 2 : 300);
+const accessTokenTTL = (clientId) => (clientId === 'cc-short' ? 2 : 300);
 
-// The default in-memory store is a small LRU: old tokens would vanish under
-// load. This one keeps everything for the life of the process.
+// ---------------------------------------------------------------- storage --
+
+// The default in-memory adapter is a small LRU, so tokens could vanish under
+// load. This one keeps everything for the life of the process. Keys are
+// `<Model>:<id>`; payloads are stored as given (oidc-provider handles expiry
+// itself by checking `exp` on what `find` returns).
 const store = new Map();
-class MemoryAdapter {
-  constructor(model) { this.model = model; }
-  key(id) { return `${this.model}:${id}`; }
-  async upsert(id, payload) { store.set(this.key(id), { ...payload }); }
-  async find(id) { return store.get(this.key(id)); }
-  async findByUid(uid) {
-    for (const [key, value] of store) if (key.startsWith(`${this.model}:`) && value.uid === uid) return value;
-    return undefined;
+
+class MapAdapter {
+  constructor(model) {
+    this.model = model;
   }
+
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+
+  * entries() {
+    const prefix = `${this.model}:`;
+    for (const [key, payload] of store) if (key.startsWith(prefix)) yield payload;
+  }
+
+  async upsert(id, payload, _expiresIn) {
+    store.set(this.key(id), { ...payload });
+  }
+
+  async find(id) {
+    return store.get(this.key(id));
+  }
+
   async findByUserCode(userCode) {
-    for (const [key, value] of store) if (key.startsWith(`${this.model}:`) && value.userCode === userCode) return value;
+    for (const payload of this.entries()) if (payload.userCode === userCode) return payload;
     return undefined;
   }
-  async consume(id) { const value = store.get(this.key(id)); if (value) value.consumed = Math.floor(Date.now() / 1000); }
-  async destroy(id) { store.delete(this.key(id)); }
-  async revokeByGrantId(grantId) { for (const [key, value] of store) if (value.grantId === grantId) store.delete(key); }
-}
 
-// Token endpoint counters, whether the request succeeded or not.
-let stats = { token_requests: {}, token_requests_by_grant: {} };
-
-function presentedClientId(ctx) {
-  const auth = ctx.get('authorization');
-  if (auth && auth.toLowerCase().startsWith('basic ')) {
-    const decoded = Buffer.from(auth.slice(6), 'base64').toString('utf8');
-    const id = decoded.split(':')[0];
-    try { return decodeURIComponent(id.replace(/\+/g, ' ')); } catch { return id; }
+  async findByUid(uid) {
+    for (const payload of this.entries()) if (payload.uid === uid) return payload;
+    return undefined;
   }
-  return ctx.oidc?.params?.client_id || ctx.request?.body?.client_id || 'unknown';
+
+  async consume(id) {
+    const payload = store.get(this.key(id));
+    if (payload) payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) {
+    store.delete(this.key(id));
+  }
+
+  // Called for every model when a grant is revoked (e.g. a rotated refresh
+  // token is reused): everything issued under that grant goes.
+  async revokeByGrantId(grantId) {
+    for (const [key, payload] of store) if (payload.grantId === grantId) store.delete(key);
+  }
 }
 
-function countTokenRequest(ctx) {
-  const client = ctx.oidc?.client?.clientId || presentedClientId(ctx);
-  const grant = ctx.oidc?.params?.grant_type || ctx.request?.body?.grant_type || 'unknown';
-  stats.token_requests[client] = (stats.token_requests[client] || 0) + 1;
-  stats.token_requests_by_grant[grant] = (stats.token_requests_by_grant[grant] || 0) + 1;
+// Test helper: forget every grant and token issued to a client.
+const ISSUED_MODELS = /^(Grant|AuthorizationCode|AccessToken|RefreshToken|ClientCredentials|DeviceCode|BackchannelAuthenticationRequest):/;
+function revokeClient(clientId) {
+  let revoked = 0;
+  for (const [key, payload] of store) {
+    if (payload.clientId === clientId && ISSUED_MODELS.test(key)) {
+      store.delete(key);
+      revoked += 1;
+    }
+  }
+  return revoked;
 }
+
+// ---------------------------------------------------------------- counters --
+
+const newStats = () => ({
+  token_requests: {},
+  token_requests_by_grant: { client_credentials: 0, refresh_token: 0, authorization_code: 0 },
+});
+let stats = newStats();
+
+// The client id the request presented, authenticated or not: the Basic
+// header's user part (form-urlencoded, decoded the way oidc-provider does),
+// else the body's client_id.
+function presentedClientId(ctx) {
+  const [scheme, value] = (ctx.get('authorization') || '').split(' ');
+  if (scheme?.toLowerCase() === 'basic' && value) {
+    const decoded = Buffer.from(value, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    const id = colon === -1 ? decoded : decoded.slice(0, colon);
+    try {
+      return decodeURIComponent(id.replace(/\+/g, '%20')) || 'unknown';
+    } catch {
+      return id || 'unknown';
+    }
+  }
+  return ctx.oidc?.params?.client_id || 'unknown';
+}
+
+// -------------------------------------------------------------- provider --
 
 const server = http.createServer();
-await new Promise((resolve) => server.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve));
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve);
+});
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
+// A signing key of our own (ID tokens), instead of the provider's
+// development-only quick-start keys and their warning.
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'interop', use: 'sig', alg: 'RS256' };
+
 const provider = new Provider(issuer, {
   clients,
-  adapter: MemoryAdapter,
-  findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
-  scopes: ['openid', 'offline_access', 'api.read', 'api.write'],
-  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  adapter: MapAdapter,
+  jwks: { keys: [signingKey] },
   cookies: { keys: ['interop-test-only'] },
-  rotateRefreshToken: true,
-  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  findAccount: async (_ctx, accountId) => ({ accountId, claims: async () => ({ sub: accountId }) }),
+  scopes: ['openid', 'offline_access', 'api.read', 'api.write'],
+  // Interactions (login, consent) are answered by autoApprove() below.
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  // JSON instead of an HTML page, so /test/code can say what went wrong.
+  renderError: async (ctx, out) => {
+    ctx.type = 'json';
+    ctx.body = out;
+  },
+  // PKCE (S256, the only method oidc-provider 9 knows) for every client,
+  // confidential ones included.
   pkce: { required: () => true },
+  rotateRefreshToken: true,
+  // The default issues one only when offline_access was granted.
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   ttl: {
+    // Resource-bound access tokens take getResourceServerInfo's accessTokenTTL;
+    // these are the fallbacks.
     AccessToken: 300,
+    ClientCredentials: (_ctx, _token, client) => accessTokenTTL(client.clientId),
     AuthorizationCode: 60,
-    ClientCredentials: (ctx, token, client) => ttlFor(client.clientId),
-    Grant: 86400,
     IdToken: 3600,
-    Interaction: 600,
     RefreshToken: 86400,
+    Grant: 86400,
+    Interaction: 600,
     Session: 86400,
   },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
-    // The resource server may introspect any token; a client may revoke its own.
-    introspection: { enabled: true, allowedPolicy: async () => true },
-    revocation: { enabled: true, allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId },
+    // The resource server may introspect any token; another client only its
+    // own. (The default lets any confidential client introspect anything.)
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => client.clientId === 'resource-server' || client.clientId === token.clientId,
+    },
+    // A client may revoke its own tokens (the default, minus its warning).
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client, token) => {
+        if (token.clientId !== client.clientId) throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
+        return true;
+      },
+    },
+    // Without resource indicators client_credentials tokens carry no API
+    // scopes at all: every access token here is for AUDIENCE.
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => AUDIENCE,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (ctx, resourceIndicator, client) => {
         if (resourceIndicator !== AUDIENCE) throw new errors.InvalidTarget();
-        // By default unknown scopes are dropped; OfficeRnD (and this test)
-        // rejects a client_credentials scope the client was not granted.
+        // oidc-provider refuses a scope from `scopes` above that the client is
+        // not allowed, but silently drops one it does not know (api.admin).
+        // OfficeRnD refuses both with invalid_scope; so does this server.
         if (ctx.oidc.params.grant_type === 'client_credentials') {
           const allowed = new Set((client.scope || '').split(' '));
-          const asked = (ctx.oidc.params.scope || '').split(' ').filter(Boolean);
-          const refused = asked.filter((s) => !allowed.has(s));
-          if (refused.length) throw new errors.InvalidScope('requested scope is not allowed for this client', refused.join(' '));
+          const refused = (ctx.oidc.params.scope || '').split(' ').filter((s) => s && !allowed.has(s));
+          if (refused.length) throw new errors.InvalidScope('requested scope is not allowed', refused.join(' '));
         }
-        return { scope: RESOURCE_SCOPES, audience: AUDIENCE, accessTokenTTL: ttlFor(client.clientId), accessTokenFormat: 'opaque' };
+        return {
+          scope: RESOURCE_SCOPES,
+          audience: AUDIENCE,
+          accessTokenTTL: accessTokenTTL(client.clientId),
+          accessTokenFormat: 'opaque',
+        };
       },
     },
   },
 });
-provider.on('grant.success', countTokenRequest);
-provider.on('grant.error', countTokenRequest);
 
-// Logs in `user-1` and grants whatever was asked, with no page at all.
+// Counts every POST to the token endpoint, failed ones included. Runs around
+// the provider's own routes; its error handler has answered by the time
+// next() returns, and ctx.oidc.params is set unless the body was unreadable.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.method === 'POST' && ctx.path === '/token') {
+    const clientId = presentedClientId(ctx);
+    const grantType = ctx.oidc?.params?.grant_type || 'unknown';
+    stats.token_requests[clientId] = (stats.token_requests[clientId] || 0) + 1;
+    stats.token_requests_by_grant[grantType] = (stats.token_requests_by_grant[grantType] || 0) + 1;
+  }
+});
+
+// ----------------------------------------------------------- test helpers --
+
+// The interaction page: logs in `user-1`, then grants whatever the client
+// asked for, without showing anything.
 async function autoApprove(req, res) {
   const details = await provider.interactionDetails(req, res);
   if (details.prompt.name === 'login') {
@@ -139,76 +285,98 @@ async function autoApprove(req, res) {
   await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }
 
-// Drives /auth like a browser would (cookies, redirects) until the redirect
-// to the client's redirect_uri, and returns the code.
+class FlowError extends Error {
+  constructor(status, body) {
+    super(body.error_description || body.error);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+// Drives /auth like a browser (cookie jar, redirects) until the redirect to
+// the client's redirect_uri, and returns the code from it.
 async function authorizationCode(query) {
   const params = new URLSearchParams(query);
   params.set('response_type', 'code');
-  if (!params.get('state')) params.set('state', 'interop');
+  if (!params.has('state')) params.set('state', 'interop');
+  // Without prompt=consent oidc-provider drops offline_access from the
+  // request; the refresh token would then live only as long as the session.
+  if (!params.has('prompt') && (params.get('scope') || '').split(' ').includes('offline_access')) {
+    params.set('prompt', 'consent');
+  }
+  const redirectUri = params.get('redirect_uri');
   const jar = new Map();
   let url = `${issuer}/auth?${params}`;
-  for (let hop = 0; hop < 12; hop += 1) {
-    const cookie = [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
+  for (let hop = 0; hop < 10; hop += 1) {
+    const cookie = [...jar].map(([name, value]) => `${name}=${value}`).join('; ');
     const res = await fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
-    for (const set of res.headers.getSetCookie()) {
-      const [pair] = set.split(';');
-      const at = pair.indexOf('=');
-      jar.set(pair.slice(0, at), pair.slice(at + 1));
+    for (const setCookie of res.headers.getSetCookie()) {
+      const [pair] = setCookie.split(';');
+      const eq = pair.indexOf('=');
+      jar.set(pair.slice(0, eq), pair.slice(eq + 1));
     }
     const location = res.headers.get('location');
-    if (!location) throw new Error(`authorization flow stopped at ${url}: HTTP ${res.status} ${await res.text()}`);
+    if (!location) {
+      const text = await res.text();
+      let body;
+      try { body = JSON.parse(text); } catch { body = { error: 'server_error', error_description: text }; }
+      throw new FlowError(400, body);
+    }
     const next = new URL(location, url);
-    if (next.href.startsWith(params.get('redirect_uri'))) {
+    if (redirectUri && `${next.origin}${next.pathname}` === redirectUri) {
       const code = next.searchParams.get('code');
-      if (!code) throw new Error(`no code in redirect: ${next.search}`);
+      if (!code) throw new FlowError(400, Object.fromEntries(next.searchParams));
       return code;
     }
     url = next.href;
   }
-  throw new Error('too many redirects in the authorization flow');
-}
-
-function revokeClient(clientId) {
-  let removed = 0;
-  for (const [key, value] of store) {
-    if (value.clientId === clientId && /^(AccessToken|RefreshToken|Grant|AuthorizationCode|ClientCredentials):/.test(key)) {
-      store.delete(key);
-      removed += 1;
-    }
-  }
-  return removed;
+  throw new FlowError(500, { error: 'server_error', error_description: 'too many redirects in the authorization flow' });
 }
 
 function json(res, status, body) {
-  res.writeHead(status, { 'content-type': 'application/json' });
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
   res.end(JSON.stringify(body));
 }
 
-const callback = provider.callback();
+// Test helpers first; everything else is oidc-provider's.
+const providerCallback = provider.callback();
 server.on('request', async (req, res) => {
   const url = new URL(req.url, issuer);
+  const route = `${req.method} ${url.pathname}`;
   try {
-    if (req.method === 'GET' && url.pathname === '/test/stats') return json(res, 200, stats);
-    if (req.method === 'POST' && url.pathname === '/test/reset') {
-      stats = { token_requests: {}, token_requests_by_grant: {} };
-      return json(res, 200, {});
+    switch (route) {
+      case 'GET /test/stats':
+        return json(res, 200, stats);
+      case 'POST /test/reset':
+        stats = newStats();
+        return json(res, 200, stats);
+      case 'GET /test/code':
+        return json(res, 200, { code: await authorizationCode(url.searchParams) });
+      case 'POST /test/revoke-grants': {
+        const clientId = url.searchParams.get('client_id');
+        if (!clientId) return json(res, 400, { error: 'invalid_request', error_description: 'client_id is required' });
+        return json(res, 200, { client_id: clientId, revoked: revokeClient(clientId) });
+      }
+      default:
+        if (url.pathname.startsWith('/interaction/')) return await autoApprove(req, res);
+        return providerCallback(req, res);
     }
-    if (req.method === 'GET' && url.pathname === '/test/code') {
-      return json(res, 200, { code: await authorizationCode(url.searchParams) });
-    }
-    if (req.method === 'POST' && url.pathname === '/test/revoke-grants') {
-      return json(res, 200, { removed: revokeClient(url.searchParams.get('client_id')) });
-    }
-    if (url.pathname.startsWith('/interaction/')) return await autoApprove(req, res);
   } catch (err) {
+    if (err instanceof FlowError) return json(res, err.status, err.body);
     process.stderr.write(`interop server: ${err.stack || err}\n`);
-    return json(res, 500, { error: 'test_helper_failed', error_description: String(err.message || err) });
+    return json(res, 500, { error: 'server_error', error_description: String(err.message || err) });
   }
-  return callback(req, res);
 });
 
-process.stdin.on('end', () => process.exit(0));
-process.stdin.on('error', () => process.exit(0));
+// ------------------------------------------------------------- lifecycle --
+
+// The harness holds our stdin open; when it goes away (it dropped us, or
+// died), so do we. SIGTERM too. SIGINT keeps Node's default (exit).
+const exit = () => process.exit(0);
+process.stdin.on('end', exit);
+process.stdin.on('close', exit);
+process.stdin.on('error', exit);
 process.stdin.resume();
-process.on('SIGTERM', () => process.exit(0));
+process.on('SIGTERM', exit);
+
 process.stdout.write(`READY ${port}\n`);
