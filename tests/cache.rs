@@ -1,10 +1,10 @@
 //! TokenCache behaviour on paused time with a scripted token source.
 
-mod scripted;
+mod support;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use scripted::{Reply, Scripted};
+use support::scripted::{Reply, Scripted};
 use tokio::time::{advance, sleep, Instant};
 use tower_oauth2::{Error, ErrorKind, RefreshPolicy, TokenCache};
 

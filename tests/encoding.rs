@@ -1,10 +1,10 @@
 //! Property: whatever scopes and extra parameters a caller gives, the token
 //! endpoint receives exactly those values, each parameter once.
 
-mod recorder;
+mod support;
 
 use proptest::prelude::*;
-use recorder::{Recorder, Reply};
+use support::recorder::{Recorder, Reply};
 use tower_oauth2::{AuthMethod, ClientCredentials, TokenSource};
 
 /// Scope tokens as RFC 6749 §3.3 allows them: printable ASCII but `"` and `\`.

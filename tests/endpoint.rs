@@ -1,15 +1,15 @@
 //! The grants against a recording token endpoint: the exact bytes sent, and
 //! what each kind of answer becomes. Numbers refer to shared/CASES.md.
 
-mod recorder;
+mod support;
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use recorder::{Recorder, Reply};
 use secrecy::ExposeSecret;
+use support::recorder::{Recorder, Reply};
 use tower_oauth2::{
     AuthMethod, AuthorizationCode, ClientCredentials, Error, ErrorKind, OAuthErrorCode,
     RefreshToken, Token, TokenSource,

@@ -1,7 +1,7 @@
 //! BearerAuth behaviour: headers, opt-outs, origins, 401 handling. Inner
 //! services are in-memory; time is paused.
 
-mod scripted;
+mod support;
 
 use std::{
     convert::Infallible,
@@ -15,7 +15,7 @@ use http::{
     HeaderValue, Request, Response, StatusCode,
 };
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use scripted::{Reply, Scripted};
+use support::scripted::{Reply, Scripted};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_oauth2::{
     layer::{BearerAuthError, NoBearerAuth, ReplayBody},

@@ -1,14 +1,14 @@
 //! CASES 6: a sentinel secret, access token and refresh token never appear in
 //! any Debug, Display, error chain or tracing event the crate produces.
 
-mod recorder;
+mod support;
 
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use recorder::{Recorder, Reply};
+use support::recorder::{Recorder, Reply};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_oauth2::{
     AuthorizationCode, BearerAuthLayer, ClientCredentials, RefreshPolicy, RefreshToken, TokenCache,

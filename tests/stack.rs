@@ -1,6 +1,6 @@
 //! BearerAuth composed with the tower and hyper pieces users stack it with.
 
-mod scripted;
+mod support;
 
 use std::{
     convert::Infallible,
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use scripted::{Reply, Scripted};
+use support::scripted::{Reply, Scripted};
 use tower::{
     buffer::BufferLayer, limit::ConcurrencyLimitLayer, retry::Policy, service_fn,
     timeout::TimeoutLayer, BoxError, Layer, Service, ServiceBuilder, ServiceExt,

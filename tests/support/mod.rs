@@ -1,0 +1,10 @@
+//! What the integration tests share, in one place: fakes and servers.
+//!
+//! - [`scripted`]: a token source that answers from a script and panics when
+//!   called once too often (cache and layer tests).
+//! - [`recorder`]: a loopback token endpoint that records every request byte
+//!   for byte and answers from a script (endpoint tests).
+#![allow(dead_code)]
+
+pub mod recorder;
+pub mod scripted;
