@@ -514,3 +514,106 @@ async fn a_code_is_retried_after_a_transient_failure_only() {
         "a refused code is never sent again"
     );
 }
+
+#[tokio::test]
+async fn rotated_refresh_tokens_survive_answers_the_client_refuses() {
+    // 29, 30: against a server that revokes the family on any reuse.
+    use support::rotating::{Rotating, Shape};
+    let server = Rotating::start(Some("rt-0"), None).await;
+    let shapes = [
+        Shape::ErrorNull,
+        Shape::UnknownTokenType,
+        Shape::ErrorEmpty,
+        Shape::SpaceInAccessToken,
+        Shape::NegativeExpiry,
+        Shape::Plain,
+    ];
+    server.shapes(shapes);
+    let rotations = Arc::new(Mutex::new(Vec::new()));
+    let seen = rotations.clone();
+    let mut grant = RefreshToken::builder()
+        .token_url(&server.url)
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .refresh_token("rt-0")
+        .on_refresh_token(move |rt| seen.lock().unwrap().push(rt.expose_secret().to_owned()))
+        .build()
+        .unwrap();
+    for shape in shapes {
+        match grant.fetch().await {
+            Ok(token) => {
+                assert!(shape.is_usable(), "{shape:?} accepted");
+                // The token of that answer, with its own refresh token.
+                let rt = token.refresh_token().unwrap().expose_secret().to_owned();
+                assert_eq!(server.current(), Some(rt));
+            }
+            Err(error) => {
+                assert!(!shape.is_usable(), "{shape:?}: {error}");
+                assert_eq!(error.kind(), &ErrorKind::InvalidResponse, "{shape:?}");
+                assert!(!format!("{error} {error:?}").contains("rt-"), "{error:?}");
+            }
+        }
+    }
+    assert_eq!(server.reuses(), 0);
+    assert!(!server.revoked(), "re-authorization would be required");
+    assert_eq!(
+        server.received(),
+        ["rt-0", "rt-1", "rt-2", "rt-3", "rt-4", "rt-5"]
+    );
+    assert_eq!(
+        *rotations.lock().unwrap(),
+        ["rt-1", "rt-2", "rt-3", "rt-4", "rt-5", "rt-6"]
+    );
+    assert_eq!(
+        grant
+            .current_refresh_token()
+            .map(|t| t.expose_secret().to_owned()),
+        server.current()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_code_exchange_keeps_its_refresh_token() {
+    use support::rotating::{Rotating, Shape};
+    let server = Rotating::start(None, Some("the-code")).await;
+    server.shapes([Shape::UnknownTokenType]);
+    let mut grant = AuthorizationCode::builder()
+        .token_url(&server.url)
+        .client_id("web")
+        .client_secret("web-secret")
+        .code("the-code")
+        .build()
+        .unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::InvalidResponse);
+    // The code is spent; the refresh token it bought carries on.
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.refresh_token().unwrap().expose_secret(), "rt-2");
+    assert_eq!(server.received(), ["rt-1"]);
+    assert_eq!(server.reuses(), 0);
+    assert!(!server.revoked());
+}
+
+#[tokio::test]
+async fn the_rotating_server_does_revoke_a_reused_refresh_token() {
+    // The check above would mean nothing if reuse went unnoticed.
+    use support::rotating::Rotating;
+    let server = Rotating::start(Some("rt-0"), None).await;
+    let grant = |rt: &str| {
+        RefreshToken::builder()
+            .token_url(&server.url)
+            .client_id("my-app")
+            .refresh_token(rt)
+            .build()
+            .unwrap()
+    };
+    grant("rt-0").fetch().await.unwrap();
+    let error = grant("rt-0").fetch().await.unwrap_err();
+    assert!(error.is_reauthorization_required());
+    assert_eq!(server.reuses(), 1);
+    assert!(server.revoked());
+    assert!(
+        grant("rt-1").fetch().await.is_err(),
+        "the family is revoked"
+    );
+}

@@ -26,6 +26,7 @@ use url::{Host, Url};
 pub use auth::AuthMethod;
 pub(crate) use auth::ClientAuth;
 use response::Leniency;
+pub(crate) use response::Refused;
 
 use crate::{clock, Error, Token};
 
@@ -99,6 +100,18 @@ impl TokenEndpoint {
         params: &[(&str, &str)],
         requested_scopes: &[String],
     ) -> Result<Token, Error> {
+        self.request(params, requested_scopes)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// [`exchange`](Self::exchange), handing back the refresh token of a
+    /// success answer that was refused, for the grants that rotate.
+    pub(crate) async fn request(
+        &self,
+        params: &[(&str, &str)],
+        requested_scopes: &[String],
+    ) -> Result<Token, Refused> {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.extend_pairs(params);
@@ -132,9 +145,16 @@ impl TokenEndpoint {
                 expires_in = ?token.expires_in(),
                 "token received"
             ),
-            Err(error) => {
-                tracing::warn!(target: "tower_oauth2", grant_type, %error, "token request failed")
-            }
+            Err(Refused {
+                error,
+                refresh_token,
+            }) => tracing::warn!(
+                target: "tower_oauth2",
+                grant_type,
+                %error,
+                refresh_token_kept = refresh_token.is_some(),
+                "token request failed"
+            ),
         }
         result
     }
@@ -144,7 +164,7 @@ impl TokenEndpoint {
         request: reqwest::RequestBuilder,
         sent_at: clock::Instant,
         requested_scopes: &[String],
-    ) -> Result<Token, Error> {
+    ) -> Result<Token, Refused> {
         let mut response = request.send().await.map_err(Error::from_transport)?;
         let status = response.status();
         // A caller-supplied client may follow redirects; refuse what it did.
@@ -153,7 +173,8 @@ impl TokenEndpoint {
                 status
             } else {
                 StatusCode::TEMPORARY_REDIRECT
-            }));
+            })
+            .into());
         }
         let retry_after = response
             .headers()
@@ -164,17 +185,21 @@ impl TokenEndpoint {
             .content_length()
             .is_some_and(|len| len > self.max_body as u64)
         {
-            return Err(too_large(status, self.max_body, retry_after));
+            return Err(too_large(status, self.max_body, retry_after).into());
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(Error::from_transport)? {
             if body.len() + chunk.len() > self.max_body {
-                return Err(too_large(status, self.max_body, retry_after));
+                return Err(too_large(status, self.max_body, retry_after).into());
             }
             body.extend_from_slice(&chunk);
         }
-        response::parse(status, &body, sent_at, requested_scopes, self.leniency)
-            .map_err(|e| e.with_retry_after_opt(retry_after))
+        response::parse(status, &body, sent_at, requested_scopes, self.leniency).map_err(
+            |refused| Refused {
+                error: refused.error.with_retry_after_opt(retry_after),
+                ..refused
+            },
+        )
     }
 }
 

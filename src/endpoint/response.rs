@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -18,6 +19,26 @@ pub(crate) struct Leniency {
     pub(crate) missing_token_type: bool,
 }
 
+/// A token endpoint answer that gave no usable token.
+///
+/// A success answer can be refused (an unknown `token_type`, a malformed
+/// `expires_in`) and still carry a new refresh token. The server has rotated
+/// by then, so the old refresh token is dead: the new one travels here, apart
+/// from the [`Error`] (errors never hold secrets), for the grant to keep.
+pub(crate) struct Refused {
+    pub(crate) error: Error,
+    pub(crate) refresh_token: Option<SecretString>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            refresh_token: None,
+        }
+    }
+}
+
 /// Turns a token endpoint answer into a token or a precise error.
 ///
 /// `requested_scopes` stand in for a missing `scope` field (RFC 6749 §5.1:
@@ -28,7 +49,7 @@ pub(crate) fn parse(
     sent_at: Instant,
     requested_scopes: &[String],
     leniency: Leniency,
-) -> Result<Token, Error> {
+) -> Result<Token, Refused> {
     let json = serde_json::from_slice::<Value>(body).ok();
     let object = match json {
         Some(Value::Object(object)) => Some(object),
@@ -36,30 +57,55 @@ pub(crate) fn parse(
     };
 
     // An OAuth error body wins whatever the status: some servers send 200.
+    // RFC 6749 §5.2 needs a non-empty code: `"error": null` or `""` is what
+    // .NET and Jackson write for an absent field, not an error.
     if let Some(object) = &object {
-        if let Some(code) = object.get("error") {
-            let code = match code {
-                Value::String(code) if !code.is_empty() => OAuthErrorCode::parse(code),
-                _ => {
-                    return Err(
-                        Error::invalid_response("`error` is not a string").with_status(status)
-                    )
-                }
-            };
-            let description = object.get("error_description").and_then(Value::as_str);
-            return Err(Error::oauth(code, description).with_status(status));
+        match object.get("error") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(code)) if code.is_empty() => {}
+            Some(Value::String(code)) => {
+                let description = object.get("error_description").and_then(Value::as_str);
+                let code = OAuthErrorCode::parse(code);
+                return Err(Error::oauth(code, description).with_status(status).into());
+            }
+            Some(_) => {
+                return Err(Error::invalid_response("`error` is not a string")
+                    .with_status(status)
+                    .into())
+            }
         }
     }
     if !status.is_success() {
-        return Err(Error::http_status(status));
+        return Err(Error::http_status(status).into());
     }
     let Some(object) = object else {
         return Err(
             Error::invalid_response("unexpected response: the body is not a JSON object")
-                .with_status(status),
+                .with_status(status)
+                .into(),
         );
     };
-    success(&object, sent_at, requested_scopes, leniency).map_err(|e| e.with_status(status))
+    let refresh_token = match object.get("refresh_token") {
+        Some(Value::String(token)) if !token.is_empty() => Some(token.clone()),
+        // Missing, empty or null: the server issued none; the grant keeps the old one.
+        None | Some(Value::Null) | Some(Value::String(_)) => None,
+        Some(_) => {
+            return Err(Error::invalid_response("`refresh_token` is not a string")
+                .with_status(status)
+                .into())
+        }
+    };
+    success(
+        &object,
+        sent_at,
+        requested_scopes,
+        leniency,
+        refresh_token.clone(),
+    )
+    .map_err(|e| Refused {
+        error: e.with_status(status),
+        refresh_token: refresh_token.map(SecretString::from),
+    })
 }
 
 fn success(
@@ -67,6 +113,7 @@ fn success(
     sent_at: Instant,
     requested_scopes: &[String],
     leniency: Leniency,
+    refresh_token: Option<String>,
 ) -> Result<Token, Error> {
     let access_token = match object.get("access_token") {
         Some(Value::String(token)) => token.clone(),
@@ -90,13 +137,8 @@ fn success(
     if let Some(lifetime) = expires_in(object.get("expires_in"))? {
         builder = builder.expires_in(lifetime);
     }
-    match object.get("refresh_token") {
-        Some(Value::String(token)) if !token.is_empty() => {
-            builder = builder.refresh_token(token.clone());
-        }
-        // Missing, empty or null: the server issued none; the grant keeps the old one.
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(_) => return Err(Error::invalid_response("`refresh_token` is not a string")),
+    if let Some(refresh_token) = refresh_token {
+        builder = builder.refresh_token(refresh_token);
     }
     builder = match object.get("scope") {
         Some(Value::String(scope)) => builder.scopes(scope.split_whitespace()),
@@ -129,7 +171,7 @@ mod tests {
     use crate::ErrorKind;
     use secrecy::ExposeSecret;
 
-    fn ok(body: &str) -> Result<Token, Error> {
+    fn answer(body: &str) -> Result<Token, Refused> {
         parse(
             StatusCode::OK,
             body.as_bytes(),
@@ -137,6 +179,10 @@ mod tests {
             &["requested".to_owned()],
             Leniency::default(),
         )
+    }
+
+    fn ok(body: &str) -> Result<Token, Error> {
+        answer(body).map_err(|refused| refused.error)
     }
 
     #[tokio::test]
@@ -252,6 +298,7 @@ mod tests {
             &[],
             Leniency::default(),
         )
+        .map_err(|refused| refused.error)
         .unwrap_err();
         assert_eq!(err.kind(), &ErrorKind::Status);
         assert!(err.is_transient());
@@ -308,7 +355,7 @@ mod tests {
                     .to_str()
                     .unwrap()
                     .starts_with("Bearer ")),
-                Err(error) => {
+                Err(Refused { error, .. }) => {
                     let _ = format!("{error} {error:?}");
                 }
             }
@@ -338,5 +385,43 @@ mod tests {
             .unwrap();
             assert!(token.refresh_token().is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn null_or_empty_error_is_a_success() {
+        for error in ["null", r#""""#] {
+            let token = ok(&format!(
+                r#"{{"access_token":"x","token_type":"Bearer","error":{error},"error_description":null}}"#
+            ))
+            .unwrap();
+            assert_eq!(token.header_value(), "Bearer x");
+        }
+        // Without a token it is still refused, as a bad success answer.
+        let err = ok(r#"{"error":null}"#).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidResponse);
+        let err = ok(r#"{"error":7}"#).unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::InvalidResponse);
+    }
+
+    #[tokio::test]
+    async fn a_refused_success_answer_hands_back_its_refresh_token() {
+        for body in [
+            r#"{"access_token":"x","token_type":"mac","refresh_token":"rt-2"}"#,
+            r#"{"access_token":"a b","token_type":"Bearer","refresh_token":"rt-2"}"#,
+            r#"{"access_token":"x","token_type":"Bearer","expires_in":-5,"refresh_token":"rt-2"}"#,
+            r#"{"token_type":"Bearer","refresh_token":"rt-2"}"#,
+        ] {
+            let refused = answer(body).map(|_| ()).unwrap_err();
+            assert_eq!(refused.error.kind(), &ErrorKind::InvalidResponse, "{body}");
+            let kept = refused.refresh_token.expect(body);
+            assert_eq!(kept.expose_secret(), "rt-2");
+            // The error itself holds no secret.
+            assert!(!format!("{} {:?}", refused.error, refused.error).contains("rt-2"));
+        }
+        // An OAuth error carries none.
+        let refused = answer(r#"{"error":"invalid_grant","refresh_token":"rt-2"}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(refused.refresh_token.is_none());
     }
 }

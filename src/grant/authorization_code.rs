@@ -3,7 +3,7 @@ use std::{fmt, sync::Arc};
 use secrecy::SecretString;
 
 use crate::{
-    endpoint::{endpoint_settings, EndpointSettings},
+    endpoint::{endpoint_settings, EndpointSettings, Refused},
     grant::{refresh_token::Rotation, scope_settings},
     token::expose,
     Error, Token, TokenSource,
@@ -76,7 +76,7 @@ impl AuthorizationCode {
         let result = self
             .rotation
             .endpoint
-            .exchange(&params, &self.rotation.scopes)
+            .request(&params, &self.rotation.scopes)
             .await;
         match result {
             Ok(token) => {
@@ -84,10 +84,20 @@ impl AuthorizationCode {
                 Ok(self.rotation.absorb(token))
             }
             // The server may not have seen the code: it may be tried again.
-            Err(error) if error.is_transient() => Err(error),
-            Err(error) => {
+            Err(refused) if refused.error.is_transient() => Err(refused.error),
+            // A success answer, refused, that still carries a refresh token:
+            // the code is spent, and the next fetch refreshes with that token.
+            Err(Refused {
+                error,
+                refresh_token: Some(new),
+            }) => {
                 self.exchange = None;
-                Err(error.into_reauthorization())
+                self.rotation.keep(new);
+                Err(error)
+            }
+            Err(refused) => {
+                self.exchange = None;
+                Err(refused.error.into_reauthorization())
             }
         }
     }

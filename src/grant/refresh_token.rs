@@ -102,12 +102,17 @@ impl Rotation {
         if !scope.is_empty() {
             params.push(("scope", &scope));
         }
-        let token = self
-            .endpoint
-            .exchange(&params, &self.scopes)
-            .await
-            .map_err(Error::into_reauthorization)?;
-        Ok(self.absorb(token))
+        match self.endpoint.request(&params, &self.scopes).await {
+            Ok(token) => Ok(self.absorb(token)),
+            Err(refused) => {
+                // The server rotated even though its answer was refused: the
+                // refresh token just sent is dead, the new one is all there is.
+                if let Some(new) = refused.refresh_token {
+                    self.keep(new);
+                }
+                Err(refused.error.into_reauthorization())
+            }
+        }
     }
 
     /// Records the refresh token an answer carried, or puts the kept one on
@@ -115,14 +120,19 @@ impl Rotation {
     pub(crate) fn absorb(&mut self, token: Token) -> Token {
         match token.refresh_token() {
             Some(new) => {
-                self.refresh_token = Some(new.clone());
-                if let Some(hook) = &self.on_rotate {
-                    hook(new);
-                }
+                self.keep(new.clone());
                 token
             }
             None => token.with_refresh_token(self.refresh_token.clone()),
         }
+    }
+
+    /// Replaces the refresh token with one the server just issued.
+    pub(crate) fn keep(&mut self, new: SecretString) {
+        if let Some(hook) = &self.on_rotate {
+            hook(&new);
+        }
+        self.refresh_token = Some(new);
     }
 }
 

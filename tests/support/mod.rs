@@ -4,7 +4,10 @@
 //!   called once too often (cache and layer tests).
 //! - [`recorder`]: a loopback token endpoint that records every request byte
 //!   for byte and answers from a script (endpoint tests).
+//! - [`rotating`]: a loopback token endpoint that rotates refresh tokens and
+//!   revokes the family when one is reused.
 #![allow(dead_code)]
 
 pub mod recorder;
+pub mod rotating;
 pub mod scripted;
