@@ -177,7 +177,7 @@ async fn main() -> Result<(), BoxError> {
         "token requests      {made} in {secs:.1}s = {lives:.1} lifetimes (server saw {served})"
     );
     println!("  expected          ≈ {expected}: the first, then one every {period:.2?}");
-    println!("refreshes ahead     {ahead} (a new token before the old one was retired)");
+    println!("refreshes ahead     {ahead} (a new token before the old one expired)");
     println!("waited for a token  {waits} requests (the first burst, during the first fetch)");
     println!("401s at the API     {unknown} with an unknown token, {expired} with an expired one");
     println!(

@@ -12,6 +12,8 @@ use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
+use crate::clock::Instant;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Longest `error_description` kept from a server, in characters.
@@ -120,6 +122,7 @@ struct Inner {
     description: Option<String>,
     source: Option<BoxError>,
     transient: bool,
+    next_attempt: Option<Instant>,
 }
 
 impl Error {
@@ -133,6 +136,7 @@ impl Error {
                 description: None,
                 source: None,
                 transient: false,
+                next_attempt: None,
             }),
         }
     }
@@ -181,6 +185,7 @@ impl Error {
                     description: old.description.clone(),
                     source: None,
                     transient: old.transient,
+                    next_attempt: old.next_attempt,
                 };
                 f(&mut inner);
                 self.inner = Arc::new(inner);
@@ -258,6 +263,7 @@ impl Error {
                 description: inner.description.clone(),
                 source: None,
                 transient: false,
+                next_attempt: None,
             }),
         }
     }
@@ -283,6 +289,10 @@ impl Error {
 
     pub(crate) fn with_retry_after_opt(self, retry_after: Option<Duration>) -> Self {
         self.with(|i| i.retry_after = retry_after)
+    }
+
+    pub(crate) fn with_next_attempt(self, at: Option<Instant>) -> Self {
+        self.with(|i| i.next_attempt = at)
     }
 
     /// What kind of error this is.
@@ -317,6 +327,19 @@ impl Error {
     /// How long the server asked us to wait (`Retry-After`), when it did.
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// When the [`TokenCache`](crate::TokenCache) that handed out this error
+    /// will next ask the token endpoint, on Tokio's clock: a caller's own
+    /// retry can sleep until then (`tokio::time::sleep_until`) instead of
+    /// guessing. `None` when the cache will not try again
+    /// ([`ErrorKind::ReauthorizationRequired`]) or the error did not come
+    /// from a cache.
+    ///
+    /// The time may already have passed: the attempt is then due or under
+    /// way, and [`TokenCache::token`](crate::TokenCache::token) waits for it.
+    pub fn next_attempt_at(&self) -> Option<Instant> {
+        self.inner.next_attempt
     }
 
     /// Whether the same request may succeed later without any change on the
@@ -415,6 +438,9 @@ impl fmt::Debug for Error {
         }
         if let Some(retry_after) = inner.retry_after {
             d.field("retry_after", &retry_after);
+        }
+        if let Some(next_attempt) = inner.next_attempt {
+            d.field("next_attempt", &next_attempt);
         }
         if let Some(source) = &inner.source {
             d.field("source", source);

@@ -107,7 +107,7 @@ async fn nothing_is_fetched_before_the_first_request() {
 
 #[tokio::test(start_paused = true)]
 async fn no_refresh_before_the_refresh_point_and_one_by_then() {
-    // 3600 s lifetime, deterministic policy: usable until 3595 s (5 s
+    // 3600 s lifetime, deterministic policy: to be replaced by 3595 s (5 s
     // margin), refreshed 10 min before that, at 2995 s.
     let script = Scripted::tokens(HOUR);
     let cache = cache(&script, deterministic());
@@ -131,7 +131,7 @@ async fn no_refresh_before_the_refresh_point_and_one_by_then() {
 #[tokio::test(start_paused = true)]
 async fn continuous_traffic_over_ten_lifetimes() {
     // The default policy refreshes 10-12 min ahead for an hour (12-13
-    // fetches in 10 lifetimes); a short token is usable for its lifetime less
+    // fetches in 10 lifetimes); a short token is to be replaced by its lifetime less
     // a margin of 1 s or half of it (servers round expiry to whole seconds),
     // and refreshed when a quarter of that is left: every 0.75 s for a 2 s
     // token, every 0.375 s for a 1 s one.
@@ -158,7 +158,7 @@ async fn continuous_traffic_over_ten_lifetimes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_token_is_never_handed_out_past_its_expiry_even_when_refresh_fails() {
+async fn a_token_is_served_until_its_expiry_and_never_after_when_refresh_fails() {
     // First token, then the endpoint is down for good.
     let script = Scripted::new(|n| match n {
         1 => Reply::Token(Some(secs(60))),
@@ -176,21 +176,162 @@ async fn a_token_is_never_handed_out_past_its_expiry_even_when_refresh_fails() {
                     token.same_as(&first),
                     "the endpoint never gave a second token"
                 );
-                assert!(Instant::now() < expires_at);
+                // Retired by the task's timer at the instant of expiry; a
+                // request woken at that same instant may still see it.
+                assert!(Instant::now() <= expires_at);
                 served += 1;
             }
             Err(error) => {
                 assert!(error.is_transient(), "{error}");
-                assert!(Instant::now() >= expires_at - secs(6));
+                assert!(Instant::now() >= expires_at, "failed before expiry");
+                assert!(error.next_attempt_at().is_some());
                 failed += 1;
             }
         }
         sleep(Duration::from_millis(100)).await;
     }
+    // 60 s of 120 s served, the margin (5 s) included; the request at the
+    // instant of expiry may go either way.
     assert!(
-        served > 500 && failed > 500,
+        (600..=601).contains(&served) && served + failed == 1200,
         "served {served}, failed {failed}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_at_the_end_of_a_tokens_life_fails_no_request_while_it_is_valid() {
+    // 6 s tokens; from right after the first one the endpoint answers 503
+    // with Retry-After: 1, then 500s, for 5.5 s; then it recovers. The
+    // expiry margin (1 s) falls inside the outage.
+    let start = Instant::now();
+    let script = Scripted::new(move |n| {
+        let t = Instant::now() - start;
+        match n {
+            1 => Reply::Token(Some(secs(6))),
+            2 => Reply::Fail(transient().with_retry_after(secs(1))),
+            _ if t < Duration::from_millis(5500) => Reply::Fail(transient()),
+            _ => Reply::Token(Some(secs(6))),
+        }
+    });
+    let cache = cache(&script, deterministic());
+    let first = cache.token().await.unwrap();
+    let (mut failed_while_valid, mut failed_after, mut served) = (0, 0, 0);
+    let mut first_success_after_recovery = None;
+    // A request every millisecond for 8 s.
+    while Instant::now() - start < secs(8) {
+        let now = Instant::now();
+        match cache.token().await {
+            Ok(token) => {
+                served += 1;
+                assert!(Instant::now() <= token.expires_at().unwrap());
+                if !token.same_as(&first) && first_success_after_recovery.is_none() {
+                    first_success_after_recovery = Some(Instant::now() - start);
+                }
+            }
+            Err(_) if now < first.expires_at().unwrap() => failed_while_valid += 1,
+            Err(_) => failed_after += 1,
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        failed_while_valid, 0,
+        "a request failed while the token was valid"
+    );
+    assert!(served > 7000, "{served}");
+    // Refresh point 3.75 s; attempts at 3.75 (Retry-After 1 s), 4.75, 4.95,
+    // 5.35 and 6.15 s: five during 8000 requests, then the one that succeeds.
+    assert_eq!(
+        script.calls(),
+        6,
+        "attempts follow the backoff, not the requests"
+    );
+    // The endpoint recovered at 5.5 s; the token expired at 6 s. The retry at
+    // 6.15 s is due within `wait_for_retry`, so requests wait for it instead
+    // of failing.
+    assert_eq!(failed_after, 0);
+    let recovered = first_success_after_recovery.expect("a new token after the outage");
+    assert!(
+        recovered <= Duration::from_millis(6200),
+        "back within a backoff period of the recovery: {recovered:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_that_meets_one_transient_failure_fails_no_request() {
+    // The first token request fails as a 503 would; the next one succeeds.
+    // 1000 requests wait behind a caller-side retry (2 retries, 100 ms
+    // apart) outside the layer.
+    let script = Scripted::exactly(vec![Reply::Fail(transient()), Reply::Token(Some(HOUR))])
+        .latency(Duration::from_millis(20));
+    let cache = cache(&script, RefreshPolicy::new());
+    let client = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(RetryTwice(2)))
+        .layer(tower_oauth2::BearerAuthLayer::new(cache.clone()))
+        .service(tower::service_fn(|request: http::Request<()>| async move {
+            assert!(request.headers().contains_key(http::header::AUTHORIZATION));
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(
+                async move { tower::ServiceExt::oneshot(client, http::Request::new(())).await },
+            )
+        })
+        .collect();
+    let mut ok = 0;
+    for request in requests {
+        if request.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(script.calls(), 2);
+    assert_eq!(cache.stats().failures, 1);
+}
+
+/// Without the wait, the same cold start: requests get the error at once,
+/// and it says when the next attempt is due.
+#[tokio::test(start_paused = true)]
+async fn an_error_says_when_the_next_attempt_is_due() {
+    let script = Scripted::exactly(vec![Reply::Fail(transient()), Reply::Token(Some(HOUR))]);
+    let cache = cache(&script, deterministic().wait_for_retry(Duration::ZERO));
+    let failed_at = Instant::now();
+    let error = cache.token().await.unwrap_err();
+    let next = error
+        .next_attempt_at()
+        .expect("a transient error is retried");
+    assert_eq!(next - failed_at, Duration::from_millis(100));
+    // Before then, at once and without a new attempt; at that moment, a token.
+    assert!(cache.token().await.is_err());
+    tokio::time::sleep_until(next).await;
+    assert!(cache.token().await.is_ok());
+    assert_eq!(script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_makes_no_request_wait_after_the_first_token() {
+    // 2 s tokens from an endpoint that takes 400 ms: the refresh is moved
+    // early enough that the new token arrives before the old one's planned
+    // end, for ten lifetimes of traffic.
+    let script = Scripted::tokens(secs(2)).latency(Duration::from_millis(400));
+    let cache = cache(&script, RefreshPolicy::new());
+    let mut handed_late = 0;
+    let end = Instant::now() + secs(20);
+    while Instant::now() < end {
+        let token = cache.token().await.unwrap();
+        // Past `replace_by` (lifetime less the 1 s margin) means the refresh
+        // came late.
+        if Instant::now() >= token.issued_at() + secs(1) {
+            handed_late += 1;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.waits, 1, "{stats:?}");
+    assert_eq!(handed_late, 0, "{stats:?}");
+    // Every 0.5 s (half the planned lifetime) rather than every 0.75 s.
+    assert!((40..=42).contains(&stats.token_requests), "{stats:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,9 +352,10 @@ async fn an_outage_while_the_token_is_valid_costs_requests_nothing() {
     let requests = steady_traffic(&cache, Duration::from_millis(10), secs(4300)).await;
     let stats = cache.stats();
     assert!(requests > 400_000);
-    // Backoff 1, 2, 4, ... 256 s fits 9 failures in 400 s; then success.
-    assert!(
-        (9..=10).contains(&stats.failures),
+    // Backoff 0.1, 0.2, 0.4, ... 204.8 s fits 12 failures in 400 s
+    // (2995 s + 0.1 s × (2^11 - 1) = 3199.7 s; the next at 3404.5 s succeeds).
+    assert_eq!(
+        stats.failures, 12,
         "attempts should follow the backoff, not the request rate: {stats:?}"
     );
     assert_eq!(stats.waits, 1, "{stats:?}");
@@ -232,9 +374,36 @@ async fn during_an_outage_attempts_grow_with_time_not_with_requests() {
         sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(errors, 600_000);
-    // 1+2+4+8+16+32 = 63 s for the first 7 attempts, then one a minute.
+    // 0.1 s × (2^10 - 1) = 102.3 s for the first 11 attempts, then one a
+    // minute: 8 more in 10 minutes.
     let calls = script.calls();
-    assert!((14..=18).contains(&calls), "{calls} attempts in 10 minutes");
+    assert!((18..=20).contains(&calls), "{calls} attempts in 10 minutes");
+}
+
+/// A caller-side retry policy: `n` more attempts, 100 ms apart, on any error.
+#[derive(Clone)]
+struct RetryTwice(usize);
+
+impl<E> tower::retry::Policy<http::Request<()>, http::Response<()>, E> for RetryTwice {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _: &mut http::Request<()>,
+        result: &mut Result<http::Response<()>, E>,
+    ) -> Option<Self::Future> {
+        if result.is_ok() || self.0 == 0 {
+            return None;
+        }
+        self.0 -= 1;
+        Some(sleep(Duration::from_millis(100)))
+    }
+
+    fn clone_request(&mut self, request: &http::Request<()>) -> Option<http::Request<()>> {
+        let mut copy = http::Request::new(());
+        *copy.headers_mut() = request.headers().clone();
+        Some(copy)
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,7 +531,7 @@ async fn missing_expires_in_uses_the_default_lifetime() {
     let script = Scripted::new(|_| Reply::Token(None));
     let cache = cache(&script, deterministic().default_lifetime(secs(100)));
     cache.token().await.unwrap();
-    // 100 s default: usable 95 s, refreshed 19 s (20 %) before, at 76 s.
+    // 100 s default: replaced by 95 s, refreshed 19 s (20 %) before, at 76 s.
     advance(secs(75)).await;
     settle().await;
     assert_eq!(script.calls(), 1);

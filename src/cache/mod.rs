@@ -16,23 +16,28 @@
 //! # }
 //! ```
 //!
-//! How it works. The current state (a token, nothing yet, or the last error)
-//! sits in an [`ArcSwap`]: reading it is one atomic load. Only the background
-//! task writes tokens there. It fetches when a request asks and nothing is
-//! cached, refreshes ahead of expiry as the [`RefreshPolicy`] decides, backs
-//! off after failures, and stops handing out a token shortly before it
-//! expires. Requests never fetch themselves: they wake the task and wait on a
+//! How it works. What requests should see (a token, nothing yet, or the
+//! last error) sits in an [`ArcSwap`]: reading it is one atomic load. Only
+//! the background task writes there. It fetches when a request asks and
+//! nothing is cached, refreshes ahead of expiry as the [`RefreshPolicy`]
+//! decides, retries with backoff after failures, and hands out the current
+//! token until its announced expiry when no replacement has come. Requests
+//! never fetch themselves: they send the task a message and wait on a
 //! [`Notify`] (enabled before they look at the state, so no wake-up is lost).
 //! A waiting request that is dropped leaves the fetch running; a rotated
 //! refresh token is never lost to a cancelled request. When the last handle
-//! is dropped, the task ends.
+//! is dropped, the task ends. The task's states are listed in
+//! `src/cache/refresher.rs`.
 
 mod policy;
 mod refresher;
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -41,10 +46,7 @@ use tokio::sync::{mpsc, Notify};
 
 pub use policy::RefreshPolicy;
 
-use crate::{
-    clock::{self, Instant},
-    Error, Token, TokenSource,
-};
+use crate::{clock, Error, Token, TokenSource};
 
 /// A shared, self-refreshing access token. Cheap to clone; every clone sees
 /// the same token and the same background task.
@@ -59,23 +61,32 @@ pub(crate) struct Shared {
     slot: ArcSwap<Slot>,
     changed: Notify,
     counters: Counters,
-    // Wakes the background task, which holds only a weak reference: when the
+    // To the background task, which holds only a weak reference: when the
     // last handle goes, this sender goes with it and the task ends.
-    wake: mpsc::Sender<()>,
+    inbox: mpsc::UnboundedSender<Message>,
+    // Set while a `Wanted` is on its way, so many waiting requests send one.
+    wanted: AtomicBool,
+    wait_for_retry: Duration,
+}
+
+/// What requests tell the background task.
+pub(crate) enum Message {
+    /// A request waits and found no token.
+    Wanted,
+    /// The server rejected the token with this id (the slot no longer holds it).
+    Rejected(u64),
 }
 
 /// What a request finds in the cache.
 pub(crate) enum Slot {
     /// Nothing to hand out yet: wait for the task.
     Empty,
-    /// A token that has not reached its expiry margin.
+    /// A token that has not expired.
     Ready(Token),
-    /// The last attempt failed and no valid token is left: fail fast until
-    /// `retry_at` (never, when `None`), then wait for the next attempt.
-    Failed {
-        error: Error,
-        retry_at: Option<Instant>,
-    },
+    /// The last attempt failed and no valid token is left. The error says
+    /// when the next attempt is due ([`Error::next_attempt_at`]): requests
+    /// get the error until shortly before then, and wait for the attempt after.
+    Failed(Error),
 }
 
 #[derive(Default)]
@@ -122,12 +133,14 @@ impl TokenCache {
     ///
     /// When called outside a Tokio runtime.
     pub fn with_policy<S: TokenSource>(source: S, policy: RefreshPolicy) -> Self {
-        let (wake, rx) = mpsc::channel(1);
+        let (inbox, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             slot: ArcSwap::from_pointee(Slot::Empty),
             changed: Notify::new(),
             counters: Counters::default(),
-            wake,
+            inbox,
+            wanted: AtomicBool::new(false),
+            wait_for_retry: policy.retry_wait(),
         });
         tokio::spawn(refresher::run(source, policy, Arc::downgrade(&shared), rx));
         Self { shared }
@@ -135,10 +148,11 @@ impl TokenCache {
 
     /// The current valid token, waiting for a fetch when there is none.
     ///
-    /// Returns the fetch's error when it fails and no valid token is left.
-    /// Until the next attempt is due (after the policy's backoff, or never
-    /// after [`ErrorKind::ReauthorizationRequired`]), callers get that error at
-    /// once rather than piling up; once it is due, they wait for the attempt.
+    /// Returns the last attempt's error when it failed and no valid token is
+    /// left; [`Error::next_attempt_at`] says when the cache tries again. A
+    /// caller waits for that attempt instead when it is due within the
+    /// policy's [`wait_for_retry`](RefreshPolicy::wait_for_retry), or has
+    /// already come; never after [`ErrorKind::ReauthorizationRequired`].
     ///
     /// [`ErrorKind::ReauthorizationRequired`]: crate::ErrorKind::ReauthorizationRequired
     pub async fn token(&self) -> Result<Token, Error> {
@@ -150,25 +164,20 @@ impl TokenCache {
             notified.as_mut().enable();
             match &**self.shared.slot.load() {
                 Slot::Ready(token) => return Ok(token.clone()),
-                Slot::Failed { error, retry_at } => {
+                Slot::Failed(error) => {
                     // Off the hot path: only a failed cache reads the clock here.
-                    if retry_at.is_none_or(|at| clock::now() < at) {
+                    let soon = clock::now() + self.shared.wait_for_retry;
+                    if error.next_attempt_at().is_none_or(|at| at > soon) {
                         return Err(error.clone());
                     }
-                    if !counted {
-                        counted = true;
-                        self.shared.counters.waits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.wake()?;
                 }
-                Slot::Empty => {
-                    if !counted {
-                        counted = true;
-                        self.shared.counters.waits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.wake()?;
-                }
+                Slot::Empty => {}
             }
+            if !counted {
+                counted = true;
+                self.shared.counters.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            self.want()?;
             notified.await;
         }
     }
@@ -193,8 +202,8 @@ impl TokenCache {
                     .invalidations
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "tower_oauth2", "token invalidated");
-                // A full channel means the task is already due to look.
-                let _ = self.shared.wake.try_send(());
+                // Closed: the task is gone, and requests will hear of it.
+                let _ = self.shared.inbox.send(Message::Rejected(id));
             }
         }
     }
@@ -221,12 +230,15 @@ impl TokenCache {
         }
     }
 
-    fn wake(&self) -> Result<(), Error> {
-        match self.shared.wake.try_send(()) {
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::closed()),
-            // Full: a wake-up is already pending.
-            _ => Ok(()),
+    /// Tells the task a request waits, unless a `Wanted` is already on its way.
+    fn want(&self) -> Result<(), Error> {
+        if self.shared.wanted.swap(true, Ordering::AcqRel) {
+            return Ok(());
         }
+        self.shared
+            .inbox
+            .send(Message::Wanted)
+            .map_err(|_| Error::closed())
     }
 }
 
@@ -235,7 +247,7 @@ impl std::fmt::Debug for TokenCache {
         let state = match &**self.shared.slot.load() {
             Slot::Empty => "empty",
             Slot::Ready(_) => "ready",
-            Slot::Failed { .. } => "failed",
+            Slot::Failed(_) => "failed",
         };
         f.debug_struct("TokenCache")
             .field("state", &state)

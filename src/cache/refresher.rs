@@ -1,11 +1,35 @@
-//! The background task that owns the token source.
+//! The background task that owns the token source: the only writer of the
+//! cache's slot.
+//!
+//! A small state machine, in the spirit of tower's `buffer` worker. It owns
+//! the [`TokenSource`], works out from its [`Phase`] what is due next, and
+//! publishes what requests should find in the slot. Requests talk to it only
+//! through [`Message`]s.
+//!
+//! | phase | event | next |
+//! |---|---|---|
+//! | `Idle` | `Wanted` | `Wanted` |
+//! | `Wanted` | (at once) | fetch |
+//! | `Serving` | its refresh point | fetch (the token is still served) |
+//! | `Serving` | `Rejected` for its token | `Wanted` |
+//! | `Failing` | retry due, with a token to replace or a request waiting | fetch |
+//! | `Failing` | `Wanted` | note it: the retry is for that request |
+//! | `Failing`, `Stopped` | its token expires, or is `Rejected` | the same, without it: requests get the last error |
+//! | `Stopped` | anything else | nothing: re-authorization is required |
+//!
+//! A fetch ends in `Serving` (a token), `Failing` (an error: a token still
+//! valid is kept until it expires, and retries follow the backoff), or
+//! `Stopped` (re-authorization required). While it runs, messages and the
+//! expiry of the current token are still handled, and its result is kept even
+//! when every handle goes meanwhile: the source has already absorbed what the
+//! server answered. When the last handle is gone, the task ends.
 
 use std::sync::{atomic::Ordering, Arc, Weak};
 
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use super::{RefreshPolicy, Shared, Slot};
+use super::{Message, RefreshPolicy, Shared, Slot};
 use crate::{
     clock::{self, Instant},
     Error, Token, TokenSource,
@@ -14,120 +38,199 @@ use crate::{
 /// The token being handed out, with the two moments that matter to it.
 struct Live {
     token: Token,
+    /// When to ask for the next token.
     refresh_at: Instant,
-    retire_at: Instant,
+    /// The announced expiry: handed out until then, never after.
+    expires_at: Instant,
+}
+
+enum Phase {
+    /// No token, and no request has asked for one.
+    Idle,
+    /// A request waits and there is no token: fetch now.
+    Wanted,
+    /// Handing out a token; refresh at its refresh point.
+    Serving(Live),
+    /// The last attempt failed; the next is due at `retry_at`.
+    Failing {
+        /// Still handed out until it expires.
+        live: Option<Live>,
+        /// What requests get once no token is left.
+        error: Error,
+        failures: u32,
+        retry_at: Instant,
+        /// A request waits for the retry (matters only without `live`).
+        wanted: bool,
+    },
+    /// The source can never succeed again: re-authorization is required.
+    Stopped { live: Option<Live>, error: Error },
+}
+
+/// What the task does next.
+enum Next {
+    Fetch,
+    /// Wait for a message or this moment, whichever comes first.
+    Until(Instant),
+    /// Wait for a message.
+    Message,
+}
+
+/// The slowest of the last few token requests: the room a refresh needs.
+#[derive(Default)]
+struct RoundTrips {
+    recent: [std::time::Duration; 3],
+    next: usize,
+}
+
+impl RoundTrips {
+    fn record(&mut self, took: std::time::Duration) {
+        self.recent[self.next] = took;
+        self.next = (self.next + 1) % self.recent.len();
+    }
+
+    fn slowest(&self) -> std::time::Duration {
+        self.recent.iter().copied().max().unwrap_or_default()
+    }
 }
 
 struct Refresher {
     policy: RefreshPolicy,
-    // Weak: the task must not keep the handles' state (and its wake-up
-    // sender) alive, or it would never learn that they are all gone.
+    // Weak: the task must not keep the handles' state (and its sender)
+    // alive, or it would never learn that they are all gone.
     shared: Weak<Shared>,
-    current: Option<Live>,
-    /// Consecutive failed fetches.
-    failures: u32,
-    /// No fetch before this, after a failure.
-    next_try: Option<Instant>,
-    /// The last failure while a token was still being served.
-    last_error: Option<Error>,
-    /// A caller is waiting, or was told to come back.
-    demand: bool,
-    /// The source can never succeed again (re-authorization required).
-    terminal: bool,
+    phase: Phase,
+    round_trips: RoundTrips,
 }
 
 pub(super) async fn run<S: TokenSource>(
     mut source: S,
     policy: RefreshPolicy,
     shared: Weak<Shared>,
-    mut wake: mpsc::Receiver<()>,
+    mut inbox: mpsc::UnboundedReceiver<Message>,
 ) {
     let mut task = Refresher {
         policy,
         shared,
-        current: None,
-        failures: 0,
-        next_try: None,
-        last_error: None,
-        demand: false,
-        terminal: false,
+        phase: Phase::Idle,
+        round_trips: RoundTrips::default(),
     };
     loop {
-        task.notice_invalidation();
         let now = clock::now();
-        if task
-            .current
-            .as_ref()
-            .is_some_and(|live| live.retire_at <= now)
-        {
-            task.retire();
-        }
-        let attempt_at = task.next_attempt(now);
-        if attempt_at.is_some_and(|at| at <= now) {
-            task.attempt(&mut source).await;
-            continue;
-        }
-        let retire_at = task.current.as_ref().map(|live| live.retire_at);
+        task.expire(now, false);
+        let deadline = match task.next(now) {
+            Next::Fetch => {
+                if task.fetch(&mut source, &mut inbox).await.is_break() {
+                    return;
+                }
+                continue;
+            }
+            Next::Until(deadline) => Some(deadline),
+            Next::Message => None,
+        };
         tokio::select! {
             biased;
-            message = wake.recv() => match message {
-                Some(()) => task.demand = true,
+            message = inbox.recv() => match message {
+                Some(message) => task.on_message(message, false),
                 // Every handle is gone.
                 None => return,
             },
-            () = sleep_until(earliest(attempt_at, retire_at)) => {}
+            () = sleep_until(deadline) => {}
         }
     }
 }
 
 impl Refresher {
-    /// When to fetch next, if at all.
-    fn next_attempt(&self, now: Instant) -> Option<Instant> {
-        if self.terminal {
-            return None;
-        }
-        match &self.current {
-            Some(live) => Some(
-                self.next_try
-                    .map_or(live.refresh_at, |t| t.max(live.refresh_at)),
-            ),
-            None if self.demand => Some(self.next_try.unwrap_or(now)),
-            None => None,
-        }
-    }
-
-    /// A caller invalidated our token: forget it and fetch for them.
-    fn notice_invalidation(&mut self) {
-        let Some(live) = &self.current else { return };
-        let Some(shared) = self.shared.upgrade() else {
-            return;
+    fn next(&self, now: Instant) -> Next {
+        let at = |deadline: Instant| {
+            if deadline <= now {
+                Next::Fetch
+            } else {
+                Next::Until(deadline)
+            }
         };
-        let still_current =
-            matches!(&**shared.slot.load(), Slot::Ready(t) if t.same_as(&live.token));
-        if !still_current {
-            self.current = None;
-            self.demand = true;
+        match &self.phase {
+            Phase::Idle => Next::Message,
+            Phase::Wanted => Next::Fetch,
+            Phase::Serving(live) => at(live.refresh_at),
+            Phase::Failing {
+                live: Some(live),
+                retry_at,
+                ..
+            } => match at(*retry_at) {
+                Next::Until(retry_at) => Next::Until(retry_at.min(live.expires_at)),
+                fetch => fetch,
+            },
+            Phase::Failing {
+                live: None,
+                retry_at,
+                wanted: true,
+                ..
+            } => at(*retry_at),
+            Phase::Failing { live: None, .. } => Next::Message,
+            Phase::Stopped {
+                live: Some(live), ..
+            } => Next::Until(live.expires_at),
+            Phase::Stopped { live: None, .. } => Next::Message,
         }
     }
 
-    /// Stops handing out the current token: it is about to expire.
-    fn retire(&mut self) {
-        if self.current.take().is_none() {
-            return;
+    fn on_message(&mut self, message: Message, fetching: bool) {
+        match message {
+            Message::Wanted => {
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.wanted.store(false, Ordering::Release);
+                }
+                match &mut self.phase {
+                    Phase::Idle => self.phase = Phase::Wanted,
+                    Phase::Failing { wanted, .. } => *wanted = true,
+                    // A token is served or a fetch is due: the request finds it.
+                    Phase::Wanted | Phase::Serving(_) | Phase::Stopped { .. } => {}
+                }
+            }
+            Message::Rejected(id) => {
+                if self.live().is_some_and(|live| live.token.id() == id) {
+                    tracing::debug!(target: "tower_oauth2", "token rejected by the server");
+                    self.drop_live(fetching);
+                }
+            }
         }
-        tracing::debug!(target: "tower_oauth2", "token reached its expiry margin without a replacement");
-        let slot = match &self.last_error {
-            Some(error) => self.failed(error.clone()),
-            None => Slot::Empty,
+    }
+
+    fn live(&self) -> Option<&Live> {
+        match &self.phase {
+            Phase::Serving(live) => Some(live),
+            Phase::Failing { live, .. } | Phase::Stopped { live, .. } => live.as_ref(),
+            Phase::Idle | Phase::Wanted => None,
+        }
+    }
+
+    /// Stops handing out the current token once it has expired.
+    fn expire(&mut self, now: Instant, fetching: bool) {
+        if self.live().is_some_and(|live| live.expires_at <= now) {
+            tracing::debug!(target: "tower_oauth2", "token expired without a replacement");
+            self.drop_live(fetching);
+        }
+    }
+
+    /// Forgets the current token. Requests then wait for the fetch under
+    /// way, or for a new one, or get the last error.
+    fn drop_live(&mut self, fetching: bool) {
+        let slot = match &mut self.phase {
+            Phase::Serving(_) => {
+                self.phase = Phase::Wanted;
+                Slot::Empty
+            }
+            Phase::Failing { live, error, .. } | Phase::Stopped { live, error } => {
+                *live = None;
+                if fetching {
+                    Slot::Empty
+                } else {
+                    Slot::Failed(error.clone())
+                }
+            }
+            Phase::Idle | Phase::Wanted => return,
         };
         self.publish(slot);
-    }
-
-    fn failed(&self, error: Error) -> Slot {
-        Slot::Failed {
-            error,
-            retry_at: if self.terminal { None } else { self.next_try },
-        }
     }
 
     fn publish(&self, slot: Slot) {
@@ -137,104 +240,162 @@ impl Refresher {
         }
     }
 
-    async fn attempt<S: TokenSource>(&mut self, source: &mut S) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
+    /// One token request, start to end. `Break` when every handle has gone.
+    async fn fetch<S: TokenSource>(
+        &mut self,
+        source: &mut S,
+        inbox: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> std::ops::ControlFlow<()> {
+        let failures = match &self.phase {
+            Phase::Failing { failures, .. } => *failures,
+            _ => 0,
         };
-        let counters = &shared.counters;
-        counters.token_requests.fetch_add(1, Ordering::Relaxed);
-        let ahead = self.current.is_some();
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .counters
+                .token_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let span = tracing::debug_span!(
             target: "tower_oauth2",
             "token_fetch",
-            ahead,
-            attempt = self.failures + 1
+            ahead = self.live().is_some(),
+            attempt = failures + 1
         );
         let timeout = self.policy.timeout();
+        let started = clock::now();
         let fetch = tokio::time::timeout(timeout, source.fetch()).instrument(span.clone());
         tokio::pin!(fetch);
-        // The fetch is never dropped early; the token may expire meanwhile.
+        let mut open = true;
+        // The fetch is never dropped early: a rotated refresh token may be in
+        // its answer. Meanwhile the current token may expire or be rejected.
         let result = loop {
-            let retire_at = self.current.as_ref().map(|live| live.retire_at);
+            let expires_at = self.live().map(|live| live.expires_at);
             tokio::select! {
                 biased;
                 result = &mut fetch => break result.unwrap_or_else(|_| Err(Error::timeout(timeout))),
-                () = sleep_until(retire_at) => self.retire(),
+                message = inbox.recv(), if open => match message {
+                    Some(message) => self.on_message(message, true),
+                    None => open = false,
+                },
+                () = sleep_until(expires_at) => self.expire(clock::now(), true),
             }
         };
 
         let now = clock::now();
-        match result.and_then(|token| self.schedule(token, now)) {
-            Ok(live) => {
-                if self.current.is_some() {
-                    counters.refreshes_ahead.fetch_add(1, Ordering::Relaxed);
-                }
+        let previous = std::mem::replace(&mut self.phase, Phase::Idle);
+        let live = match previous {
+            Phase::Serving(live) => Some(live),
+            Phase::Failing { live, .. } | Phase::Stopped { live, .. } => live,
+            Phase::Idle | Phase::Wanted => None,
+        };
+        match result.and_then(|token| self.schedule(token, started, now)) {
+            Ok(next) => {
                 span.in_scope(|| {
                     tracing::debug!(
                         target: "tower_oauth2",
-                        refresh_in = ?live.refresh_at.saturating_duration_since(now),
+                        refresh_in = ?next.refresh_at.saturating_duration_since(now),
                         "token stored"
                     )
                 });
-                self.publish(Slot::Ready(live.token.clone()));
-                self.current = Some(live);
-                self.failures = 0;
-                self.next_try = None;
-                self.last_error = None;
-                self.demand = false;
-            }
-            Err(error) => {
-                counters.failures.fetch_add(1, Ordering::Relaxed);
-                self.failures = self.failures.saturating_add(1);
-                self.terminal |= error.is_reauthorization_required();
-                let delay = self.policy.backoff(
-                    self.failures,
-                    error.is_transient(),
-                    error.retry_after(),
-                    rand::random(),
-                );
-                self.next_try = Some(now + delay);
-                span.in_scope(|| {
-                    tracing::warn!(
-                        target: "tower_oauth2",
-                        %error,
-                        transient = error.is_transient(),
-                        retry_in = ?delay,
-                        serving_current = self.current.is_some(),
-                        "token fetch failed"
-                    )
-                });
-                if self.current.is_some() {
-                    self.last_error = Some(error);
-                } else {
-                    self.publish(self.failed(error));
-                    self.demand = false;
+                if let Some(shared) = self.shared.upgrade() {
+                    if live.is_some() {
+                        shared
+                            .counters
+                            .refreshes_ahead
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                self.publish(Slot::Ready(next.token.clone()));
+                self.phase = Phase::Serving(next);
             }
+            Err(error) => self.failed(error, live, failures + 1, now, &span),
+        }
+        if open {
+            std::ops::ControlFlow::Continue(())
+        } else {
+            std::ops::ControlFlow::Break(())
         }
     }
 
-    /// Decides when a fresh token is refreshed and when it stops being handed out.
-    fn schedule(&self, token: Token, now: Instant) -> Result<Live, Error> {
+    fn failed(
+        &mut self,
+        error: Error,
+        live: Option<Live>,
+        failures: u32,
+        now: Instant,
+        span: &tracing::Span,
+    ) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let serving = live.is_some();
+        if error.is_reauthorization_required() {
+            span.in_scope(|| {
+                tracing::error!(target: "tower_oauth2", %error, serving_current = serving, "token source stopped: re-authorization required")
+            });
+            let error = error.with_next_attempt(None);
+            if !serving {
+                self.publish(Slot::Failed(error.clone()));
+            }
+            self.phase = Phase::Stopped { live, error };
+            return;
+        }
+        let delay = self.policy.backoff(
+            failures,
+            error.is_transient(),
+            error.retry_after(),
+            rand::random(),
+        );
+        let retry_at = now + delay;
+        span.in_scope(|| {
+            tracing::warn!(
+                target: "tower_oauth2",
+                %error,
+                transient = error.is_transient(),
+                retry_in = ?delay,
+                serving_current = serving,
+                "token fetch failed"
+            )
+        });
+        let error = error.with_next_attempt(Some(retry_at));
+        if !serving {
+            self.publish(Slot::Failed(error.clone()));
+        }
+        self.phase = Phase::Failing {
+            live,
+            error,
+            failures,
+            retry_at,
+            wanted: false,
+        };
+    }
+
+    /// When a fresh token is refreshed and when it expires.
+    fn schedule(&mut self, token: Token, started: Instant, now: Instant) -> Result<Live, Error> {
+        self.round_trips.record(now - started);
         let lifetime = self.policy.lifetime(token.expires_in());
-        let schedule = self.policy.schedule(lifetime, rand::random());
-        let retire_at = token.issued_at() + schedule.retire_after;
-        if retire_at <= now {
+        let expires_at = token.issued_at() + lifetime;
+        if expires_at <= now {
             return Err(Error::invalid_response(
                 "the token expired before it arrived (expires_in shorter than the round trip)",
             ));
         }
-        let planned = token.issued_at() + schedule.refresh_after;
-        // A slow round trip can eat the planned lead time; never refresh in a loop.
+        let planned = token.issued_at()
+            + self
+                .policy
+                .refresh_point(lifetime, self.round_trips.slowest(), rand::random());
+        // A round trip slower than the lifetime allows for eats the planned
+        // lead; never refresh in a loop.
         let refresh_at = if planned > now {
             planned
         } else {
-            now + (retire_at - now) / 2
+            now + (expires_at - now) / 2
         };
         Ok(Live {
             token,
             refresh_at,
-            retire_at,
+            expires_at,
         })
     }
 }
@@ -243,17 +404,7 @@ impl Drop for Refresher {
     /// The task is gone (a panicking source, a runtime shutting down): tell
     /// every waiter now rather than leave them waiting for ever.
     fn drop(&mut self) {
-        self.publish(Slot::Failed {
-            error: Error::closed(),
-            retry_at: None,
-        });
-    }
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+        self.publish(Slot::Failed(Error::closed()));
     }
 }
 
