@@ -1,9 +1,11 @@
 //! Interop with a real, certified authorization server: oidc-provider, run by
 //! `tests/interop/server.mjs` on loopback.
 //!
-//! Needs Node.js and `npm ci` in `tests/interop`. Without them these tests
-//! print one line and pass, unless `TOWER_OAUTH2_INTEROP=require` is set (CI
-//! sets it), in which case they fail.
+//! Needs Node.js and npm. The first test to start the server installs its
+//! npm packages (`npm ci` in `tests/interop`, from the lock file) when they
+//! are missing, so `cargo test` on a fresh clone runs these tests for real.
+//! When Node.js is missing or the install fails, the tests fail, saying which
+//! command installs what is missing: a test that did not run never passes.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -11,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, Once,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -42,31 +44,10 @@ struct Provider {
 }
 
 impl Provider {
-    /// Starts a fresh server, or returns `None` (after saying why, once)
-    /// when Node.js or the npm packages are missing and interop is not required.
-    fn start() -> Option<Provider> {
+    /// Starts a fresh server, installing its npm packages first if needed.
+    fn start() -> Provider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-        let missing = if Command::new("node").arg("--version").output().is_err() {
-            Some("Node.js is not installed")
-        } else if !dir.join("node_modules/oidc-provider").is_dir() {
-            Some("its npm packages are not installed (run `npm ci` in tests/interop)")
-        } else {
-            None
-        };
-        if let Some(why) = missing {
-            if std::env::var("TOWER_OAUTH2_INTEROP").as_deref() == Ok("require") {
-                panic!("TOWER_OAUTH2_INTEROP=require, but the interop server cannot start: {why}");
-            }
-            static SAID: Once = Once::new();
-            // Straight to stderr: the test harness would swallow `eprintln!`.
-            SAID.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping interop tests against oidc-provider: {why}"
-                );
-            });
-            return None;
-        }
+        install(&dir);
         let mut child = Command::new("node")
             .arg("server.mjs")
             .current_dir(&dir)
@@ -99,11 +80,11 @@ impl Provider {
             .strip_prefix("READY ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from the interop server: {line:?}"));
-        Some(Provider {
+        Provider {
             child,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-        })
+        }
     }
 
     fn token_url(&self) -> String {
@@ -193,13 +174,38 @@ impl Drop for Provider {
     }
 }
 
-macro_rules! provider {
-    () => {
-        match Provider::start() {
-            Some(provider) => provider,
-            None => return,
-        }
-    };
+/// Installs the interop server's npm packages from its lock file, once per
+/// test run, unless a previous `npm ci` left them in place.
+fn install(dir: &std::path::Path) {
+    static INSTALLED: Mutex<bool> = Mutex::new(false);
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if *installed {
+        return;
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        panic!(
+            "the interop tests need Node.js 20 or later and npm, which are not installed \
+             (on Debian: `apt-get install nodejs npm`)"
+        );
+    }
+    // `npm ci` writes this file last; without it the install is missing or partial.
+    if !dir.join("node_modules/.package-lock.json").is_file() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "installing the interop server's npm packages (npm ci in tests/interop)"
+        );
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("could not run npm (install it with Node.js): {e}"));
+        assert!(
+            status.success(),
+            "`npm ci` in tests/interop failed ({status}); run it there by hand to see why"
+        );
+    }
+    *installed = true;
 }
 
 fn secret_of(token: &tower_oauth2::Token) -> String {
@@ -208,7 +214,7 @@ fn secret_of(token: &tower_oauth2::Token) -> String {
 
 #[tokio::test]
 async fn client_credentials_with_basic_and_post() {
-    let provider = provider!();
+    let provider = Provider::start();
     for (id, secret, method) in [
         ("cc-basic", "basic-secret", AuthMethod::ClientSecretBasic),
         ("cc-post", "post-secret", AuthMethod::ClientSecretPost),
@@ -232,7 +238,7 @@ async fn client_credentials_with_basic_and_post() {
 
 #[tokio::test]
 async fn a_secret_with_special_characters_is_encoded_for_basic_auth() {
-    let provider = provider!();
+    let provider = Provider::start();
     let secret = "p@ss:w/rd+&=% ~x";
     let mut encoded = provider.client_credentials(
         "cc-special",
@@ -283,7 +289,7 @@ async fn assert_no_retry_storm(
 
 #[tokio::test]
 async fn invalid_client_and_invalid_scope_are_typed_and_not_retried() {
-    let provider = provider!();
+    let provider = Provider::start();
     let wrong_secret = provider.client_credentials(
         "cc-basic",
         "wrong",
@@ -396,7 +402,7 @@ async fn call(client: &mut tower_oauth2::BearerAuth<HttpClient>, url: &str) -> S
 
 #[tokio::test]
 async fn the_layer_recovers_from_a_revoked_token_with_one_refresh_and_one_replay() {
-    let provider = provider!();
+    let provider = Provider::start();
     let (rs, url) = ResourceServer::start(&provider).await;
     let grant = provider.client_credentials(
         "cc-basic",
@@ -433,7 +439,7 @@ async fn the_layer_recovers_from_a_revoked_token_with_one_refresh_and_one_replay
 
 #[tokio::test]
 async fn short_lived_tokens_under_concurrent_traffic() {
-    let provider = provider!();
+    let provider = Provider::start();
     let (rs, url) = ResourceServer::start(&provider).await;
     let grant = provider.client_credentials(
         "cc-short",
@@ -512,7 +518,7 @@ fn rand_bytes() -> [u8; 32] {
 
 #[tokio::test]
 async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
-    let provider = provider!();
+    let provider = Provider::start();
     let (verifier, challenge) = pkce_pair();
     let code: Value = provider
         .get_json(&format!(
