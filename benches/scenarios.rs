@@ -1,12 +1,13 @@
-//! Whole-system figures on loopback: stampede, refresh under load, outage,
-//! end to end. `cargo bench --bench scenarios` prints one table each.
+//! Whole-system figures on loopback: stampede, refresh under load, a slow
+//! endpoint, an outage at the end of a token's life, end to end.
+//! `cargo bench --bench scenarios` prints one table each.
 
 mod common;
 
 use std::{
     convert::Infallible,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -26,38 +27,66 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_oauth2::{BearerAuthLayer, ClientCredentials, RefreshPolicy, TokenCache};
 
+/// How the endpoint answers.
+const HEALTHY: u8 = 0;
+/// Down: the next answer is a 503 with `Retry-After: 1`, then 500 pages.
+const DOWN_RETRY_AFTER: u8 = 1;
+const DOWN_HTML: u8 = 2;
+
 /// A token endpoint on loopback: `latency` per answer, tokens of `lifetime`
-/// seconds, 503 while `down` is set; counts and timestamps every request.
+/// seconds, failing while `fault` says so; counts and timestamps every request.
 #[derive(Clone)]
 struct Endpoint {
     latency: Duration,
     lifetime: u64,
-    down: Arc<AtomicBool>,
+    fault: Arc<AtomicU8>,
     requests: Arc<AtomicU64>,
     times: Arc<Mutex<Vec<Instant>>>,
 }
 
-async fn token(State(e): State<Endpoint>) -> impl IntoResponse {
+async fn token(State(e): State<Endpoint>) -> axum::response::Response {
     let n = e.requests.fetch_add(1, Ordering::SeqCst);
     e.times.lock().unwrap().push(Instant::now());
     tokio::time::sleep(e.latency).await;
-    if e.down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    let fault = e
+        .fault
+        .compare_exchange(
+            DOWN_RETRY_AFTER,
+            DOWN_HTML,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .unwrap_or_else(|now| now);
+    match fault {
+        DOWN_RETRY_AFTER => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            r#"{"error":"temporarily_unavailable"}"#,
+        )
+            .into_response(),
+        DOWN_HTML => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/html")],
+            "<html><body>Internal Server Error</body></html>",
+        )
+            .into_response(),
+        _ => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            format!(
+                r#"{{"access_token":"t{n}","token_type":"Bearer","expires_in":{}}}"#,
+                e.lifetime
+            ),
+        )
+            .into_response(),
     }
-    (
-        StatusCode::OK,
-        format!(
-            r#"{{"access_token":"t{n}","token_type":"Bearer","expires_in":{}}}"#,
-            e.lifetime
-        ),
-    )
 }
 
 async fn endpoint(latency: Duration, lifetime: u64) -> (Endpoint, String) {
     let e = Endpoint {
         latency,
         lifetime,
-        down: Arc::default(),
+        fault: Arc::default(),
         requests: Arc::default(),
         times: Arc::default(),
     };
@@ -204,66 +233,120 @@ async fn refresh_under_load() {
     }
 }
 
-async fn outage() {
-    println!(
-        "\n## Outage: endpoint answers 503 from 3.5 s to 4.4 s; 6 s tokens (usable 5 s, refreshed at 3.75 s)"
-    );
-    let (e, url) = endpoint(Duration::from_millis(1), 6).await;
-    let policy = RefreshPolicy::new()
-        .jitter(0.0)
-        .initial_backoff(Duration::from_millis(50))
-        .max_backoff(Duration::from_millis(400));
-    let cache = cache(&url, policy);
-    cache.token().await.unwrap();
-    let client = BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(false)
-        .layer(inner());
+/// Steady traffic from `workers` for `run`; returns when each request
+/// started, how long it took, and whether it succeeded.
+async fn traffic<S>(client: S, workers: usize, run: Duration) -> Vec<(Instant, Duration, bool)>
+where
+    S: Service<Request<()>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    S::Response: Send,
+{
     let start = Instant::now();
-    let down = e.down.clone();
-    let switch = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(3500)).await;
-        down.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        down.store(false, Ordering::SeqCst);
-    });
-    let workers: Vec<_> = (0..4)
+    let workers: Vec<_> = (0..workers)
         .map(|_| {
             let mut client = client.clone();
             tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, 0u64);
-                while start.elapsed() < Duration::from_millis(5500) {
-                    match client.ready().await.unwrap().call(Request::new(())).await {
-                        Ok(_) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
+                let mut samples = Vec::new();
+                while start.elapsed() < run {
+                    let begun = Instant::now();
+                    let ok = match client.ready().await {
+                        Ok(ready) => ready.call(Request::new(())).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    samples.push((begun, begun.elapsed(), ok));
                 }
-                (ok, failed)
+                samples
             })
         })
         .collect();
-    let (mut ok, mut failed) = (0, 0);
+    let mut samples = Vec::new();
     for worker in workers {
-        let (o, f) = worker.await.unwrap();
-        ok += o;
-        failed += f;
+        samples.extend(worker.await.unwrap());
     }
-    switch.await.unwrap();
-    let during = e
-        .times
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| {
-            let at = t.duration_since(start);
-            at >= Duration::from_millis(3500) && at < Duration::from_millis(4400)
-        })
-        .count();
-    let stats = cache.stats();
+    samples
+}
+
+async fn slow_endpoint() {
+    let (lifetime, latency, run) = (2, Duration::from_millis(400), Duration::from_secs(10));
     println!(
-        "requests {ok} succeeded, {failed} failed; token requests during the 0.9 s outage: {during} \
-         (failures {}); requests during it: about {:.0}/s",
-        stats.failures,
-        ok as f64 / 5.5
+        "\n## Slow endpoint: {lifetime} s tokens from an endpoint that takes {latency:?}, 4 workers for {run:?}, default policy"
+    );
+    let (e, url) = endpoint(latency, lifetime).await;
+    let cache = cache(&url, RefreshPolicy::new());
+    cache.token().await.unwrap();
+    let first = cache.stats();
+    let client = BearerAuthLayer::new(cache.clone())
+        .handle_unauthorized(false)
+        .layer(inner());
+    let samples = traffic(client, 4, run).await;
+    let stats = cache.stats();
+    let mut took: Vec<_> = samples.iter().map(|(_, took, _)| *took).collect();
+    took.sort();
+    let lifetimes = run.as_secs_f64() / lifetime as f64;
+    println!(
+        "requests {} ({} failed); requests that waited for a token after the first: {}; \
+         token requests {} over {lifetimes:.0} lifetimes = {:.1} per lifetime; latency p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        samples.len(),
+        samples.iter().filter(|(_, _, ok)| !ok).count(),
+        stats.waits - first.waits,
+        e.requests.load(Ordering::SeqCst) - 1,
+        (stats.token_requests - first.token_requests) as f64 / lifetimes,
+        percentile(&took, 0.5),
+        percentile(&took, 0.99),
+        took[took.len() - 1],
+    );
+}
+
+async fn outage() {
+    println!(
+        "\n## Outage at the end of a token's life: 6 s tokens; from right after the first, \
+         the endpoint answers 503 (Retry-After: 1), then 500 HTML pages, for 5.5 s; default policy"
+    );
+    let (e, url) = endpoint(Duration::from_millis(1), 6).await;
+    let cache = cache(&url, RefreshPolicy::new());
+    let first = cache.token().await.unwrap();
+    let expires_at = first.expires_at().unwrap().into_std();
+    let start = Instant::now();
+    e.fault.store(DOWN_RETRY_AFTER, Ordering::SeqCst);
+    let fault = e.fault.clone();
+    let recovered_at = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        fault.store(HEALTHY, Ordering::SeqCst);
+        Instant::now()
+    });
+    let client = BearerAuthLayer::new(cache.clone())
+        .handle_unauthorized(false)
+        .layer(inner());
+    let samples = traffic(client, 4, Duration::from_secs(9)).await;
+    let recovered_at = recovered_at.await.unwrap();
+    let failed_while_valid = samples
+        .iter()
+        .filter(|(begun, _, ok)| !ok && *begun < expires_at)
+        .count();
+    let failed_after = samples
+        .iter()
+        .filter(|(begun, _, ok)| !ok && *begun >= expires_at)
+        .count();
+    let times = e.times.lock().unwrap().clone();
+    let during = times
+        .iter()
+        .filter(|t| **t >= start && **t < recovered_at)
+        .count();
+    let back = times
+        .iter()
+        .find(|t| **t >= recovered_at)
+        .map(|t| t.duration_since(recovered_at));
+    let waited = samples
+        .iter()
+        .filter(|(_, took, _)| *took > Duration::from_millis(10))
+        .count();
+    println!(
+        "requests {} ({:.1} million/s); failed while the server would accept the token: {failed_while_valid}; \
+         failed after its expiry: {failed_after}; waited over 10 ms: {waited}; \
+         token requests during the 5.5 s outage: {during}; first token request after recovery: {back:.2?} later",
+        samples.len(),
+        samples.len() as f64 / 9.0 / 1e6,
     );
 }
 
@@ -346,6 +429,7 @@ fn main() {
     runtime.block_on(async {
         stampede().await;
         refresh_under_load().await;
+        slow_endpoint().await;
         outage().await;
         end_to_end().await;
     });
