@@ -4,7 +4,10 @@ mod support;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use support::scripted::{Reply, Scripted};
+use support::{
+    retry::RetryOnError,
+    scripted::{Reply, Scripted},
+};
 use tokio::time::{advance, sleep, Instant};
 use tower_oauth2::{Error, ErrorKind, RefreshPolicy, TokenCache};
 
@@ -265,7 +268,10 @@ async fn a_cold_start_that_meets_one_transient_failure_fails_no_request() {
         .latency(Duration::from_millis(20));
     let cache = cache(&script, RefreshPolicy::new());
     let client = tower::ServiceBuilder::new()
-        .layer(tower::retry::RetryLayer::new(RetryTwice(2)))
+        .layer(tower::retry::RetryLayer::new(RetryOnError::new(
+            2,
+            Duration::from_millis(100),
+        )))
         .layer(tower_oauth2::BearerAuthLayer::new(cache.clone()))
         .service(tower::service_fn(|request: http::Request<()>| async move {
             assert!(request.headers().contains_key(http::header::AUTHORIZATION));
@@ -378,32 +384,6 @@ async fn during_an_outage_attempts_grow_with_time_not_with_requests() {
     // minute: 8 more in 10 minutes.
     let calls = script.calls();
     assert!((18..=20).contains(&calls), "{calls} attempts in 10 minutes");
-}
-
-/// A caller-side retry policy: `n` more attempts, 100 ms apart, on any error.
-#[derive(Clone)]
-struct RetryTwice(usize);
-
-impl<E> tower::retry::Policy<http::Request<()>, http::Response<()>, E> for RetryTwice {
-    type Future = tokio::time::Sleep;
-
-    fn retry(
-        &mut self,
-        _: &mut http::Request<()>,
-        result: &mut Result<http::Response<()>, E>,
-    ) -> Option<Self::Future> {
-        if result.is_ok() || self.0 == 0 {
-            return None;
-        }
-        self.0 -= 1;
-        Some(sleep(Duration::from_millis(100)))
-    }
-
-    fn clone_request(&mut self, request: &http::Request<()>) -> Option<http::Request<()>> {
-        let mut copy = http::Request::new(());
-        *copy.headers_mut() = request.headers().clone();
-        Some(copy)
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,6 +7,8 @@
 //! refresh, and each scenario runs for 4 s: the token is served until it
 //! expires at 3 s, then requests get the fault's typed error.
 
+mod support;
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -22,8 +24,12 @@ use axum::{
     routing::post,
     Router,
 };
+use support::{
+    recorder::{Recorder, Reply},
+    retry::RetryOnError,
+};
 use tokio::time::Instant;
-use tower_oauth2::{ClientCredentials, ErrorKind, RefreshPolicy, TokenCache};
+use tower_oauth2::{BearerAuthLayer, ClientCredentials, ErrorKind, RefreshPolicy, TokenCache};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -247,4 +253,53 @@ async fn every_fault_is_survived_while_the_token_is_valid() {
             "{fault:?}: the redirect was followed"
         );
     }
+}
+
+/// The cold-start case on real sockets: the very first token request meets
+/// one 503, the second would succeed, and 1000 requests wait behind a
+/// caller-side retry (2 retries, 100 ms apart) outside the layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_that_meets_one_503_fails_no_request() {
+    let server = Recorder::start().await;
+    server.reply([
+        Reply::json(503, r#"{"error":"temporarily_unavailable"}"#),
+        Reply::token("after-one-503"),
+    ]);
+    let grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("id")
+        .client_secret("secret")
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(grant);
+    let client = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(RetryOnError::new(
+            2,
+            Duration::from_millis(100),
+        )))
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(tower::service_fn(|request: http::Request<()>| async move {
+            let auth = request.headers()[http::header::AUTHORIZATION].clone();
+            Ok::<_, std::convert::Infallible>(http::Response::new(auth))
+        }));
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            tokio::spawn(tower::ServiceExt::oneshot(
+                client.clone(),
+                http::Request::new(()),
+            ))
+        })
+        .collect();
+    let mut ok = 0;
+    for request in requests {
+        let response = request.await.unwrap().expect("every request succeeds");
+        assert_eq!(response.body(), "Bearer after-one-503");
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "one failed token request, one good one"
+    );
 }

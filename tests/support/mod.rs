@@ -6,8 +6,11 @@
 //!   for byte and answers from a script (endpoint tests).
 //! - [`rotating`]: a loopback token endpoint that rotates refresh tokens and
 //!   revokes the family when one is reused.
+//! - [`retry`]: a caller-side `tower::retry` policy, for stacks that put a
+//!   retry outside the layer.
 #![allow(dead_code)]
 
 pub mod recorder;
+pub mod retry;
 pub mod rotating;
 pub mod scripted;
