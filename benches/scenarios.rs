@@ -160,37 +160,13 @@ async fn refresh_under_load() {
     let client = BearerAuthLayer::new(cache.clone())
         .handle_unauthorized(false)
         .layer(inner());
-    let start = Instant::now();
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while start.elapsed() < run {
-                    let begun = Instant::now();
-                    client
-                        .ready()
-                        .await
-                        .unwrap()
-                        .call(Request::new(()))
-                        .await
-                        .unwrap();
-                    samples.push((begun, begun.elapsed()));
-                }
-                samples
-            })
-        })
-        .collect();
-    let mut samples = Vec::new();
-    for worker in workers {
-        samples.extend(worker.await.unwrap());
-    }
+    let samples = traffic(client, 8, run).await;
     // Read before the analysis below: the cache keeps refreshing meanwhile.
     let stats = cache.stats();
     let refreshes = e.times.lock().unwrap().clone();
     // Requests that started within 10 ms after a token request was sent.
     let (mut boundary, mut steady): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
-    for (begun, took) in &samples {
+    for (begun, took, _) in &samples {
         let near = refreshes
             .iter()
             .any(|t| *begun >= *t && begun.duration_since(*t) < Duration::from_millis(10));
