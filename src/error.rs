@@ -50,6 +50,29 @@ pub enum ErrorKind {
     Closed,
     /// A custom [`TokenSource`](crate::TokenSource) failed; see [`Error::custom`].
     Source,
+    /// A [`TokenStore`](crate::TokenStore) could not load or save token state.
+    Store(StoreErrorKind),
+    /// The authorization callback is not the answer to the request that was
+    /// sent: the `state` does not match, or the `code` is missing.
+    Callback,
+}
+
+/// What went wrong with a [`TokenStore`](crate::TokenStore). In
+/// [`ErrorKind::Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The stored state could not be read (permissions, I/O).
+    Unreadable,
+    /// The stored state is empty, truncated or not a token state document.
+    Corrupt,
+    /// The stored state was written by an unknown version of the format.
+    UnsupportedVersion,
+    /// The stored state belongs to another credential (token URL, client id,
+    /// flow or scopes differ).
+    OtherCredential,
+    /// The state could not be written.
+    WriteFailed,
 }
 
 /// The `error` code of an OAuth 2.0 error response (RFC 6749 §5.2).
@@ -200,6 +223,22 @@ impl Error {
 
     pub(crate) fn invalid_response(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::InvalidResponse, message)
+    }
+
+    /// A [`TokenStore`](crate::TokenStore) error, for stores of your own;
+    /// `source` (an `io::Error`, a client's error) is kept as the
+    /// [`source`](std::error::Error::source). Never put a token in it.
+    pub fn store(kind: StoreErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Store(kind), message)
+    }
+
+    /// The same error with `source` as its cause.
+    pub fn with_source(self, source: impl Into<BoxError>) -> Self {
+        self.with(|i| i.source = Some(source.into()))
+    }
+
+    pub(crate) fn callback(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Callback, message)
     }
 
     pub(crate) fn closed() -> Self {

@@ -60,11 +60,13 @@ pub mod endpoint;
 mod error;
 pub mod grant;
 pub mod layer;
+pub mod store;
 mod token;
 
-pub use cache::{CacheStats, RefreshPolicy, TokenCache};
+pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
-pub use error::{Error, ErrorKind, OAuthErrorCode};
+pub use error::{Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer};
+pub use store::{FileStore, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -35,18 +35,22 @@ mod refresher;
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use policy::RefreshPolicy;
 
-use crate::{clock, Error, Token, TokenSource};
+use crate::{
+    clock,
+    store::{NoStore, TokenStore},
+    Error, Token, TokenSource,
+};
 
 /// A shared, self-refreshing access token. Cheap to clone; every clone sees
 /// the same token and the same background task.
@@ -67,6 +71,7 @@ pub(crate) struct Shared {
     // Set while a `Wanted` is on its way, so many waiting requests send one.
     wanted: AtomicBool,
     wait_for_retry: Duration,
+    store_error: Mutex<Option<Error>>,
 }
 
 /// What requests tell the background task.
@@ -75,6 +80,8 @@ pub(crate) enum Message {
     Wanted,
     /// The server rejected the token with this id (the slot no longer holds it).
     Rejected(u64),
+    /// Finish the token request under way and its save, then stop.
+    Shutdown(oneshot::Sender<Result<(), Error>>),
 }
 
 /// What a request finds in the cache.
@@ -96,6 +103,8 @@ struct Counters {
     waits: AtomicU64,
     refreshes_ahead: AtomicU64,
     invalidations: AtomicU64,
+    saves: AtomicU64,
+    save_failures: AtomicU64,
 }
 
 /// What a [`TokenCache`] has done so far. Returned by [`TokenCache::stats`].
@@ -112,6 +121,10 @@ pub struct CacheStats {
     pub refreshes_ahead: u64,
     /// Tokens dropped through [`TokenCache::invalidate`].
     pub invalidations: u64,
+    /// Token states saved to the cache's [`TokenStore`](crate::TokenStore).
+    pub saves: u64,
+    /// Saves that failed (each is retried with backoff until one succeeds).
+    pub save_failures: u64,
 }
 
 impl TokenCache {
@@ -133,17 +146,17 @@ impl TokenCache {
     ///
     /// When called outside a Tokio runtime.
     pub fn with_policy<S: TokenSource>(source: S, policy: RefreshPolicy) -> Self {
-        let (inbox, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            slot: ArcSwap::from_pointee(Slot::Empty),
-            changed: Notify::new(),
-            counters: Counters::default(),
-            inbox,
-            wanted: AtomicBool::new(false),
-            wait_for_retry: policy.retry_wait(),
-        });
-        tokio::spawn(refresher::run(source, policy, Arc::downgrade(&shared), rx));
-        Self { shared }
+        Self::builder(source).policy(policy).build()
+    }
+
+    /// Starts configuring a cache over `source`: its policy, and a
+    /// [`TokenStore`](crate::TokenStore) to keep token state across restarts.
+    pub fn builder<S: TokenSource>(source: S) -> CacheBuilder<S, NoStore> {
+        CacheBuilder {
+            source,
+            policy: RefreshPolicy::default(),
+            store: None,
+        }
     }
 
     /// The current valid token, waiting for a fetch when there is none.
@@ -227,7 +240,44 @@ impl TokenCache {
             waits: c.waits.load(Ordering::Relaxed),
             refreshes_ahead: c.refreshes_ahead.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            saves: c.saves.load(Ordering::Relaxed),
+            save_failures: c.save_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// The error of the last failed save, while the newest token state is
+    /// not in the store; `None` once a save succeeds. The token stays in
+    /// memory and in use meanwhile, and the save is retried with backoff:
+    /// this is how to learn that a restart now would lose it.
+    pub fn store_error(&self) -> Option<Error> {
+        self.shared
+            .store_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the cache cleanly: waits for a token request under way and the
+    /// save of what it brought (a rotated refresh token, say), retries a
+    /// save that failed once more, then ends the background task. Every
+    /// clone stops with it: later requests get [`ErrorKind::Closed`].
+    ///
+    /// Returns the save's error when the newest state could not be stored.
+    ///
+    /// Without it, a Tokio runtime that shuts down drops the task at its next
+    /// `.await`: a token request under way is abandoned. If the server had
+    /// rotated the refresh token in that answer, the new one is lost with
+    /// it, and the next start sends the old one (which a server with reuse
+    /// detection answers by revoking the grant). Call this before `main`
+    /// returns.
+    ///
+    /// [`ErrorKind::Closed`]: crate::ErrorKind::Closed
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let (done, finished) = oneshot::channel();
+        if self.shared.inbox.send(Message::Shutdown(done)).is_err() {
+            return Ok(());
+        }
+        finished.await.unwrap_or(Ok(()))
     }
 
     /// Tells the task a request waits, unless a `Wanted` is already on its way.
@@ -253,5 +303,65 @@ impl std::fmt::Debug for TokenCache {
             .field("state", &state)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// Configures a [`TokenCache`]. Made by [`TokenCache::builder`].
+#[derive(Debug)]
+pub struct CacheBuilder<S, T> {
+    source: S,
+    policy: RefreshPolicy,
+    store: Option<T>,
+}
+
+impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
+    /// When to refresh and how to back off (default: [`RefreshPolicy::new`]).
+    pub fn policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Keeps the token state in `store`: loaded when the cache starts, saved
+    /// after every token request that changed it, before the new token is
+    /// used. See [`store`](crate::store) for what that guarantees.
+    pub fn store<U: TokenStore>(self, store: U) -> CacheBuilder<S, U> {
+        CacheBuilder {
+            source: self.source,
+            policy: self.policy,
+            store: Some(store),
+        }
+    }
+
+    /// Starts the cache's background task.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime.
+    pub fn build(self) -> TokenCache {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            slot: ArcSwap::from_pointee(Slot::Empty),
+            changed: Notify::new(),
+            counters: Counters::default(),
+            inbox,
+            wanted: AtomicBool::new(false),
+            wait_for_retry: self.policy.retry_wait(),
+            store_error: Mutex::new(None),
+        });
+        let store = self.store.map(|store| {
+            let key = self
+                .source
+                .store_key()
+                .unwrap_or_else(|| crate::StoreKey::new("custom", "", "", &[]));
+            (store, key)
+        });
+        tokio::spawn(refresher::run(
+            self.source,
+            self.policy,
+            store,
+            Arc::downgrade(&shared),
+            rx,
+        ));
+        TokenCache { shared }
     }
 }

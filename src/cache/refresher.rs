@@ -23,17 +23,29 @@
 //! expiry of the current token are still handled, and its result is kept even
 //! when every handle goes meanwhile: the source has already absorbed what the
 //! server answered. When the last handle is gone, the task ends.
+//!
+//! With a store, three more steps, all in this task and never on a request's
+//! path: the state is loaded before anything else (a valid stored token
+//! starts in `Serving`; an unreadable store in `Stopped`); after every fetch
+//! the new state is saved *before* the result is published; a failed save is
+//! retried on its own timer, apart from the phases. `invalid_grant` reads the
+//! store once more, and a refresh token rotated meanwhile by another process
+//! is tried at once instead of stopping. `Shutdown` is answered once the
+//! fetch under way (if any) and its save are done.
 
 use std::sync::{atomic::Ordering, Arc, Weak};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::{Message, RefreshPolicy, Shared, Slot};
 use crate::{
     clock::{self, Instant},
+    store::{StoreKey, TokenState, TokenStore},
+    token::expose,
     Error, Token, TokenSource,
 };
+use secrecy::SecretString;
 
 /// The token being handed out, with the two moments that matter to it.
 struct Live {
@@ -69,6 +81,8 @@ enum Phase {
 /// What the task does next.
 enum Next {
     Fetch,
+    /// Retry a save that failed.
+    Save,
     /// Wait for a message or this moment, whichever comes first.
     Until(Instant),
     /// Wait for a message.
@@ -93,18 +107,41 @@ impl RoundTrips {
     }
 }
 
-struct Refresher {
+/// A store, and what this task knows of it.
+struct Persist<T> {
+    store: T,
+    key: StoreKey,
+    /// What the store holds, as far as this task knows.
+    stored: TokenState,
+    /// The newest state, not saved yet because the last save failed.
+    unsaved: Option<Unsaved>,
+    /// `invalid_grant` has made the task read the store again since the
+    /// last success: once is enough.
+    reread: bool,
+}
+
+struct Unsaved {
+    state: TokenState,
+    failures: u32,
+    retry_at: Instant,
+}
+
+struct Refresher<T> {
     policy: RefreshPolicy,
     // Weak: the task must not keep the handles' state (and its sender)
     // alive, or it would never learn that they are all gone.
     shared: Weak<Shared>,
     phase: Phase,
     round_trips: RoundTrips,
+    store: Option<Persist<T>>,
+    /// `Shutdown` was asked: answer here once the fetch under way is done.
+    closing: Option<oneshot::Sender<Result<(), Error>>>,
 }
 
-pub(super) async fn run<S: TokenSource>(
+pub(super) async fn run<S: TokenSource, T: TokenStore>(
     mut source: S,
     policy: RefreshPolicy,
+    store: Option<(T, StoreKey)>,
     shared: Weak<Shared>,
     mut inbox: mpsc::UnboundedReceiver<Message>,
 ) {
@@ -113,15 +150,33 @@ pub(super) async fn run<S: TokenSource>(
         shared,
         phase: Phase::Idle,
         round_trips: RoundTrips::default(),
+        store: store.map(|(store, key)| Persist {
+            store,
+            key,
+            stored: TokenState::default(),
+            unsaved: None,
+            reread: false,
+        }),
+        closing: None,
     };
+    task.restore(&mut source).await;
     loop {
+        if let Some(done) = task.closing.take() {
+            let _ = done.send(task.flush().await);
+            return;
+        }
         let now = clock::now();
         task.expire(now, false);
         let deadline = match task.next(now) {
             Next::Fetch => {
                 if task.fetch(&mut source, &mut inbox).await.is_break() {
+                    task.flush().await.ok();
                     return;
                 }
+                continue;
+            }
+            Next::Save => {
+                task.retry_save().await;
                 continue;
             }
             Next::Until(deadline) => Some(deadline),
@@ -132,15 +187,31 @@ pub(super) async fn run<S: TokenSource>(
             message = inbox.recv() => match message {
                 Some(message) => task.on_message(message, false),
                 // Every handle is gone.
-                None => return,
+                None => {
+                    task.flush().await.ok();
+                    return;
+                }
             },
             () = sleep_until(deadline) => {}
         }
     }
 }
 
-impl Refresher {
+impl<T: TokenStore> Refresher<T> {
     fn next(&self, now: Instant) -> Next {
+        let next = self.next_for_phase(now);
+        let Some(unsaved) = self.store.as_ref().and_then(|p| p.unsaved.as_ref()) else {
+            return next;
+        };
+        match next {
+            _ if unsaved.retry_at <= now => Next::Save,
+            Next::Until(deadline) => Next::Until(deadline.min(unsaved.retry_at)),
+            Next::Message => Next::Until(unsaved.retry_at),
+            fetch => fetch,
+        }
+    }
+
+    fn next_for_phase(&self, now: Instant) -> Next {
         let at = |deadline: Instant| {
             if deadline <= now {
                 Next::Fetch
@@ -193,6 +264,7 @@ impl Refresher {
                     self.drop_live(fetching);
                 }
             }
+            Message::Shutdown(done) => self.closing = Some(done),
         }
     }
 
@@ -234,10 +306,7 @@ impl Refresher {
     }
 
     fn publish(&self, slot: Slot) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.slot.store(Arc::new(slot));
-            shared.changed.notify_waiters();
-        }
+        publish(&self.shared, slot);
     }
 
     /// One token request, start to end. `Break` when every handle has gone.
@@ -264,32 +333,47 @@ impl Refresher {
         );
         let timeout = self.policy.timeout();
         let started = clock::now();
-        let fetch = tokio::time::timeout(timeout, source.fetch()).instrument(span.clone());
-        tokio::pin!(fetch);
         let mut open = true;
-        // The fetch is never dropped early: a rotated refresh token may be in
-        // its answer. Meanwhile the current token may expire or be rejected.
-        let result = loop {
-            let expires_at = self.live().map(|live| live.expires_at);
-            tokio::select! {
-                biased;
-                result = &mut fetch => break result.unwrap_or_else(|_| Err(Error::timeout(timeout))),
-                message = inbox.recv(), if open => match message {
-                    Some(message) => self.on_message(message, true),
-                    None => open = false,
-                },
-                () = sleep_until(expires_at) => self.expire(clock::now(), true),
+        let result = {
+            let fetch = tokio::time::timeout(timeout, source.fetch()).instrument(span.clone());
+            tokio::pin!(fetch);
+            // The fetch is never dropped early: a rotated refresh token may be
+            // in its answer. Meanwhile the current token may expire or be
+            // rejected.
+            loop {
+                let expires_at = self.live().map(|live| live.expires_at);
+                tokio::select! {
+                    biased;
+                    result = &mut fetch => break result.unwrap_or_else(|_| Err(Error::timeout(timeout))),
+                    message = inbox.recv(), if open => match message {
+                        Some(message) => self.on_message(message, true),
+                        None => open = false,
+                    },
+                    () = sleep_until(expires_at) => self.expire(clock::now(), true),
+                }
             }
         };
 
         let now = clock::now();
+        if result.is_ok() {
+            self.round_trips.record(now - started);
+        }
+        let fresh = result.and_then(|token| self.schedule(token, now));
+        // Saved before it is published: a rotated refresh token reaches the
+        // store before the token that came with it serves any request.
+        let kept = match &fresh {
+            Ok(next) => Some(next.token.clone()),
+            Err(_) => self.live().map(|live| live.token.clone()),
+        };
+        self.persist(source.refresh_token(), kept.as_ref()).await;
+
         let previous = std::mem::replace(&mut self.phase, Phase::Idle);
         let live = match previous {
             Phase::Serving(live) => Some(live),
             Phase::Failing { live, .. } | Phase::Stopped { live, .. } => live,
             Phase::Idle | Phase::Wanted => None,
         };
-        match result.and_then(|token| self.schedule(token, started, now)) {
+        match fresh {
             Ok(next) => {
                 span.in_scope(|| {
                     tracing::debug!(
@@ -306,8 +390,27 @@ impl Refresher {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                if let Some(persist) = &mut self.store {
+                    persist.reread = false;
+                }
                 self.publish(Slot::Ready(next.token.clone()));
                 self.phase = Phase::Serving(next);
+            }
+            Err(error) if error.is_reauthorization_required() && self.reread(source).await => {
+                // Another process rotated the refresh token: try it at once.
+                span.in_scope(|| {
+                    tracing::info!(target: "tower_oauth2", "refresh token rejected; the store holds a newer one")
+                });
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.counters.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                self.phase = Phase::Failing {
+                    live,
+                    error,
+                    failures: 0,
+                    retry_at: now,
+                    wanted: true,
+                };
             }
             Err(error) => self.failed(error, live, failures + 1, now, &span),
         }
@@ -372,8 +475,7 @@ impl Refresher {
     }
 
     /// When a fresh token is refreshed and when it expires.
-    fn schedule(&mut self, token: Token, started: Instant, now: Instant) -> Result<Live, Error> {
-        self.round_trips.record(now - started);
+    fn schedule(&self, token: Token, now: Instant) -> Result<Live, Error> {
         let lifetime = self.policy.lifetime(token.expires_in());
         let expires_at = token.issued_at() + lifetime;
         if expires_at <= now {
@@ -400,11 +502,162 @@ impl Refresher {
     }
 }
 
-impl Drop for Refresher {
+/// The store's part.
+impl<T: TokenStore> Refresher<T> {
+    /// Loads what an earlier run stored, before anything else happens.
+    async fn restore<S: TokenSource>(&mut self, source: &mut S) {
+        let Some(persist) = &mut self.store else {
+            return;
+        };
+        let state = match persist.store.load(&persist.key).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(error) => {
+                // Nothing is fetched, so nothing is written over the store
+                // until a person has looked at it.
+                tracing::error!(target: "tower_oauth2", %error, key = %persist.key, "cannot load the token store; the cache is stopped");
+                self.publish(Slot::Failed(error.clone()));
+                self.phase = Phase::Stopped { live: None, error };
+                return;
+            }
+        };
+        if let Some(refresh_token) = state.refresh_token() {
+            source.resume(refresh_token.clone());
+        }
+        let token = state.access_token(self.policy.lifetime(None));
+        persist.stored = state;
+        let now = clock::now();
+        if let Some(live) = token.and_then(|token| self.schedule(token, now).ok()) {
+            tracing::debug!(target: "tower_oauth2", "token loaded from the store");
+            self.publish(Slot::Ready(live.token.clone()));
+            self.phase = Phase::Serving(live);
+        }
+    }
+
+    /// Saves the state after a fetch, if it changed.
+    async fn persist(&mut self, refresh_token: Option<&SecretString>, token: Option<&Token>) {
+        let Some(persist) = &self.store else {
+            return;
+        };
+        let state = TokenState::of(token, refresh_token);
+        if state.same_as(&persist.stored) && persist.unsaved.is_none() {
+            return;
+        }
+        self.save(state).await;
+    }
+
+    async fn retry_save(&mut self) {
+        if let Some(unsaved) = self.store.as_mut().and_then(|p| p.unsaved.take()) {
+            let failures = unsaved.failures;
+            if !self.save(unsaved.state).await {
+                if let Some(unsaved) = self.store.as_mut().and_then(|p| p.unsaved.as_mut()) {
+                    unsaved.failures = unsaved.failures.max(failures + 1);
+                }
+            }
+        }
+    }
+
+    /// One save; on failure the state waits in `unsaved` for a retry.
+    async fn save(&mut self, state: TokenState) -> bool {
+        let Some(persist) = &mut self.store else {
+            return true;
+        };
+        let result = persist.store.save(&persist.key, &state).await;
+        let shared = self.shared.upgrade();
+        match result {
+            Ok(()) => {
+                persist.stored = state;
+                persist.unsaved = None;
+                if let Some(shared) = &shared {
+                    shared.counters.saves.fetch_add(1, Ordering::Relaxed);
+                    *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                true
+            }
+            Err(error) => {
+                let failures = persist.unsaved.as_ref().map_or(1, |u| u.failures + 1);
+                let delay = self.policy.backoff(failures, true, None, rand::random());
+                tracing::error!(
+                    target: "tower_oauth2",
+                    %error,
+                    key = %persist.key,
+                    retry_in = ?delay,
+                    "cannot save the token state; the token stays in use and the save is retried"
+                );
+                persist.unsaved = Some(Unsaved {
+                    state,
+                    failures,
+                    retry_at: clock::now() + delay,
+                });
+                if let Some(shared) = &shared {
+                    shared
+                        .counters
+                        .save_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                }
+                false
+            }
+        }
+    }
+
+    /// Before the task ends: one more try at a save that failed.
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.retry_save().await;
+        match self.store.as_ref().and_then(|p| p.unsaved.as_ref()) {
+            None => Ok(()),
+            Some(_) => Err(self
+                .shared
+                .upgrade()
+                .and_then(|shared| shared.store_error.lock().ok()?.clone())
+                .unwrap_or_else(|| {
+                    Error::store(
+                        crate::StoreErrorKind::WriteFailed,
+                        "the newest token state could not be saved",
+                    )
+                })),
+        }
+    }
+
+    /// After `invalid_grant`: whether the store holds a refresh token other
+    /// than the one just refused, now handed to the source.
+    async fn reread<S: TokenSource>(&mut self, source: &mut S) -> bool {
+        let Some(persist) = &mut self.store else {
+            return false;
+        };
+        if std::mem::replace(&mut persist.reread, true) {
+            return false;
+        }
+        let Ok(Some(state)) = persist.store.load(&persist.key).await else {
+            return false;
+        };
+        let newer = match (state.refresh_token(), source.refresh_token()) {
+            (Some(stored), Some(sent)) => expose(stored) != expose(sent),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if newer {
+            if let Some(refresh_token) = state.refresh_token() {
+                source.resume(refresh_token.clone());
+            }
+            persist.stored = state;
+        }
+        newer
+    }
+}
+
+impl<T> Drop for Refresher<T> {
     /// The task is gone (a panicking source, a runtime shutting down): tell
     /// every waiter now rather than leave them waiting for ever.
     fn drop(&mut self) {
-        self.publish(Slot::Failed(Error::closed()));
+        publish(&self.shared, Slot::Failed(Error::closed()));
+    }
+}
+
+fn publish(shared: &Weak<Shared>, slot: Slot) {
+    if let Some(shared) = shared.upgrade() {
+        shared.slot.store(Arc::new(slot));
+        shared.changed.notify_waiters();
     }
 }
 

@@ -53,6 +53,7 @@ const RESERVED_PARAMS: &[&str] = &[
 #[derive(Clone)]
 pub struct TokenEndpoint {
     url: Url,
+    client_id: String,
     auth: ClientAuth,
     http: reqwest::Client,
     timeout: Duration,
@@ -80,6 +81,16 @@ impl TokenEndpoint {
     /// The token URL.
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// The client identifier.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The store key of `flow` with `scopes` at this endpoint.
+    pub(crate) fn store_key(&self, flow: &str, scopes: &[String]) -> crate::StoreKey {
+        crate::StoreKey::new(flow, &self.client_id, self.url.as_str(), scopes)
     }
 
     /// Sends one token request with `params` (plus the client authentication
@@ -285,7 +296,7 @@ impl EndpointSettings {
         } else {
             AuthMethod::None
         });
-        let auth = ClientAuth::new(method, client_id, self.client_secret)?;
+        let auth = ClientAuth::new(method, client_id.clone(), self.client_secret)?;
         for (name, _) in &self.extra_params {
             if name.is_empty() || RESERVED_PARAMS.contains(&name.as_str()) {
                 return Err(Error::config(format!(
@@ -306,6 +317,7 @@ impl EndpointSettings {
         }
         Ok(TokenEndpoint {
             url,
+            client_id,
             auth,
             http,
             timeout,

@@ -1,10 +1,10 @@
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use secrecy::SecretString;
 
 use crate::{
     endpoint::{endpoint_settings, EndpointSettings, Refused},
-    grant::{refresh_token::Rotation, scope_settings},
+    grant::{refresh_token::Rotation, rotation_settings, scope_settings},
     token::expose,
     Error, Token, TokenSource,
 };
@@ -112,6 +112,21 @@ impl TokenSource for AuthorizationCode {
     async fn fetch(&mut self) -> Result<Token, Error> {
         self.request_token().await
     }
+
+    fn store_key(&self) -> Option<crate::StoreKey> {
+        Some(self.rotation.store_key())
+    }
+
+    fn refresh_token(&self) -> Option<&SecretString> {
+        self.rotation.refresh_token.as_ref()
+    }
+
+    /// A stored refresh token means the code was exchanged by an earlier
+    /// run: it is not sent again (codes are single use).
+    fn resume(&mut self, refresh_token: SecretString) {
+        self.exchange = None;
+        self.rotation.refresh_token = Some(refresh_token);
+    }
 }
 
 /// Builds an [`AuthorizationCode`] grant. Made by [`AuthorizationCode::builder`].
@@ -138,6 +153,22 @@ impl fmt::Debug for AuthorizationCodeBuilder {
 impl AuthorizationCodeBuilder {
     endpoint_settings!();
     scope_settings!();
+    rotation_settings!();
+
+    /// The code, redirect URI and PKCE verifier of a completed
+    /// [`AuthorizationRequest`](crate::grant::AuthorizationRequest): `code`
+    /// is what its [`callback`](crate::grant::AuthorizationRequest::callback)
+    /// returned.
+    pub fn authorized(
+        mut self,
+        request: &crate::grant::AuthorizationRequest,
+        code: secrecy::SecretString,
+    ) -> Self {
+        self.code = Some(code);
+        self.redirect_uri = request.redirect_uri().map(str::to_owned);
+        self.code_verifier = Some(request.code_verifier().clone());
+        self
+    }
 
     /// The authorization code from the redirect.
     pub fn code(mut self, code: impl Into<String>) -> Self {
@@ -154,23 +185,6 @@ impl AuthorizationCodeBuilder {
     /// The PKCE `code_verifier` whose challenge went into the authorization request.
     pub fn code_verifier(mut self, verifier: impl Into<String>) -> Self {
         self.code_verifier = Some(SecretString::from(verifier.into()));
-        self
-    }
-
-    /// The form parameter that carries the refresh token on refresh
-    /// (`refresh_token` by default; `code` for Orange Logic).
-    pub fn refresh_token_param(mut self, name: impl Into<String>) -> Self {
-        self.param_name = Some(name.into());
-        self
-    }
-
-    /// Calls `hook` with each refresh token the server issues, the first one
-    /// included. Persist it here.
-    pub fn on_refresh_token(
-        mut self,
-        hook: impl Fn(&SecretString) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_rotate = Some(Arc::new(hook));
         self
     }
 

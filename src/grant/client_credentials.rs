@@ -54,6 +54,10 @@ impl TokenSource for ClientCredentials {
     async fn fetch(&mut self) -> Result<Token, Error> {
         self.request_token().await
     }
+
+    fn store_key(&self) -> Option<crate::StoreKey> {
+        Some(self.endpoint.store_key("client_credentials", &self.scopes))
+    }
 }
 
 /// Builds a [`ClientCredentials`] grant. Made by [`ClientCredentials::builder`].

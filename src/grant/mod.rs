@@ -7,16 +7,20 @@
 //!   carries on as a [`RefreshToken`] source.
 
 mod authorization_code;
+mod authorize;
 mod client_credentials;
 mod refresh_token;
 
 use std::future::Future;
 
+use secrecy::SecretString;
+
 pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
+pub use authorize::{AuthorizationRequest, AuthorizationRequestBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use refresh_token::{RefreshToken, RefreshTokenBuilder};
 
-use crate::{Error, Token};
+use crate::{Error, StoreKey, Token};
 
 /// Something that can fetch a fresh access token.
 ///
@@ -43,6 +47,26 @@ use crate::{Error, Token};
 pub trait TokenSource: Send + 'static {
     /// Fetches a new token.
     fn fetch(&mut self) -> impl Future<Output = Result<Token, Error>> + Send;
+
+    /// The name of this credential in a [`TokenStore`](crate::TokenStore).
+    /// The grants name theirs; `None` (the default) makes a cache with a
+    /// store use the key `custom`.
+    fn store_key(&self) -> Option<StoreKey> {
+        None
+    }
+
+    /// The refresh token the next fetch would send, if the source has one.
+    /// After every fetch, failed ones included, the cache saves it to its
+    /// store when it changed: a refused answer may still have rotated it.
+    fn refresh_token(&self) -> Option<&SecretString> {
+        None
+    }
+
+    /// Continues from `refresh_token`, loaded from a store: it is newer than
+    /// the one the source was built with. The default ignores it.
+    fn resume(&mut self, refresh_token: SecretString) {
+        let _ = refresh_token;
+    }
 }
 
 /// Scopes as RFC 6749 §3.3 defines them: split on any whitespace, each
@@ -86,6 +110,33 @@ macro_rules! scope_settings {
     };
 }
 pub(crate) use scope_settings;
+
+/// Writes the refresh settings both refresh-token grants share. Each builder
+/// using it has fields `param_name: Option<String>` and
+/// `on_rotate: Option<RotationHook>`.
+macro_rules! rotation_settings {
+    () => {
+        /// The name of the form parameter that carries the refresh token:
+        /// `refresh_token` (RFC 6749) by default, `code` for Orange Logic.
+        pub fn refresh_token_param(mut self, name: impl Into<String>) -> Self {
+            self.param_name = Some(name.into());
+            self
+        }
+
+        /// Calls `hook` with each new refresh token the server issues, right
+        /// after it replaces the old one. A [`TokenStore`](crate::TokenStore)
+        /// on the cache is the sturdier way to keep it: its saves are async,
+        /// can fail and are retried, and happen before the new token is used.
+        pub fn on_refresh_token(
+            mut self,
+            hook: impl Fn(&secrecy::SecretString) + Send + Sync + 'static,
+        ) -> Self {
+            self.on_rotate = Some(std::sync::Arc::new(hook));
+            self
+        }
+    };
+}
+pub(crate) use rotation_settings;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use secrecy::SecretString;
 
 use crate::{
     endpoint::{endpoint_settings, EndpointSettings, TokenEndpoint},
-    grant::{check_scopes, scope_settings},
+    grant::{check_scopes, rotation_settings, scope_settings},
     token::expose,
     Error, Token, TokenSource,
 };
@@ -74,6 +74,18 @@ impl TokenSource for RefreshToken {
     async fn fetch(&mut self) -> Result<Token, Error> {
         self.refresh().await
     }
+
+    fn store_key(&self) -> Option<crate::StoreKey> {
+        Some(self.rotation.store_key())
+    }
+
+    fn refresh_token(&self) -> Option<&SecretString> {
+        self.rotation.refresh_token.as_ref()
+    }
+
+    fn resume(&mut self, refresh_token: SecretString) {
+        self.rotation.refresh_token = Some(refresh_token);
+    }
 }
 
 /// The refresh half shared by [`RefreshToken`] and
@@ -127,6 +139,11 @@ impl Rotation {
         }
     }
 
+    /// The key both refresh grants store their state under.
+    pub(crate) fn store_key(&self) -> crate::StoreKey {
+        self.endpoint.store_key("refresh_token", &self.scopes)
+    }
+
     /// Replaces the refresh token with one the server just issued.
     pub(crate) fn keep(&mut self, new: SecretString) {
         if let Some(hook) = &self.on_rotate {
@@ -157,42 +174,31 @@ impl fmt::Debug for RefreshTokenBuilder {
 impl RefreshTokenBuilder {
     endpoint_settings!();
     scope_settings!();
+    rotation_settings!();
 
-    /// The refresh token to start from.
+    /// The refresh token to start from. Optional with a
+    /// [`TokenStore`](crate::TokenStore) that holds one: a stored refresh
+    /// token is newer and replaces this one. Without either, every fetch
+    /// reports [`ErrorKind::ReauthorizationRequired`](crate::ErrorKind::ReauthorizationRequired).
     pub fn refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
         self.refresh_token = Some(SecretString::from(refresh_token.into()));
         self
     }
 
-    /// The name of the form parameter that carries the refresh token:
-    /// `refresh_token` (RFC 6749) by default, `code` for Orange Logic.
-    pub fn refresh_token_param(mut self, name: impl Into<String>) -> Self {
-        self.param_name = Some(name.into());
-        self
-    }
-
-    /// Calls `hook` with each new refresh token the server issues, right
-    /// after it replaces the old one. Persist it here: a lost rotated refresh
-    /// token means a person must authorize again.
-    pub fn on_refresh_token(
-        mut self,
-        hook: impl Fn(&SecretString) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_rotate = Some(Arc::new(hook));
-        self
-    }
-
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<RefreshToken, Error> {
-        let refresh_token = self
+        if self
             .refresh_token
-            .filter(|t| !expose(t).is_empty())
-            .ok_or_else(|| Error::config("refresh_token is required"))?;
+            .as_ref()
+            .is_some_and(|t| expose(t).is_empty())
+        {
+            return Err(Error::config("refresh_token must not be empty"));
+        }
         Ok(RefreshToken {
             rotation: Rotation::new(
                 self.endpoint,
                 self.scopes,
-                Some(refresh_token),
+                self.refresh_token,
                 self.param_name,
                 self.on_rotate,
             )?,

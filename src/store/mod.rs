@@ -1,0 +1,395 @@
+//! Where token state lives between processes: the [`TokenStore`] trait and
+//! the [`FileStore`] that ships with the crate.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tower_oauth2::Error> {
+//! use tower_oauth2::{FileStore, RefreshToken, TokenCache};
+//!
+//! // The refresh token comes from the store once it holds one; the one given
+//! // here is only used on the very first start.
+//! let grant = RefreshToken::builder()
+//!     .token_url("https://example.orangelogic.com/oauth2/token")
+//!     .client_id("my-app")
+//!     .client_secret("s3cret")
+//!     .refresh_token_param("code")
+//!     .refresh_token("from-the-one-time-authorization")
+//!     .build()?;
+//! let cache = TokenCache::builder(grant)
+//!     .store(FileStore::new("/var/lib/my-app/orange-logic.json"))
+//!     .build();
+//! let token = cache.token().await?; // no token request if the stored one is valid
+//! // ... serve ...
+//! cache.shutdown().await?;          // waits for a refresh under way and its save
+//! # drop(token);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What the cache does with a store:
+//! - **At start** it loads the state: a stored access token that is still
+//!   valid is handed out at once (no token request); a stored refresh token
+//!   replaces the one the grant was built with. A state it cannot read (an
+//!   empty, truncated or unknown file) stops the cache with a typed
+//!   [`ErrorKind::Store`](crate::ErrorKind::Store) error, and nothing is
+//!   written over it until you decide.
+//! - **After every token request** whose answer changed the state (a new
+//!   access token, a rotated refresh token, even one from an answer that was
+//!   refused) it saves the state *before* the new token serves any request.
+//!   A failed save keeps the token in memory and in use, is logged, counted
+//!   in [`CacheStats::save_failures`](crate::CacheStats::save_failures),
+//!   reported by [`TokenCache::store_error`](crate::TokenCache::store_error),
+//!   and retried with backoff.
+//! - **On `invalid_grant`** it reads the store once more before it reports
+//!   that a person must authorize again: another process may have rotated
+//!   the refresh token.
+
+mod file;
+
+use std::{
+    future::Future,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+pub use file::FileStore;
+
+use crate::{
+    clock::{self, Instant},
+    token::expose,
+    Error, StoreErrorKind, Token,
+};
+
+/// The format version [`TokenState::encode`] writes and
+/// [`TokenState::decode`] reads.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Loads and saves a credential's [`TokenState`]. Implement it for the
+/// storage you have (a database, a secret manager); [`FileStore`] ships with
+/// the crate.
+///
+/// The cache calls it from its background task only, one call at a time,
+/// never on a request's path. Errors should be typed
+/// ([`Error::store`]) and must not carry a token.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The state stored under `key`, or `None` when there is none yet.
+    fn load(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<TokenState>, Error>> + Send;
+
+    /// Replaces the state stored under `key`. When this returns `Ok`, the
+    /// state must survive a crash of the process.
+    fn save(
+        &self,
+        key: &StoreKey,
+        state: &TokenState,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Names a credential in a store: the flow, the client id, the token URL and
+/// the scopes. Never a secret.
+///
+/// `RefreshToken` and `AuthorizationCode` grants of one client share a key
+/// (flow `refresh_token`): the code exchange of the first start and the
+/// refreshes of every later start read and write the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey(String);
+
+impl StoreKey {
+    /// The key of `flow` (`client_credentials`, `refresh_token`, or a name
+    /// of your own) for `client_id` at `token_url`, with `scopes`.
+    pub fn new(flow: &str, client_id: &str, token_url: &str, scopes: &[String]) -> Self {
+        let mut key = format!("{flow}:{client_id}@{token_url}");
+        if !scopes.is_empty() {
+            key.push(' ');
+            key.push_str(&scopes.join(" "));
+        }
+        Self(key)
+    }
+
+    /// The key as text, e.g. `refresh_token:my-app@https://auth.example.com/token api.read`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a credential needs to resume after a restart: its newest refresh
+/// token, and its current access token with when it was issued and how long
+/// it lives. `Debug` shows no secret.
+#[derive(Clone, Default)]
+pub struct TokenState {
+    refresh_token: Option<SecretString>,
+    access: Option<StoredAccess>,
+}
+
+#[derive(Clone)]
+struct StoredAccess {
+    token: SecretString,
+    issued_at: SystemTime,
+    expires_in: Option<Duration>,
+    scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenState")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("access_token", &self.access.as_ref().map(|_| "[REDACTED]"))
+            .field("expires_at", &self.expires_at())
+            .finish()
+    }
+}
+
+impl TokenState {
+    /// The state of `token`, with `refresh_token` (the newest one the source
+    /// holds, which may be newer than the token's).
+    pub(crate) fn of(token: Option<&Token>, refresh_token: Option<&SecretString>) -> Self {
+        let now = clock::now();
+        let wall = clock::wall_now();
+        Self {
+            refresh_token: refresh_token.cloned(),
+            access: token.map(|token| StoredAccess {
+                token: token.access_token().clone(),
+                issued_at: wall - now.saturating_duration_since(token.issued_at()),
+                expires_in: token.expires_in(),
+                scopes: token.scopes().to_vec(),
+            }),
+        }
+    }
+
+    /// The refresh token, if any.
+    pub fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    /// When the stored access token expires, if there is one and its
+    /// lifetime is known.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let access = self.access.as_ref()?;
+        Some(access.issued_at + access.expires_in?)
+    }
+
+    /// The stored access token as a [`Token`] on this process's clock, with
+    /// `default_lifetime` when its lifetime is unknown; `None` when there is
+    /// none or it has expired.
+    pub(crate) fn access_token(&self, default_lifetime: Duration) -> Option<Token> {
+        let access = self.access.as_ref()?;
+        let age = clock::wall_now()
+            .duration_since(access.issued_at)
+            .unwrap_or_default();
+        if age >= access.expires_in.unwrap_or(default_lifetime) {
+            return None;
+        }
+        let issued_at = clock::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let mut builder = Token::builder(expose(&access.token))
+            .issued_at(issued_at)
+            .scopes(access.scopes.iter().cloned());
+        if let Some(lifetime) = access.expires_in {
+            builder = builder.expires_in(lifetime);
+        }
+        if let Some(refresh_token) = &self.refresh_token {
+            builder = builder.refresh_token(expose(refresh_token));
+        }
+        builder.build().ok()
+    }
+
+    /// Whether `self` and `other` hold the same tokens.
+    pub(crate) fn same_as(&self, other: &TokenState) -> bool {
+        let secret = |s: Option<&SecretString>| s.map(expose).map(str::to_owned);
+        secret(self.refresh_token.as_ref()) == secret(other.refresh_token.as_ref())
+            && secret(self.access.as_ref().map(|a| &a.token))
+                == secret(other.access.as_ref().map(|a| &a.token))
+    }
+
+    /// The state as a versioned JSON document for `key`, for stores that keep
+    /// text. It holds the tokens: keep it where only the service can read it.
+    pub fn encode(&self, key: &StoreKey) -> SecretString {
+        let access = self.access.as_ref().map(|access| {
+            json!({
+                "token": expose(&access.token),
+                "issued_at": unix_seconds(access.issued_at),
+                "expires_in": access.expires_in.map(|d| d.as_secs_f64()),
+                "scopes": access.scopes,
+            })
+        });
+        let document = json!({
+            "version": FORMAT_VERSION,
+            "key": key.as_str(),
+            "refresh_token": self.refresh_token.as_ref().map(expose),
+            "access_token": access,
+        });
+        SecretString::from(document.to_string())
+    }
+
+    /// Reads a document written by [`encode`](Self::encode) for `key`.
+    ///
+    /// Errors ([`ErrorKind::Store`](crate::ErrorKind::Store)): `Corrupt` for
+    /// anything that is not such a document (empty, truncated),
+    /// `UnsupportedVersion` for another format version, `OtherCredential`
+    /// when it was written for another key.
+    pub fn decode(key: &StoreKey, text: &str) -> Result<Self, Error> {
+        let corrupt = |what: &'static str| Error::store(StoreErrorKind::Corrupt, what);
+        let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text) else {
+            return Err(corrupt(
+                "the stored token state is not a JSON object (empty or truncated?)",
+            ));
+        };
+        match document.get("version").and_then(Value::as_u64) {
+            Some(FORMAT_VERSION) => {}
+            Some(_) => {
+                return Err(Error::store(
+                    StoreErrorKind::UnsupportedVersion,
+                    "the stored token state was written by another format version",
+                ))
+            }
+            None => return Err(corrupt("the stored token state has no version")),
+        }
+        if document.get("key").and_then(Value::as_str) != Some(key.as_str()) {
+            return Err(Error::store(
+                StoreErrorKind::OtherCredential,
+                "the stored token state belongs to another credential",
+            ));
+        }
+        let secret = |value: Option<&Value>, what: &'static str| match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(SecretString::from(s.clone()))),
+            Some(_) => Err(corrupt(what)),
+        };
+        let refresh_token = secret(document.get("refresh_token"), "bad refresh_token")?;
+        let access = match document.get("access_token") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(access)) => {
+                let token = secret(access.get("token"), "bad access token")?
+                    .ok_or_else(|| corrupt("access token without a token"))?;
+                let issued_at = access
+                    .get("issued_at")
+                    .and_then(Value::as_f64)
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| corrupt("bad issued_at"))?;
+                let expires_in = match access.get("expires_in") {
+                    None | Some(Value::Null) => None,
+                    Some(value) => Some(
+                        value
+                            .as_f64()
+                            .filter(|s| s.is_finite() && *s >= 0.0)
+                            .map(|s| Duration::from_secs_f64(s.min(1e10)))
+                            .ok_or_else(|| corrupt("bad expires_in"))?,
+                    ),
+                };
+                let scopes = match access.get("scopes") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(scopes)) => scopes
+                        .iter()
+                        .map(|s| s.as_str().map(str::to_owned))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| corrupt("bad scopes"))?,
+                    Some(_) => return Err(corrupt("bad scopes")),
+                };
+                Some(StoredAccess {
+                    token,
+                    issued_at: UNIX_EPOCH + Duration::from_secs_f64(issued_at.min(1e10)),
+                    expires_in,
+                    scopes,
+                })
+            }
+            Some(_) => return Err(corrupt("bad access_token")),
+        };
+        Ok(Self {
+            refresh_token,
+            access,
+        })
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The store of a cache without one: nothing is loaded or saved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStore;
+
+impl TokenStore for NoStore {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        Ok(None)
+    }
+
+    async fn save(&self, _: &StoreKey, _: &TokenState) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn key() -> StoreKey {
+        StoreKey::new(
+            "refresh_token",
+            "app",
+            "https://a.example/token",
+            &["x".into()],
+        )
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let token = Token::builder("SENTINEL-ACCESS")
+            .expires_in(Duration::from_secs(3600))
+            .scopes(["a", "b"])
+            .build()
+            .unwrap();
+        let rt = SecretString::from("SENTINEL-REFRESH");
+        let state = TokenState::of(Some(&token), Some(&rt));
+        let text = state.encode(&key());
+        let back = TokenState::decode(&key(), expose(&text)).unwrap();
+        assert!(back.same_as(&state));
+        let restored = back.access_token(Duration::from_secs(60)).unwrap();
+        assert_eq!(expose(restored.access_token()), "SENTINEL-ACCESS");
+        assert_eq!(restored.scopes(), ["a", "b"]);
+        assert!(!format!("{back:?}").contains("SENTINEL"));
+    }
+
+    #[tokio::test]
+    async fn bad_documents_are_typed() {
+        let kind = |text: &str| match TokenState::decode(&key(), text).unwrap_err().kind() {
+            ErrorKind::Store(kind) => *kind,
+            other => panic!("{other:?}"),
+        };
+        let good = expose(&TokenState::default().encode(&key())).to_owned();
+        assert_eq!(kind(""), StoreErrorKind::Corrupt);
+        assert_eq!(kind(&good[..good.len() / 2]), StoreErrorKind::Corrupt);
+        assert_eq!(kind("[]"), StoreErrorKind::Corrupt);
+        assert_eq!(
+            kind(&good.replace("\"version\":1", "\"version\":2")),
+            StoreErrorKind::UnsupportedVersion
+        );
+        let other = StoreKey::new("refresh_token", "other", "https://a.example/token", &[]);
+        assert_eq!(
+            TokenState::decode(&other, &good).unwrap_err().kind(),
+            &ErrorKind::Store(StoreErrorKind::OtherCredential)
+        );
+    }
+
+    #[test]
+    fn keys_name_the_credential() {
+        assert_eq!(
+            key().as_str(),
+            "refresh_token:app@https://a.example/token x"
+        );
+    }
+}
