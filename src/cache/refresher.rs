@@ -332,6 +332,7 @@ impl<T: TokenStore> Refresher<T> {
             attempt = failures + 1
         );
         let timeout = self.policy.timeout();
+        let sent = source.refresh_token().cloned();
         let started = clock::now();
         let mut open = true;
         let result = {
@@ -361,11 +362,15 @@ impl<T: TokenStore> Refresher<T> {
         let fresh = result.and_then(|token| self.schedule(token, now));
         // Saved before it is published: a rotated refresh token reaches the
         // store before the token that came with it serves any request.
-        let kept = match &fresh {
-            Ok(next) => Some(next.token.clone()),
-            Err(_) => self.live().map(|live| live.token.clone()),
-        };
-        self.persist(source.refresh_token(), kept.as_ref()).await;
+        let new = fresh.as_ref().ok().map(|next| next.token.clone());
+        let current = self.live().map(|live| live.token.clone());
+        self.persist(
+            sent.as_ref(),
+            source.refresh_token(),
+            new.as_ref(),
+            current.as_ref(),
+        )
+        .await;
 
         let previous = std::mem::replace(&mut self.phase, Phase::Idle);
         let live = match previous {
@@ -534,12 +539,25 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
-    /// Saves the state after a fetch, if it changed.
-    async fn persist(&mut self, refresh_token: Option<&SecretString>, token: Option<&Token>) {
+    /// Saves the state after a fetch: after a success, or after a failure
+    /// whose answer still rotated the refresh token (`sent` is the one the
+    /// fetch started with). A failure that changed nothing saves nothing: the
+    /// store may hold a newer state from another process.
+    async fn persist(
+        &mut self,
+        sent: Option<&SecretString>,
+        refresh_token: Option<&SecretString>,
+        new: Option<&Token>,
+        current: Option<&Token>,
+    ) {
         let Some(persist) = &self.store else {
             return;
         };
-        let state = TokenState::of(token, refresh_token);
+        let rotated = refresh_token.map(expose) != sent.map(expose);
+        if new.is_none() && !rotated {
+            return;
+        }
+        let state = TokenState::of(new.or(current), refresh_token);
         if state.same_as(&persist.stored) && persist.unsaved.is_none() {
             return;
         }
@@ -547,20 +565,20 @@ impl<T: TokenStore> Refresher<T> {
     }
 
     async fn retry_save(&mut self) {
-        if let Some(unsaved) = self.store.as_mut().and_then(|p| p.unsaved.take()) {
-            let failures = unsaved.failures;
-            if !self.save(unsaved.state).await {
-                if let Some(unsaved) = self.store.as_mut().and_then(|p| p.unsaved.as_mut()) {
-                    unsaved.failures = unsaved.failures.max(failures + 1);
-                }
-            }
+        let state = self
+            .store
+            .as_ref()
+            .and_then(|p| p.unsaved.as_ref())
+            .map(|unsaved| unsaved.state.clone());
+        if let Some(state) = state {
+            self.save(state).await;
         }
     }
 
     /// One save; on failure the state waits in `unsaved` for a retry.
-    async fn save(&mut self, state: TokenState) -> bool {
+    async fn save(&mut self, state: TokenState) {
         let Some(persist) = &mut self.store else {
-            return true;
+            return;
         };
         let result = persist.store.save(&persist.key, &state).await;
         let shared = self.shared.upgrade();
@@ -572,7 +590,6 @@ impl<T: TokenStore> Refresher<T> {
                     shared.counters.saves.fetch_add(1, Ordering::Relaxed);
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
-                true
             }
             Err(error) => {
                 let failures = persist.unsaved.as_ref().map_or(1, |u| u.failures + 1);
@@ -596,7 +613,6 @@ impl<T: TokenStore> Refresher<T> {
                         .fetch_add(1, Ordering::Relaxed);
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
                 }
-                false
             }
         }
     }

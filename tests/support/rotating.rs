@@ -10,6 +10,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use axum::{
@@ -20,6 +21,8 @@ use axum::{
     routing::post,
     Router,
 };
+use secrecy::{ExposeSecret, SecretString};
+use tower_oauth2::{Error, StoreKey, Token, TokenSource};
 
 /// How a success answer looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +86,65 @@ struct Family {
     shapes: VecDeque<Shape>,
 }
 
+/// What the family says to a token request.
+enum Answer {
+    Issued {
+        access: String,
+        refresh: String,
+        shape: Shape,
+    },
+    InvalidGrant(&'static str),
+}
+
+impl Family {
+    fn new(refresh_token: Option<&str>, code: Option<&str>) -> Self {
+        Family {
+            current: refresh_token.map(str::to_owned),
+            code: code.map(str::to_owned),
+            ever: refresh_token.map(str::to_owned).into_iter().collect(),
+            ..Family::default()
+        }
+    }
+
+    fn refresh(&mut self, presented: &str) -> Answer {
+        self.received.push(presented.to_owned());
+        if self.current.as_deref() == Some(presented) {
+            return self.issue();
+        }
+        if self.ever.iter().any(|t| t == presented) && self.current.is_some() {
+            self.reuses += 1;
+            self.current = None;
+        }
+        Answer::InvalidGrant("refresh token revoked or reused")
+    }
+
+    fn exchange(&mut self, code: Option<&str>) -> Answer {
+        if code.is_some() && code == self.code.as_deref() {
+            self.code = None;
+            return self.issue();
+        }
+        Answer::InvalidGrant("unknown or used code")
+    }
+
+    fn issue(&mut self) -> Answer {
+        self.issued += 1;
+        let n = self.issued;
+        let refresh = format!("rt-{n}");
+        self.current = Some(refresh.clone());
+        self.ever.push(refresh.clone());
+        Answer::Issued {
+            access: format!("at-{n}"),
+            refresh,
+            shape: self.shapes.pop_front().unwrap_or(Shape::Plain),
+        }
+    }
+}
+
 /// A running rotating endpoint.
 #[derive(Clone)]
 pub struct Rotating {
     family: Arc<Mutex<Family>>,
+    latency: Arc<Mutex<Duration>>,
     pub url: String,
 }
 
@@ -94,19 +152,23 @@ impl Rotating {
     /// Starts a server whose family begins with `refresh_token`, or with the
     /// one-time authorization code `code` (whichever is `Some`).
     pub async fn start(refresh_token: Option<&str>, code: Option<&str>) -> Rotating {
-        let family = Arc::new(Mutex::new(Family {
-            current: refresh_token.map(str::to_owned),
-            code: code.map(str::to_owned),
-            ever: refresh_token.map(str::to_owned).into_iter().collect(),
-            ..Family::default()
-        }));
+        let server = Rotating {
+            family: Arc::new(Mutex::new(Family::new(refresh_token, code))),
+            latency: Arc::default(),
+            url: String::new(),
+        };
         let app = Router::new()
             .route("/token", post(token))
-            .with_state(family.clone());
+            .with_state(server.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/token", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Rotating { family, url }
+        Rotating { url, ..server }
+    }
+
+    /// Every answer waits this long first (the server has rotated already).
+    pub fn latency(&self, latency: Duration) {
+        *self.latency.lock().unwrap() = latency;
     }
 
     /// The shapes of the next success answers, in order (then `Plain`).
@@ -134,60 +196,54 @@ impl Rotating {
     pub fn current(&self) -> Option<String> {
         self.family.lock().unwrap().current.clone()
     }
+
+    /// Refresh tokens issued so far.
+    pub fn issued(&self) -> u64 {
+        self.family.lock().unwrap().issued
+    }
+
+    /// A person authorizes again: a new family starting with `refresh_token`.
+    pub fn reauthorize(&self, refresh_token: &str) {
+        let mut family = self.family.lock().unwrap();
+        family.current = Some(refresh_token.to_owned());
+        family.ever.push(refresh_token.to_owned());
+    }
 }
 
-async fn token(State(family): State<Arc<Mutex<Family>>>, body: Bytes) -> Response {
+async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let param = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let mut family = family.lock().unwrap();
-    let presented = match param("grant_type").as_deref() {
-        // Orange Logic names the refresh token `code`.
-        Some("refresh_token") => param("refresh_token").or_else(|| param("code")),
-        Some("authorization_code") => {
-            let code = param("code");
-            if code.is_some() && code == family.code {
-                family.code = None;
-                return issue(&mut family);
-            }
-            return invalid_grant("unknown or used code");
+    let answer = {
+        let mut family = server.family.lock().unwrap();
+        match param("grant_type").as_deref() {
+            // Orange Logic names the refresh token `code`.
+            Some("refresh_token") => match param("refresh_token").or_else(|| param("code")) {
+                Some(presented) => family.refresh(&presented),
+                None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request"),
+            },
+            Some("authorization_code") => family.exchange(param("code").as_deref()),
+            _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
         }
-        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     };
-    let Some(presented) = presented else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
-    };
-    family.received.push(presented.clone());
-    if family.current.as_deref() == Some(presented.as_str()) {
-        return issue(&mut family);
+    let latency = *server.latency.lock().unwrap();
+    tokio::time::sleep(latency).await;
+    match answer {
+        Answer::Issued {
+            access,
+            refresh,
+            shape,
+        } => (
+            [(header::CONTENT_TYPE, "application/json")],
+            shape.body(&access, &refresh),
+        )
+            .into_response(),
+        Answer::InvalidGrant(description) => (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!(r#"{{"error":"invalid_grant","error_description":"{description}"}}"#),
+        )
+            .into_response(),
     }
-    if family.ever.contains(&presented) && family.current.is_some() {
-        family.reuses += 1;
-        family.current = None;
-    }
-    invalid_grant("refresh token revoked or reused")
-}
-
-fn issue(family: &mut Family) -> Response {
-    family.issued += 1;
-    let n = family.issued;
-    let refresh = format!("rt-{n}");
-    family.current = Some(refresh.clone());
-    family.ever.push(refresh.clone());
-    let shape = family.shapes.pop_front().unwrap_or(Shape::Plain);
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        shape.body(&format!("at-{n}"), &refresh),
-    )
-        .into_response()
-}
-
-fn invalid_grant(description: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        [(header::CONTENT_TYPE, "application/json")],
-        format!(r#"{{"error":"invalid_grant","error_description":"{description}"}}"#),
-    )
-        .into_response()
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {
@@ -197,4 +253,115 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
         format!(r#"{{"error":"{code}"}}"#),
     )
         .into_response()
+}
+
+/// The same server's rules, in process, behind a [`TokenSource`] that acts
+/// as a refresh-token client: for paused-time runs over simulated days,
+/// where real sockets cannot follow the clock. Access tokens live
+/// `access_lifetime`; a refresh token unused for `refresh_lifetime` dies.
+#[derive(Clone)]
+pub struct InProcess {
+    family: Arc<Mutex<Family>>,
+    /// When each refresh token was issued, on the (paused) Tokio clock.
+    born: Arc<Mutex<Vec<(String, tokio::time::Instant)>>>,
+    access_lifetime: Duration,
+    refresh_lifetime: Duration,
+}
+
+impl InProcess {
+    pub fn new(
+        first_refresh_token: &str,
+        access_lifetime: Duration,
+        refresh_lifetime: Duration,
+    ) -> Self {
+        InProcess {
+            family: Arc::new(Mutex::new(Family::new(Some(first_refresh_token), None))),
+            born: Arc::new(Mutex::new(vec![(
+                first_refresh_token.to_owned(),
+                tokio::time::Instant::now(),
+            )])),
+            access_lifetime,
+            refresh_lifetime,
+        }
+    }
+
+    /// A client of this server that starts from `refresh_token`, as a
+    /// `RefreshToken` grant built from configuration would.
+    pub fn client(&self, refresh_token: &str) -> InProcessClient {
+        InProcessClient {
+            server: self.clone(),
+            refresh_token: Some(SecretString::from(refresh_token.to_owned())),
+        }
+    }
+
+    pub fn reuses(&self) -> u64 {
+        self.family.lock().unwrap().reuses
+    }
+
+    pub fn revoked(&self) -> bool {
+        self.family.lock().unwrap().current.is_none()
+    }
+
+    pub fn issued(&self) -> u64 {
+        self.family.lock().unwrap().issued
+    }
+
+    fn refresh(&self, presented: &str) -> Result<(String, String), Error> {
+        let expired = self
+            .born
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, at)| t == presented && at.elapsed() >= self.refresh_lifetime);
+        if expired {
+            return Err(Error::reauthorization_required("refresh token expired"));
+        }
+        match self.family.lock().unwrap().refresh(presented) {
+            Answer::Issued {
+                access, refresh, ..
+            } => {
+                self.born
+                    .lock()
+                    .unwrap()
+                    .push((refresh.clone(), tokio::time::Instant::now()));
+                Ok((access, refresh))
+            }
+            Answer::InvalidGrant(why) => Err(Error::reauthorization_required(why)),
+        }
+    }
+}
+
+/// The client half of [`InProcess`].
+pub struct InProcessClient {
+    server: InProcess,
+    refresh_token: Option<SecretString>,
+}
+
+impl TokenSource for InProcessClient {
+    async fn fetch(&mut self) -> Result<Token, Error> {
+        let presented = self
+            .refresh_token
+            .as_ref()
+            .ok_or_else(|| Error::reauthorization_required("no refresh token"))?;
+        let sent = tokio::time::Instant::now();
+        let (access, refresh) = self.server.refresh(presented.expose_secret())?;
+        self.refresh_token = Some(SecretString::from(refresh.clone()));
+        Token::builder(access)
+            .issued_at(sent)
+            .expires_in(self.server.access_lifetime)
+            .refresh_token(refresh)
+            .build()
+    }
+
+    fn store_key(&self) -> Option<StoreKey> {
+        Some(StoreKey::new("refresh_token", "in-process", "memory:", &[]))
+    }
+
+    fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    fn resume(&mut self, refresh_token: SecretString) {
+        self.refresh_token = Some(refresh_token);
+    }
 }

@@ -1,0 +1,487 @@
+//! Durable token state: the file store, and a cache that loads it at start,
+//! saves before use, survives a failing store, re-reads it on
+//! `invalid_grant`, shuts down cleanly, and runs Orange Logic's 24 h / 30 day
+//! tokens for a simulated month of restarts.
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use secrecy::ExposeSecret;
+use support::{
+    recorder::{Recorder, Reply as Http},
+    rotating::{InProcess, Rotating},
+    scripted::{Reply, Scripted},
+};
+use tokio::{sync::Notify, time::Instant};
+use tower_oauth2::{
+    Error, ErrorKind, FileStore, RefreshPolicy, RefreshToken, StoreErrorKind, StoreKey, TokenCache,
+    TokenState, TokenStore,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn custom_key() -> StoreKey {
+    // What a cache uses for a source that names no key (the scripted one).
+    StoreKey::new("custom", "", "", &[])
+}
+
+/// Lets the background task and the blocking pool finish what is due now.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn refresh_grant(url: &str, refresh_token: &str) -> RefreshToken {
+    RefreshToken::builder()
+        .token_url(url)
+        .client_id("app")
+        .client_secret("secret")
+        .refresh_token(refresh_token)
+        .build()
+        .unwrap()
+}
+
+async fn stored_refresh_token(store: &FileStore, key: &StoreKey) -> Option<String> {
+    store
+        .load(key)
+        .await
+        .unwrap()
+        .and_then(|state| state.refresh_token().map(|t| t.expose_secret().to_owned()))
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_read_stops_the_cache_and_is_not_overwritten() {
+    // 34
+    let dir = tempfile::tempdir().unwrap();
+    let good = TokenState::default().encode(&custom_key());
+    let good = good.expose_secret();
+    let other = TokenState::default().encode(&StoreKey::new("custom", "other-app", "", &[]));
+    let cases: Vec<(&str, Vec<u8>, StoreErrorKind)> = vec![
+        ("empty", Vec::new(), StoreErrorKind::Corrupt),
+        (
+            "truncated",
+            good.as_bytes()[..good.len() / 2].to_vec(),
+            StoreErrorKind::Corrupt,
+        ),
+        ("not utf-8", vec![0xff, 0xfe, b'{'], StoreErrorKind::Corrupt),
+        (
+            "version 9",
+            good.replace("\"version\":1", "\"version\":9").into_bytes(),
+            StoreErrorKind::UnsupportedVersion,
+        ),
+        (
+            "another credential",
+            other.expose_secret().as_bytes().to_vec(),
+            StoreErrorKind::OtherCredential,
+        ),
+    ];
+    for (name, bytes, kind) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let script = Scripted::exactly(vec![]);
+        let cache = TokenCache::builder(script.source())
+            .store(FileStore::new(&path))
+            .build();
+        let error = cache.token().await.unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::Store(kind), "{name}: {error}");
+        assert!(!error.is_transient());
+        settle().await;
+        assert_eq!(script.calls(), 0, "{name}: no token request");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: overwritten");
+    }
+    // A path that cannot be read as a file at all.
+    let script = Scripted::exactly(vec![]);
+    let cache = TokenCache::builder(script.source())
+        .store(FileStore::new(dir.path()))
+        .build();
+    assert_eq!(
+        cache.token().await.unwrap_err().kind(),
+        &ErrorKind::Store(StoreErrorKind::Unreadable)
+    );
+}
+
+#[tokio::test]
+async fn the_file_is_private_and_replaced_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .store(FileStore::new(&path))
+        .build();
+    let first = cache.token().await.unwrap();
+    cache.invalidate(&first);
+    let second = cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+    assert_eq!(cache.stats().saves, 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    // Only the file itself: no temporary file left beside it.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["state.json"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(second.access_token().expose_secret()));
+    assert!(!text.contains(first.access_token().expose_secret()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_with_a_valid_stored_token_makes_no_token_request() {
+    // 35
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let first_run = Scripted::exactly(vec![Reply::Token(Some(HOUR))]);
+    let cache = TokenCache::builder(first_run.source())
+        .store(FileStore::new(&path))
+        .build();
+    let token = cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+
+    tokio::time::advance(Duration::from_secs(600)).await;
+    // The second run's source panics if it is asked for anything.
+    let second_run = Scripted::exactly(vec![]);
+    let cache = TokenCache::builder(second_run.source())
+        .store(FileStore::new(&path))
+        .build();
+    let restored = cache.token().await.unwrap();
+    assert_eq!(
+        restored.access_token().expose_secret(),
+        token.access_token().expose_secret()
+    );
+    // Stored as wall-clock seconds: equal to well under a millisecond.
+    let (a, b) = (restored.expires_at().unwrap(), token.expires_at().unwrap());
+    assert!(
+        a.max(b) - a.min(b) < Duration::from_millis(1),
+        "{a:?} {b:?}"
+    );
+    assert_eq!(second_run.calls(), 0);
+    assert_eq!(cache.stats().token_requests, 0);
+}
+
+#[tokio::test]
+async fn a_restart_refreshes_with_the_stored_refresh_token_not_the_configured_one() {
+    let server = Rotating::start(Some("rt-0"), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("state.json"));
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .store(store.clone())
+        .build();
+    cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+    // Started again from the same configuration (rt-0, long dead).
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .store(store.clone())
+        .build();
+    let token = cache.token().await.unwrap();
+    assert_eq!(cache.stats().token_requests, 0, "the stored token is valid");
+    cache.invalidate(&token);
+    cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+    assert_eq!(server.received(), ["rt-0", "rt-1"]);
+    assert_eq!(server.reuses(), 0);
+    let key = StoreKey::new("refresh_token", "app", &server.url, &[]);
+    assert_eq!(
+        stored_refresh_token(&store, &key).await.as_deref(),
+        Some("rt-2")
+    );
+}
+
+/// A store whose saves wait at a gate, and record what they saved.
+#[derive(Clone, Default)]
+struct Gated {
+    gate: Arc<Notify>,
+    saving: Arc<AtomicBool>,
+    saved: Arc<Mutex<Vec<TokenState>>>,
+}
+
+impl TokenStore for Gated {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        Ok(None)
+    }
+
+    async fn save(&self, _: &StoreKey, state: &TokenState) -> Result<(), Error> {
+        self.saving.store(true, Ordering::SeqCst);
+        self.gate.notified().await;
+        self.saved.lock().unwrap().push(state.clone());
+        self.saving.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_is_saved_before_any_request_gets_it() {
+    let store = Gated::default();
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .store(store.clone())
+        .build();
+    let waiting = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    while !store.saving.load(Ordering::SeqCst) {
+        settle().await;
+    }
+    // The token has arrived and is being saved: nobody has it yet.
+    assert_eq!(script.calls(), 1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert!(
+        !waiting.is_finished(),
+        "a request got the token before its save"
+    );
+    store.gate.notify_one();
+    let token = waiting.await.unwrap().unwrap();
+    let saved = store.saved.lock().unwrap().clone();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(
+        saved[0].expires_at().is_some(),
+        token.expires_at().is_some()
+    );
+
+    // The same for a refresh: the old token serves while the new one is saved.
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    while !store.saving.load(Ordering::SeqCst) {
+        settle().await;
+    }
+    assert_eq!(script.calls(), 2);
+    assert!(
+        cache.token().await.unwrap().same_as(&token),
+        "the new token is not saved yet"
+    );
+    store.gate.notify_one();
+    while store.saving.load(Ordering::SeqCst) {
+        settle().await;
+    }
+    settle().await;
+    assert!(!cache.token().await.unwrap().same_as(&token));
+}
+
+/// A store whose saves fail until `healthy` is set.
+#[derive(Clone, Default)]
+struct Flaky {
+    healthy: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+}
+
+impl TokenStore for Flaky {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        Ok(None)
+    }
+
+    async fn save(&self, _: &StoreKey, _: &TokenState) -> Result<(), Error> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.healthy.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::store(StoreErrorKind::WriteFailed, "disk full"))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_keeps_the_service_running_and_says_so() {
+    let store = Flaky::default();
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .policy(RefreshPolicy::new().jitter(0.0))
+        .store(store.clone())
+        .build();
+    // 1000 requests a second for 10 s while every save fails.
+    for _ in 0..10_000 {
+        cache
+            .token()
+            .await
+            .expect("the token is served although unsaved");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stats = cache.stats();
+    // At 0 s, then retried with backoff at 0.1, 0.3, 0.7, 1.5, 3.1 and 6.3 s
+    // (the next at 12.7 s): not once per request.
+    assert_eq!(stats.save_failures, 7, "{stats:?}");
+    assert_eq!(stats.token_requests, 1);
+    let error = cache.store_error().expect("the failure is visible");
+    assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::WriteFailed));
+    store.healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(cache.store_error().is_none());
+    assert_eq!(cache.stats().saves, 1);
+    assert_eq!(store.attempts.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn shutdown_reports_a_state_it_could_not_save() {
+    let store = Flaky::default();
+    let cache = TokenCache::builder(Scripted::tokens(HOUR).source())
+        .store(store)
+        .build();
+    cache.token().await.unwrap();
+    let error = cache.shutdown().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::WriteFailed));
+    assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
+}
+
+#[tokio::test]
+async fn invalid_grant_reads_the_store_again_before_giving_up() {
+    // 38: another process rotated the refresh token meanwhile.
+    let server = Recorder::start().await;
+    let refreshed = |rt: &str| {
+        Http::json(
+            200,
+            &format!(
+                r#"{{"access_token":"at-{rt}","token_type":"Bearer","expires_in":3600,"refresh_token":"{rt}"}}"#
+            ),
+        )
+    };
+    server.reply([
+        refreshed("rt-1"),
+        Http::json(400, r#"{"error":"invalid_grant"}"#),
+        refreshed("rt-2"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("state.json"));
+    let url = server.url("/token");
+    // Both start from the configured rt-0; the second has not fetched yet.
+    let stale = TokenCache::builder(refresh_grant(&url, "rt-0"))
+        .store(store.clone())
+        .build();
+    let other = TokenCache::builder(refresh_grant(&url, "rt-0"))
+        .store(store.clone())
+        .build();
+    other.token().await.unwrap();
+    other.shutdown().await.unwrap();
+    let token = stale.token().await.expect("recovered from the store");
+    assert_eq!(token.access_token().expose_secret(), "at-rt-2");
+    let sent: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("refresh_token"))
+        .collect();
+    assert_eq!(sent, ["rt-0", "rt-0", "rt-1"]);
+    stale.shutdown().await.unwrap();
+    let key = StoreKey::new("refresh_token", "app", &url, &[]);
+    assert_eq!(
+        stored_refresh_token(&store, &key).await.as_deref(),
+        Some("rt-2")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_refresh_under_way_and_its_save() {
+    // 33
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.latency(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("state.json"));
+    let key = StoreKey::new("refresh_token", "app", &server.url, &[]);
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .store(store.clone())
+        .build();
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    // The server has rotated; its answer is 300 ms away.
+    while server.received().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(server.current().as_deref(), Some("rt-1"));
+    cache.shutdown().await.unwrap();
+    assert_eq!(
+        stored_refresh_token(&store, &key).await.as_deref(),
+        Some("rt-1")
+    );
+    // The waiting request is not left hanging: it got the token, or the
+    // cache's `Closed` if the shutdown came first.
+    match request.await.unwrap() {
+        Ok(token) => assert_eq!(token.access_token().expose_secret(), "at-1"),
+        Err(error) => assert_eq!(error.kind(), &ErrorKind::Closed),
+    }
+    // The next start carries on from it.
+    server.latency(Duration::ZERO);
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .store(store.clone())
+        .build();
+    let token = cache.token().await.unwrap();
+    cache.invalidate(&token);
+    cache.token().await.unwrap();
+    assert_eq!(server.received(), ["rt-0", "rt-1"]);
+    assert_eq!(server.reuses(), 0);
+}
+
+#[tokio::test]
+async fn a_refresh_answered_after_every_handle_is_gone_is_still_saved() {
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.latency(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("state.json"));
+    let key = StoreKey::new("refresh_token", "app", &server.url, &[]);
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .store(store.clone())
+        .build();
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    while server.received().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    request.abort();
+    drop(cache);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_refresh_token(&store, &key).await.as_deref() != Some("rt-1") {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated refresh token was not saved"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn orange_logic_runs_thirty_days_with_restarts_and_no_person() {
+    // 24 h access tokens, refresh tokens that rotate on every use and die
+    // after 30 days unused; a restart every 3 days; a request every 10 minutes.
+    let server = InProcess::new("rt-0", DAY, 30 * DAY);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orange-logic.json");
+    let start = Instant::now();
+    let (mut requests, mut restarts) = (0, 0);
+    while Instant::now() - start < 30 * DAY {
+        // Every start is built from the same configuration: the first
+        // refresh token, long dead after the first day.
+        let cache = TokenCache::builder(server.client("rt-0"))
+            .store(FileStore::new(&path))
+            .build();
+        let run_until = Instant::now() + 3 * DAY;
+        while Instant::now() < run_until {
+            let token = cache.token().await.expect("no request fails");
+            assert!(Instant::now() <= token.expires_at().unwrap());
+            requests += 1;
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        }
+        cache.shutdown().await.unwrap();
+        restarts += 1;
+    }
+    assert_eq!(server.reuses(), 0);
+    assert!(!server.revoked(), "a person would have to authorize again");
+    assert_eq!(restarts, 10);
+    assert_eq!(requests, 30 * 24 * 6);
+    // One refresh a day or so (each 10–12 minutes early), never one per restart.
+    let issued = server.issued();
+    assert!((30..=32).contains(&issued), "{issued} refreshes in 30 days");
+}
