@@ -84,6 +84,8 @@ struct Family {
     received: Vec<String>,
     reuses: u64,
     shapes: VecDeque<Shape>,
+    /// When each refresh token was issued, on the real clock.
+    issued_at: Vec<std::time::Instant>,
 }
 
 /// What the family says to a token request.
@@ -132,6 +134,7 @@ impl Family {
         let refresh = format!("rt-{n}");
         self.current = Some(refresh.clone());
         self.ever.push(refresh.clone());
+        self.issued_at.push(std::time::Instant::now());
         Answer::Issued {
             access: format!("at-{n}"),
             refresh,
@@ -200,6 +203,15 @@ impl Rotating {
     /// Refresh tokens issued so far.
     pub fn issued(&self) -> u64 {
         self.family.lock().unwrap().issued
+    }
+
+    /// When the server rotated to refresh token `rt-{n}`, on the real clock.
+    pub fn rotated_at(&self, n: u64) -> Option<std::time::Instant> {
+        let family = self.family.lock().unwrap();
+        family
+            .issued_at
+            .get(usize::try_from(n).ok()?.checked_sub(1)?)
+            .copied()
     }
 
     /// A person authorizes again: a new family starting with `refresh_token`.
