@@ -66,7 +66,7 @@ mod token;
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
 pub use error::{Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
-pub use grant::{AuthorizationCode, ClientCredentials, RefreshToken, TokenSource};
+pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer};
 pub use store::{FileStore, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -611,3 +611,76 @@ async fn authorization_code_with_pkce_then_rotating_refresh_tokens() {
         "no retries after invalid_grant"
     );
 }
+
+// `examples/authorize.rs`, compiled into this test as it is.
+#[path = "../examples/authorize.rs"]
+#[allow(dead_code)]
+mod authorize_example;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorize_example_runs_a_native_app_from_authorization_to_the_store() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = authorize_example::Settings {
+        authorize_url: format!("{}/auth", provider.base),
+        token_url: provider.token_url(),
+        client_id: "native-app".into(),
+        client_secret: None,
+        scope: Some("openid offline_access api.read".into()),
+        prompt: Some("consent".into()),
+        refresh_token_param: None,
+        store: dir.path().join("native-app.json"),
+    };
+    // The person: opens the printed URL in a browser, logs in, consents.
+    let browser = provider.http.clone();
+    let browse = format!("{}/test/browse", provider.base);
+    let (opened, clicked) = tokio::sync::oneshot::channel();
+    authorize_example::authorize_once(&settings, move |url| {
+        let (browser, url) = (browser.clone(), url.to_owned());
+        tokio::spawn(async move {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("url", &url)
+                .finish();
+            let answer = browser.get(format!("{browse}?{query}")).send().await;
+            let _ = opened.send(answer.map(|r| r.status()));
+        });
+    })
+    .await
+    .expect("authorized");
+    assert_eq!(clicked.await.unwrap().unwrap(), StatusCode::OK);
+    assert_eq!(
+        provider.token_requests_by_grant("authorization_code").await,
+        1
+    );
+
+    // Every later start: from the store, without a token request.
+    let token = authorize_example::run_from_store(&settings).await.unwrap();
+    let active = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(active["client_id"], "native-app");
+    assert_eq!(provider.token_requests_by_grant("refresh_token").await, 0);
+
+    // And it refreshes with the stored, rotating refresh token.
+    let cache = TokenCache::builder(
+        tower_oauth2::OAuthClient::builder()
+            .token_url(provider.token_url())
+            .client_id("native-app")
+            .build()
+            .unwrap()
+            .refresh_token(None),
+    )
+    .store(tower_oauth2::FileStore::new(&settings.store))
+    .build();
+    let stored = cache.token().await.unwrap();
+    cache.invalidate(&stored);
+    let refreshed = cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+    assert_ne!(secret_of(&refreshed), secret_of(&stored));
+    assert_eq!(provider.token_requests_by_grant("refresh_token").await, 1);
+    let again = authorize_example::run_from_store(&settings).await.unwrap();
+    assert_eq!(
+        secret_of(&again),
+        secret_of(&refreshed),
+        "the refreshed state was saved"
+    );
+}

@@ -33,14 +33,14 @@ use crate::{
 /// # Ok::<(), tower_oauth2::Error>(())
 /// ```
 pub struct AuthorizationCode {
-    exchange: Option<CodeExchange>,
-    rotation: Rotation,
+    pub(crate) exchange: Option<CodeExchange>,
+    pub(crate) rotation: Rotation,
 }
 
-struct CodeExchange {
-    code: SecretString,
-    redirect_uri: Option<String>,
-    code_verifier: Option<SecretString>,
+pub(crate) struct CodeExchange {
+    pub(crate) code: SecretString,
+    pub(crate) redirect_uri: Option<String>,
+    pub(crate) code_verifier: Option<SecretString>,
 }
 
 impl fmt::Debug for AuthorizationCode {

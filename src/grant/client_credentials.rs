@@ -34,6 +34,17 @@ impl ClientCredentials {
         ClientCredentialsBuilder::default()
     }
 
+    pub(crate) fn new(endpoint: TokenEndpoint, scopes: Vec<String>) -> Self {
+        let scope_param = (!scopes.is_empty()).then(|| scopes.join(" "));
+        ClientCredentials {
+            endpoint,
+            scopes,
+            scope_param,
+            resources: Vec::new(),
+            audience: None,
+        }
+    }
+
     /// Requests a token.
     pub async fn request_token(&self) -> Result<Token, Error> {
         let mut params = vec![("grant_type", "client_credentials")];
@@ -97,14 +108,9 @@ impl ClientCredentialsBuilder {
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         check_scopes(&self.scopes)?;
-        let endpoint = self.endpoint.build()?;
-        let scope_param = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
-        Ok(ClientCredentials {
-            endpoint,
-            scopes: self.scopes,
-            scope_param,
-            resources: self.resources,
-            audience: self.audience,
-        })
+        let mut grant = ClientCredentials::new(self.endpoint.build()?, self.scopes);
+        grant.resources = self.resources;
+        grant.audience = self.audience;
+        Ok(grant)
     }
 }

@@ -8,6 +8,7 @@
 
 mod authorization_code;
 mod authorize;
+mod client;
 mod client_credentials;
 mod refresh_token;
 
@@ -17,6 +18,7 @@ use secrecy::SecretString;
 
 pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 pub use authorize::{AuthorizationRequest, AuthorizationRequestBuilder};
+pub use client::{OAuthClient, OAuthClientBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use refresh_token::{RefreshToken, RefreshTokenBuilder};
 

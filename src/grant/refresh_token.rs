@@ -41,7 +41,7 @@ pub(crate) type RotationHook = Arc<dyn Fn(&SecretString) + Send + Sync>;
 /// # Ok::<(), tower_oauth2::Error>(())
 /// ```
 pub struct RefreshToken {
-    rotation: Rotation,
+    pub(crate) rotation: Rotation,
 }
 
 impl fmt::Debug for RefreshToken {
@@ -91,6 +91,7 @@ impl TokenSource for RefreshToken {
 /// The refresh half shared by [`RefreshToken`] and
 /// [`AuthorizationCode`](crate::AuthorizationCode): holds the newest refresh
 /// token and swaps in rotated ones.
+#[derive(Clone)]
 pub(crate) struct Rotation {
     pub(crate) endpoint: TokenEndpoint,
     pub(crate) refresh_token: Option<SecretString>,

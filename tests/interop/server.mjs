@@ -50,6 +50,16 @@ const clients = [
     redirect_uris: [REDIRECT_URI],
     scope: 'openid offline_access api.read api.write',
   },
+  // A native app (RFC 8252): public, PKCE, a loopback redirect on any port.
+  {
+    client_id: 'native-app',
+    application_type: 'native',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [REDIRECT_URI],
+    scope: 'openid offline_access api.read api.write',
+  },
   // Only authenticates to the introspection endpoint.
   {
     client_id: 'resource-server',
@@ -305,8 +315,18 @@ async function authorizationCode(query) {
     params.set('prompt', 'consent');
   }
   const redirectUri = params.get('redirect_uri');
+  const callback = await browse(`${issuer}/auth?${params}`, (next) => redirectUri && `${next.origin}${next.pathname}` === redirectUri);
+  const code = callback.searchParams.get('code');
+  if (!code) throw new FlowError(400, Object.fromEntries(callback.searchParams));
+  return code;
+}
+
+// A browser with a cookie jar: follows the provider's redirects (login and
+// consent are answered by autoApprove) until one leaves for the client's
+// redirect URI (`isCallback`), and returns that URL without following it.
+async function browse(start, isCallback) {
   const jar = new Map();
-  let url = `${issuer}/auth?${params}`;
+  let url = start;
   for (let hop = 0; hop < 10; hop += 1) {
     const cookie = [...jar].map(([name, value]) => `${name}=${value}`).join('; ');
     const res = await fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
@@ -323,14 +343,21 @@ async function authorizationCode(query) {
       throw new FlowError(400, body);
     }
     const next = new URL(location, url);
-    if (redirectUri && `${next.origin}${next.pathname}` === redirectUri) {
-      const code = next.searchParams.get('code');
-      if (!code) throw new FlowError(400, Object.fromEntries(next.searchParams));
-      return code;
-    }
+    if (isCallback(next)) return next;
     url = next.href;
   }
   throw new FlowError(500, { error: 'server_error', error_description: 'too many redirects in the authorization flow' });
+}
+
+// What a person does with the URL a native app prints: open it, log in,
+// consent, and let the browser land on the app's loopback redirect URI.
+async function openInBrowser(authorizationUrl) {
+  const start = new URL(authorizationUrl);
+  if (start.origin !== issuer) throw new FlowError(400, { error: 'invalid_request', error_description: 'not this server' });
+  const callback = await browse(start.href, (next) => next.origin !== issuer);
+  const res = await fetch(callback.href);
+  await res.text();
+  return { callback_status: res.status };
 }
 
 function json(res, status, body) {
@@ -352,6 +379,8 @@ server.on('request', async (req, res) => {
         return json(res, 200, stats);
       case 'GET /test/code':
         return json(res, 200, { code: await authorizationCode(url.searchParams) });
+      case 'GET /test/browse':
+        return json(res, 200, await openInBrowser(url.searchParams.get('url') || ''));
       case 'POST /test/revoke-grants': {
         const clientId = url.searchParams.get('client_id');
         if (!clientId) return json(res, 400, { error: 'invalid_request', error_description: 'client_id is required' });
