@@ -11,9 +11,10 @@
 //! ```text
 //! grant (how to get a token) ─▶ endpoint (one form POST) ─▶ cache (shared, refreshed) ─▶ layer (per request)
 //! ClientCredentials              TokenEndpoint                TokenCache + RefreshPolicy    BearerAuthLayer
-//! RefreshToken                   client auth, bounded body,                                 BearerAuth<S>
-//! AuthorizationCode              typed RFC 6749 errors
-//! (or your own TokenSource)
+//! RefreshToken                   client auth, bounded body,        │                        BearerAuth<S>
+//! AuthorizationCode              typed RFC 6749 errors             ▼
+//! (OAuthClient makes them;                                    store (between processes)
+//!  or your own TokenSource)                                   TokenStore: FileStore, yours
 //! ```
 //!
 //! ```no_run
@@ -41,8 +42,8 @@
 //! # }
 //! ```
 //!
-//! The module docs of [`layer`], [`cache`], [`grant`] and [`endpoint`] go
-//! further, each with an example.
+//! The module docs of [`layer`], [`cache`], [`store`], [`grant`] and
+//! [`endpoint`] go further, each with an example.
 //!
 //! Secrets (client secret, access and refresh tokens) never appear in the
 //! `Debug` or `Display` output of any type in this crate, nor in its errors
