@@ -121,7 +121,7 @@ pub struct CacheStats {
     pub refreshes_ahead: u64,
     /// Tokens dropped through [`TokenCache::invalidate`].
     pub invalidations: u64,
-    /// Token states saved to the cache's [`TokenStore`](crate::TokenStore).
+    /// Token states saved to the cache's [`TokenStore`].
     pub saves: u64,
     /// Saves that failed (each is retried with backoff until one succeeds).
     pub save_failures: u64,
@@ -150,7 +150,7 @@ impl TokenCache {
     }
 
     /// Starts configuring a cache over `source`: its policy, and a
-    /// [`TokenStore`](crate::TokenStore) to keep token state across restarts.
+    /// [`TokenStore`] to keep token state across restarts.
     pub fn builder<S: TokenSource>(source: S) -> CacheBuilder<S, NoStore> {
         CacheBuilder {
             source,
