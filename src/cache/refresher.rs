@@ -16,6 +16,7 @@
 //! | `Failing` | `Wanted` | note it: the retry is for that request |
 //! | `Failing`, `Stopped` | its token expires, or is `Rejected` | the same, without it: requests get the last error |
 //! | `Stopped` | anything else | nothing: re-authorization is required |
+//! | any | `Shutdown` | end, once the fetch under way (if any) and its save are done |
 //!
 //! A fetch ends in `Serving` (a token), `Failing` (an error: a token still
 //! valid is kept until it expires, and retries follow the backoff), or
