@@ -60,11 +60,19 @@ pub mod endpoint;
 mod error;
 pub mod grant;
 pub mod layer;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 mod token;
 
 pub use cache::{CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
 pub use error::{Error, ErrorKind, OAuthErrorCode};
 pub use grant::{AuthorizationCode, ClientCredentials, RefreshToken, TokenSource};
-pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer};
+pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::BearerAuthMiddleware;
+/// The `secrecy` crate this one uses: refresh tokens reach you as its
+/// [`SecretString`](secrecy::SecretString), and this re-export saves matching
+/// its version by hand.
+pub use secrecy;
 pub use token::{Token, TokenBuilder};

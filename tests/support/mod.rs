@@ -4,7 +4,12 @@
 //!   called once too often (cache and layer tests).
 //! - [`recorder`]: a loopback token endpoint that records every request byte
 //!   for byte and answers from a script (endpoint tests).
+//! - [`upstream`]: a protected HTTP API on loopback that revokes tokens on
+//!   demand (client tests).
+//! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod recorder;
 pub mod scripted;
+pub mod upstream;
