@@ -1,5 +1,11 @@
 //! Cost per request of adding the token, at 1 thread and with every core
 //! hammering clones of one shared service. `cargo bench --bench hot_path`.
+//!
+//! Two parts: criterion's figure for each variant, one after the other; then
+//! paired ratios, where a variant and its baseline take turns in short
+//! slices (many rounds) and the median of the per-round ratios is printed.
+//! The pairs hold up when something else loads the machine, which criterion's
+//! back-to-back runs do not.
 
 mod common;
 
@@ -107,12 +113,109 @@ fn hot_path(c: &mut Criterion) {
     }
 }
 
+/// Times `iters` requests through `service` on `threads` threads (per
+/// request per thread).
+fn timer<S>(service: S, threads: usize, one: fn(&mut S)) -> Box<dyn FnMut(u64) -> Duration>
+where
+    S: Clone + Send + 'static,
+{
+    let mut mine = service.clone();
+    Box::new(move |iters| {
+        if threads == 1 {
+            let start = Instant::now();
+            for _ in 0..iters {
+                one(black_box(&mut mine));
+            }
+            start.elapsed()
+        } else {
+            contended(&service, threads, iters, one)
+        }
+    })
+}
+
+const ROUNDS: usize = 101;
+const SLICE: u64 = 20_000;
+
+/// Median over `ROUNDS` of (candidate time / baseline time), the two taking
+/// turns (the order swaps every round).
+fn paired_ratio(
+    mut baseline: Box<dyn FnMut(u64) -> Duration>,
+    mut candidate: Box<dyn FnMut(u64) -> Duration>,
+) -> f64 {
+    baseline(SLICE);
+    candidate(SLICE);
+    let mut ratios: Vec<f64> = (0..ROUNDS)
+        .map(|round| {
+            let (b, c) = if round % 2 == 0 {
+                let b = baseline(SLICE);
+                (b, candidate(SLICE))
+            } else {
+                let c = candidate(SLICE);
+                (baseline(SLICE), c)
+            };
+            c.as_secs_f64() / b.as_secs_f64()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ROUNDS / 2]
+}
+
+fn paired(_: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = warm_cache(&runtime);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!("\npaired ratios: median of {ROUNDS} rounds of {SLICE} requests each, taking turns");
+    println!(
+        "{:<8} {:<44} {:>7}",
+        "threads", "variant / baseline", "ratio"
+    );
+    for threads in [1, cores] {
+        let rows: Vec<(&str, f64)> = vec![
+            (
+                "BearerAuth / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one),
+                    timer(bearer(&cache), threads, one),
+                ),
+            ),
+            (
+                "retry(Replay)+BearerAuth / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one_string),
+                    timer(bearer_with_replay(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "retry(Replay)+BearerAuth / retry(cloning)+same",
+                paired_ratio(
+                    timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                    timer(bearer_with_replay(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "retry(cloning)+static / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one_string),
+                    timer(static_with_cloning_retry(), threads, one_string),
+                ),
+            ),
+        ];
+        for (name, ratio) in rows {
+            println!("{threads:<8} {name:<44} {ratio:>7.3}");
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = hot_path
+    targets = hot_path, paired
 }
 criterion_main!(benches);

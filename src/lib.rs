@@ -1,6 +1,7 @@
 //! OAuth 2.0 bearer authentication for [tower] clients.
 //!
-//! Wrap any `Service<http::Request<B>>` in [`BearerAuthLayer`] and every
+//! Wrap any `Service<http::Request<B>>` (any body type: hyper, axum, a tonic
+//! channel) or a `reqwest::Client` in [`BearerAuthLayer`] and every
 //! request leaves with `Authorization: Bearer <token>`. The token comes from
 //! a [`TokenCache`] that every clone of the service shares: reading it is one
 //! atomic load, a background task refreshes it before it expires, and however
@@ -42,7 +43,9 @@
 //! ```
 //!
 //! The module docs of [`layer`], [`cache`], [`grant`] and [`endpoint`] go
-//! further, each with an example.
+//! further, each with an example; [`layer::replay`] sends a request once
+//! more after a rejected token, and the `reqwest-middleware` feature adds
+//! `BearerAuthMiddleware` for `reqwest_middleware` clients.
 //!
 //! Secrets (client secret, access and refresh tokens) never appear in the
 //! `Debug` or `Display` output of any type in this crate, nor in its errors
