@@ -240,10 +240,15 @@ impl<S> Layer<S> for BearerAuthLayer {
             [one] => Sources::One(source(one)),
             many => Sources::Many(many.iter().map(source).collect()),
         };
+        // Every request to the one cache: no table to consult, none to clone.
+        let routes = match (&self.routes.routes[..], self.routes.fallback) {
+            ([], Some(_)) => None,
+            _ => Some(Arc::new(self.routes.clone())),
+        };
         BearerAuth {
             inner,
             sources,
-            routes: Arc::new(self.routes.clone()),
+            routes,
             plain_401: self.plain_401,
         }
     }
@@ -257,7 +262,8 @@ impl<S> Layer<S> for BearerAuthLayer {
 pub struct BearerAuth<S> {
     inner: S,
     sources: Sources,
-    routes: Arc<Routes>,
+    /// `None`: every request goes to the one cache (the usual case).
+    routes: Option<Arc<Routes>>,
     plain_401: bool,
 }
 
@@ -313,10 +319,9 @@ impl<S> BearerAuth<S> {
         if request.opted_out() {
             return None;
         }
-        let index = if self.routes.routes.is_empty() {
-            self.routes.fallback?
-        } else {
-            self.routes.pick(request.target())?
+        let index = match &self.routes {
+            None => 0,
+            Some(routes) => routes.pick(request.target())?,
         };
         match &mut self.sources {
             Sources::Nothing => None,
@@ -370,6 +375,7 @@ where
         }
         // No token ready: wait for one, with the service that was polled
         // ready (a clone stays behind for the next request).
+        // The future holds a handle: the service may be gone before it ends.
         let tokens = source.reader.cache().clone();
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
