@@ -1,5 +1,11 @@
 //! Cost per request of adding the token, at 1 thread and with every core
 //! hammering clones of one shared service. `cargo bench --bench hot_path`.
+//!
+//! Two parts: criterion's figure for each variant, one after the other; then
+//! paired ratios, where a variant and its baseline take turns in short
+//! slices (many rounds) and the median of the per-round ratios is printed.
+//! The pairs hold up when something else loads the machine, which criterion's
+//! back-to-back runs do not.
 
 mod common;
 
@@ -10,16 +16,16 @@ use std::{
 };
 
 use common::*;
-use criterion::{criterion_group, criterion_main, Criterion};
-use http::Request;
-use tower::Service;
+use criterion::{
+    criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, Criterion,
+};
 
 /// Runs `iters` requests on each of `threads` threads, each with its own
 /// clone; returns wall time divided by the thread count (time per request
 /// per thread, comparable to the 1-thread figure).
-fn contended<S>(service: &S, threads: usize, iters: u64) -> Duration
+fn contended<S>(service: &S, threads: usize, iters: u64, one: fn(&mut S)) -> Duration
 where
-    S: Service<Request<()>> + Clone + Send + 'static,
+    S: Clone + Send + 'static,
 {
     let barrier = std::sync::Arc::new(Barrier::new(threads + 1));
     let workers: Vec<_> = (0..threads)
@@ -41,6 +47,26 @@ where
     start.elapsed()
 }
 
+/// One variant in one group: `threads == 1` runs on the bench thread.
+fn variant<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    threads: usize,
+    name: &str,
+    service: S,
+    one: fn(&mut S),
+) where
+    S: Clone + Send + 'static,
+{
+    group.bench_function(name, |b| {
+        if threads == 1 {
+            let mut service = service.clone();
+            b.iter(|| one(black_box(&mut service)))
+        } else {
+            b.iter_custom(|iters| contended(&service, threads, iters, one))
+        }
+    });
+}
+
 fn hot_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -48,32 +74,140 @@ fn hot_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let cache = warm_cache(&runtime);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-
-    macro_rules! variants {
-        ($group:expr, $run:expr) => {{
-            let mut group = $group;
-            group.bench_function("a_no_layer", |b| $run(b, Inner));
-            group.bench_function("b_static_header", |b| $run(b, static_header()));
-            group.bench_function("bearer_auth_no_401_handling", |b| {
-                $run(b, bearer(&cache, false))
-            });
-            group.bench_function("bearer_auth_default", |b| $run(b, bearer(&cache, true)));
-            group.bench_function("c_mutex_cache", |b| $run(b, mutex_cache()));
-            group.bench_function("d_tokio_rwlock_cache", |b| $run(b, rwlock_cache()));
-            group.bench_function("e_watch_new_header", |b| $run(b, watched()));
-            group.finish();
-        }};
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for threads in [1, cores] {
+        let name = match threads {
+            1 => "hot_path_1_thread".to_owned(),
+            n => format!("hot_path_{n}_threads"),
+        };
+        let mut g = c.benchmark_group(name);
+        variant(&mut g, threads, "a_no_layer", Inner, one);
+        variant(&mut g, threads, "b_static_header", static_header(), one);
+        variant(&mut g, threads, "bearer_auth", bearer(&cache), one);
+        variant(&mut g, threads, "c_mutex_cache", mutex_cache(), one);
+        variant(&mut g, threads, "d_tokio_rwlock_cache", rwlock_cache(), one);
+        variant(&mut g, threads, "e_watch_new_header", watched(), one);
+        // Retry variants: a String body (empty, no allocation) the policies can copy.
+        variant(
+            &mut g,
+            threads,
+            "f_retry_cloning_static_header",
+            static_with_cloning_retry(),
+            one_string,
+        );
+        variant(
+            &mut g,
+            threads,
+            "retry_cloning_bearer_auth",
+            bearer_with_cloning_retry(&cache),
+            one_string,
+        );
+        variant(
+            &mut g,
+            threads,
+            "retry_replay_bearer_auth",
+            bearer_with_replay(&cache),
+            one_string,
+        );
+        g.finish();
     }
+}
 
-    variants!(
-        c.benchmark_group("hot_path_1_thread"),
-        |b: &mut criterion::Bencher, mut s| { b.iter(|| one(black_box(&mut s))) }
+/// Times `iters` requests through `service` on `threads` threads (per
+/// request per thread).
+fn timer<S>(service: S, threads: usize, one: fn(&mut S)) -> Box<dyn FnMut(u64) -> Duration>
+where
+    S: Clone + Send + 'static,
+{
+    let mut mine = service.clone();
+    Box::new(move |iters| {
+        if threads == 1 {
+            let start = Instant::now();
+            for _ in 0..iters {
+                one(black_box(&mut mine));
+            }
+            start.elapsed()
+        } else {
+            contended(&service, threads, iters, one)
+        }
+    })
+}
+
+const ROUNDS: usize = 101;
+const SLICE: u64 = 20_000;
+
+/// Median over `ROUNDS` of (candidate time / baseline time), the two taking
+/// turns (the order swaps every round).
+fn paired_ratio(
+    mut baseline: Box<dyn FnMut(u64) -> Duration>,
+    mut candidate: Box<dyn FnMut(u64) -> Duration>,
+) -> f64 {
+    baseline(SLICE);
+    candidate(SLICE);
+    let mut ratios: Vec<f64> = (0..ROUNDS)
+        .map(|round| {
+            let (b, c) = if round % 2 == 0 {
+                let b = baseline(SLICE);
+                (b, candidate(SLICE))
+            } else {
+                let c = candidate(SLICE);
+                (baseline(SLICE), c)
+            };
+            c.as_secs_f64() / b.as_secs_f64()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ROUNDS / 2]
+}
+
+fn paired(_: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = warm_cache(&runtime);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!("\npaired ratios: median of {ROUNDS} rounds of {SLICE} requests each, taking turns");
+    println!(
+        "{:<8} {:<44} {:>7}",
+        "threads", "variant / baseline", "ratio"
     );
-    variants!(
-        c.benchmark_group(format!("hot_path_{threads}_threads")),
-        |b: &mut criterion::Bencher, s| { b.iter_custom(|iters| contended(&s, threads, iters)) }
-    );
+    for threads in [1, cores] {
+        let rows: Vec<(&str, f64)> = vec![
+            (
+                "BearerAuth / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one),
+                    timer(bearer(&cache), threads, one),
+                ),
+            ),
+            (
+                "retry(Replay)+BearerAuth / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one_string),
+                    timer(bearer_with_replay(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "retry(Replay)+BearerAuth / retry(cloning)+same",
+                paired_ratio(
+                    timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                    timer(bearer_with_replay(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "retry(cloning)+static / static header",
+                paired_ratio(
+                    timer(static_header(), threads, one_string),
+                    timer(static_with_cloning_retry(), threads, one_string),
+                ),
+            ),
+        ];
+        for (name, ratio) in rows {
+            println!("{threads:<8} {name:<44} {ratio:>7.3}");
+        }
+    }
 }
 
 criterion_group! {
@@ -82,6 +216,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = hot_path
+    targets = hot_path, paired
 }
 criterion_main!(benches);

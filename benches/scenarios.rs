@@ -1,5 +1,6 @@
 //! Whole-system figures on loopback: stampede, refresh under load, a slow
-//! endpoint, an outage at the end of a token's life, end to end.
+//! endpoint, an outage at the end of a token's life. (End to end through a
+//! real HTTP client: `benches/end_to_end.rs`.)
 //! `cargo bench --bench scenarios` prints one table each.
 
 mod common;
@@ -13,17 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{get, post},
-    Router,
-};
-use bytes::Bytes;
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::post, Router};
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_oauth2::{BearerAuthLayer, ClientCredentials, RefreshPolicy, TokenCache};
 
@@ -157,9 +149,7 @@ async fn refresh_under_load() {
     println!("\n## Refresh under load: {lifetime} s tokens, 8 workers for {run:?}, default policy");
     let (e, url) = endpoint(Duration::from_millis(2), lifetime).await;
     let cache = cache(&url, RefreshPolicy::new());
-    let client = BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(false)
-        .layer(inner());
+    let client = BearerAuthLayer::new(cache.clone()).layer(inner());
     let samples = traffic(client, 8, run).await;
     // Read before the analysis below: the cache keeps refreshing meanwhile.
     let stats = cache.stats();
@@ -252,9 +242,7 @@ async fn slow_endpoint() {
     let cache = cache(&url, RefreshPolicy::new());
     cache.token().await.unwrap();
     let first = cache.stats();
-    let client = BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(false)
-        .layer(inner());
+    let client = BearerAuthLayer::new(cache.clone()).layer(inner());
     let samples = traffic(client, 4, run).await;
     let stats = cache.stats();
     let mut took: Vec<_> = samples.iter().map(|(_, took, _)| *took).collect();
@@ -291,9 +279,7 @@ async fn outage() {
         fault.store(HEALTHY, Ordering::SeqCst);
         Instant::now()
     });
-    let client = BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(false)
-        .layer(inner());
+    let client = BearerAuthLayer::new(cache.clone()).layer(inner());
     let samples = traffic(client, 4, Duration::from_secs(9)).await;
     let recovered_at = recovered_at.await.unwrap();
     let failed_while_valid = samples
@@ -326,77 +312,6 @@ async fn outage() {
     );
 }
 
-async fn end_to_end() {
-    println!("\n## End to end: hyper-util client to a local axum upstream, 2 workers x 3 s");
-    let app = Router::new().route("/", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let (_, token_url) = endpoint(Duration::ZERO, 3600).await;
-    let cache = cache(&token_url, RefreshPolicy::new());
-    cache.token().await.unwrap();
-    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-
-    async fn drive<S>(client: S, url: &str) -> f64
-    where
-        S: Service<Request<Full<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-            + Clone
-            + Send
-            + 'static,
-        S::Error: std::fmt::Debug,
-        S::Future: Send,
-    {
-        let run = Duration::from_secs(3);
-        let start = Instant::now();
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let (mut client, url) = (client.clone(), url.to_owned());
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while start.elapsed() < run {
-                        let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
-                        let response = client.ready().await.unwrap().call(request).await.unwrap();
-                        response.into_body().collect().await.unwrap();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for worker in workers {
-            total += worker.await.unwrap();
-        }
-        total as f64 / start.elapsed().as_secs_f64()
-    }
-
-    let plain = drive(http.clone(), &url).await;
-    let with_default = drive(
-        BearerAuthLayer::new(cache.clone()).layer(http.clone()),
-        &url,
-    )
-    .await;
-    let with_lean = drive(
-        BearerAuthLayer::new(cache.clone())
-            .handle_unauthorized(false)
-            .layer(http.clone()),
-        &url,
-    )
-    .await;
-    println!("{:<34} {:>10} {:>8}", "client", "req/s", "ratio");
-    println!("{:<34} {plain:>10.0} {:>8.3}", "no layer", 1.0);
-    println!(
-        "{:<34} {with_lean:>10.0} {:>8.3}",
-        "BearerAuth, no 401 handling",
-        with_lean / plain
-    );
-    println!(
-        "{:<34} {with_default:>10.0} {:>8.3}",
-        "BearerAuth, default",
-        with_default / plain
-    );
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -407,6 +322,5 @@ fn main() {
         refresh_under_load().await;
         slow_endpoint().await;
         outage().await;
-        end_to_end().await;
     });
 }

@@ -12,11 +12,12 @@
 //! exits.
 //!
 //! The proxy reads each request body into memory (bounded) and forwards it as
-//! `Full<Bytes>`, which the layer can copy: after a `401 invalid_token` it
-//! fetches a new token and sends the request again, and the caller never sees
-//! the 401. With the crate's `axum` feature, `axum::body::Body` can be
-//! forwarded as is (streaming, no buffering), but such a body cannot be sent
-//! twice: the caller would get that one 401, and its retry a new token.
+//! `Full<Bytes>`, which the `Replay` retry policy copies (`CloneBody`): after
+//! a `401 invalid_token` the layer drops the token, `Replay` sends the request
+//! again with a new one, and the caller never sees the 401. An
+//! `axum::body::Body` can go through the layer as is too (streaming, no
+//! buffering), but such a body cannot be sent twice: the caller would get
+//! that one 401, and its retry a new token.
 
 use std::{
     collections::HashSet,
@@ -40,15 +41,21 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use rand::Rng;
-use tower::{BoxError, Layer, ServiceExt};
-use tower_oauth2::{BearerAuth, BearerAuthError, BearerAuthLayer, ClientCredentials, TokenCache};
+use tower::{retry::Retry, BoxError, ServiceBuilder, ServiceExt};
+use tower_oauth2::{
+    layer::replay::CloneBody, BearerAuth, BearerAuthError, BearerAuthLayer, ClientCredentials,
+    Replay, TokenCache,
+};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The authenticated client: replays once after a rejected token.
+type Api = Retry<Replay<CloneBody>, BearerAuth<HttpClient>>;
 
 /// The proxy's state: the authenticated client (cheap to clone) and where to send requests.
 #[derive(Clone)]
 struct Proxy {
-    api: BearerAuth<HttpClient>,
+    api: Api,
     upstream: String,
 }
 
@@ -135,9 +142,10 @@ async fn main() -> Result<(), BoxError> {
     let upstream = format!("http://{upstream_addr}");
     let state = Proxy {
         // The token goes to the upstream's origin only, never elsewhere.
-        api: BearerAuthLayer::new(cache.clone())
-            .allow_origin(&upstream)?
-            .layer(Client::builder(TokioExecutor::new()).build_http()),
+        api: ServiceBuilder::new()
+            .retry(Replay::new().copy_body(CloneBody))
+            .layer(BearerAuthLayer::new(cache.clone()).allow_origin(&upstream)?)
+            .service(Client::builder(TokioExecutor::new()).build_http()),
         upstream,
     };
     let proxy_addr = serve(

@@ -13,7 +13,8 @@
 //! - an API that accepts only tokens that server issued and that have not
 //!   expired by the real clock, and answers anything else with
 //!   `401` + `WWW-Authenticate: Bearer error="invalid_token"`;
-//! - the client: retry (connection errors) → timeout → `BearerAuthLayer` →
+//! - the client: retry (`Replay` after a rejected token, wrapping a policy
+//!   that retries connection errors) → timeout → `BearerAuthLayer` →
 //!   hyper-util client, driven by `WORKERS` looping tasks for `DEMO_SECONDS` (12 s).
 //!
 //! The process exits with status 1 if any request failed or the API saw an
@@ -44,7 +45,8 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use rand::Rng;
 use tower::{retry::Policy, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_oauth2::{
-    AuthMethod, BearerAuthError, BearerAuthLayer, ClientCredentials, RefreshPolicy, TokenCache,
+    AuthMethod, BearerAuthError, BearerAuthLayer, ClientCredentials, RefreshPolicy, Replay,
+    TokenCache,
 };
 
 const CLIENT_ID: &str = "demo-client";
@@ -83,10 +85,11 @@ async fn main() -> Result<(), BoxError> {
     let cache = TokenCache::with_policy(grant, RefreshPolicy::new());
     let retries = Arc::new(AtomicU64::new(0));
     let client = ServiceBuilder::new()
-        .retry(RetryConnectErrors {
+        // Replays once after a rejected token; every other decision is ours.
+        .retry(Replay::new().with_policy(RetryConnectErrors {
             attempts_left: 2,
             retries: retries.clone(),
-        })
+        }))
         .timeout(Duration::from_secs(5))
         .layer(BearerAuthLayer::new(cache.clone()))
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());

@@ -9,22 +9,16 @@
 //! `OFFICERND_SCOPES` (space-separated) defaults to `officernd.api.read`.
 //! Without the other variables the example says what to set and exits 0.
 //!
-//! The client is `reqwest` (for TLS: hyper-util has none of its own), made a
-//! tower `Service` by the small adapter at the bottom, then wrapped in
-//! `BearerAuthLayer` like any other service.
+//! The client is `reqwest` (for TLS: hyper-util has none of its own):
+//! `reqwest::Client` is a tower `Service<reqwest::Request>`, wrapped in
+//! `BearerAuthLayer` like any other service, with `Replay` outside it.
 
-use std::{
-    env,
-    future::Future,
-    pin::Pin,
-    process::ExitCode,
-    task::{Context, Poll},
+use std::{env, process::ExitCode};
+
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_oauth2::{
+    AuthMethod, BearerAuthLayer, ClientCredentials, OAuthErrorCode, Replay, TokenCache,
 };
-
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_oauth2::{AuthMethod, BearerAuthLayer, ClientCredentials, OAuthErrorCode, TokenCache};
 
 const TOKEN_URL: &str = "https://identity.officernd.com/oauth/token";
 const API_ORIGIN: &str = "https://app.officernd.com";
@@ -78,10 +72,13 @@ async fn main() -> Result<ExitCode, BoxError> {
         }
     }
 
-    // The token goes to the API's origin only, whatever URL a request names.
+    // The token goes to the API's origin only, whatever URL a request names;
+    // a rejected token is replaced and the request sent once more.
+    let http = reqwest::Client::new();
     let api = ServiceBuilder::new()
+        .retry(Replay::new())
         .layer(BearerAuthLayer::new(cache.clone()).allow_origin(API_ORIGIN)?)
-        .service(Reqwest(reqwest::Client::new()));
+        .service(http.clone());
 
     // The slug goes into the path percent-encoded, whatever it holds.
     let mut url = url::Url::parse(API_ORIGIN)?;
@@ -90,44 +87,18 @@ async fn main() -> Result<ExitCode, BoxError> {
         .extend(["api", "v2", "organizations", &org, "members"]);
     url.set_query(Some("$limit=5"));
 
-    let request = http::Request::get(url.as_str()).body(String::new())?;
+    let request = http.get(url.as_str()).build()?;
     let response = api.oneshot(request).await?;
-    let body = response.body();
-    println!("GET {url} -> {}", response.status());
+    let status = response.status();
+    let body = response.bytes().await?;
+    println!("GET {url} -> {status}");
     println!("{}", String::from_utf8_lossy(&body[..body.len().min(600)]));
     if body.len() > 600 {
         println!("... ({} bytes in all)", body.len());
     }
-    Ok(if response.status().is_success() {
+    Ok(if status.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// `reqwest::Client` as a tower `Service<http::Request<String>>`, answering
-/// with the whole body in memory (`Bytes`).
-#[derive(Clone)]
-struct Reqwest(reqwest::Client);
-
-impl Service<http::Request<String>> for Reqwest {
-    type Response = http::Response<Bytes>;
-    type Error = reqwest::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // reqwest queues internally: always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<String>) -> Self::Future {
-        let client = self.0.clone();
-        Box::pin(async move {
-            let request = reqwest::Request::try_from(request)?;
-            let response: http::Response<reqwest::Body> = client.execute(request).await?.into();
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok(http::Response::from_parts(parts, body))
-        })
-    }
 }

@@ -1,6 +1,7 @@
 //! OAuth 2.0 bearer authentication for [tower] clients.
 //!
-//! Wrap any `Service<http::Request<B>>` in [`BearerAuthLayer`] and every
+//! Wrap any `Service<http::Request<B>>` (any body type: hyper, axum, a tonic
+//! channel) or a `reqwest::Client` in [`BearerAuthLayer`] and every
 //! request leaves with `Authorization: Bearer <token>`. The token comes from
 //! a [`TokenCache`] that every clone of the service shares: reading it is one
 //! atomic load, a background task refreshes it before it expires, and however
@@ -43,7 +44,9 @@
 //! ```
 //!
 //! The module docs of [`layer`], [`cache`], [`store`], [`grant`] and
-//! [`endpoint`] go further, each with an example.
+//! [`endpoint`] go further, each with an example; [`layer::replay`] sends a
+//! request once more after a rejected token, and the `reqwest-middleware`
+//! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
 //!
 //! Secrets (client secret, access and refresh tokens) never appear in the
 //! `Debug` or `Display` output of any type in this crate, nor in its errors
@@ -61,6 +64,8 @@ pub mod endpoint;
 mod error;
 pub mod grant;
 pub mod layer;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 pub mod store;
 mod token;
 
@@ -68,6 +73,12 @@ pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
 pub use error::{Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
-pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer};
+pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::BearerAuthMiddleware;
+/// The `secrecy` crate this one uses: refresh tokens reach you as its
+/// [`SecretString`](secrecy::SecretString), and this re-export saves matching
+/// its version by hand.
+pub use secrecy;
 pub use store::{FileStore, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -387,12 +387,19 @@ impl ResourceServer {
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-fn api_client(cache: &TokenCache) -> tower_oauth2::BearerAuth<HttpClient> {
+/// The recommended stack: `Replay` outside the layer sends a request whose
+/// token was rejected once more.
+type ApiClient = tower::retry::Retry<tower_oauth2::Replay, tower_oauth2::BearerAuth<HttpClient>>;
+
+fn api_client(cache: &TokenCache) -> ApiClient {
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    BearerAuthLayer::new(cache.clone()).layer(http)
+    tower::ServiceBuilder::new()
+        .retry(tower_oauth2::Replay::new())
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(http)
 }
 
-async fn call(client: &mut tower_oauth2::BearerAuth<HttpClient>, url: &str) -> StatusCode {
+async fn call(client: &mut ApiClient, url: &str) -> StatusCode {
     let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
     let response = client.ready().await.unwrap().call(request).await.unwrap();
     let status = response.status();

@@ -1,5 +1,6 @@
-//! BearerAuth behaviour: headers, opt-outs, origins, 401 handling. Inner
-//! services are in-memory; time is paused.
+//! BearerAuth behaviour: headers, opt-outs, origins, caches per origin,
+//! rejected tokens, and the Replay retry policy. Inner services are
+//! in-memory; time is paused.
 
 mod support;
 
@@ -16,9 +17,12 @@ use http::{
 };
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use support::scripted::{Reply, Scripted};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{retry::RetryLayer, service_fn, Layer, Service, ServiceExt};
 use tower_oauth2::{
-    layer::{BearerAuthError, NoBearerAuth, ReplayBody},
+    layer::{
+        replay::{CloneBody, EmptyBody},
+        BearerAuthError, NoBearerAuth, Replay, TokenRejected,
+    },
     BearerAuthLayer, Error, ErrorKind, RefreshPolicy, TokenCache,
 };
 
@@ -201,8 +205,9 @@ async fn the_token_goes_only_to_allowed_origins() {
 async fn concurrent_401s_cause_one_refresh_and_one_replay_each() {
     let (script, cache) = hour_tokens();
     let seen = Seen::default();
-    let client =
-        BearerAuthLayer::new(cache.clone()).layer(upstream::<String>(&seen, rejects_first_token));
+    let client = RetryLayer::new(Replay::new().copy_body(CloneBody)).layer(
+        BearerAuthLayer::new(cache.clone()).layer(upstream::<String>(&seen, rejects_first_token)),
+    );
     cache.token().await.unwrap();
     let requests: Vec<_> = (0..50)
         .map(|i| {
@@ -242,12 +247,13 @@ async fn concurrent_401s_cause_one_refresh_and_one_replay_each() {
 async fn a_request_is_replayed_at_most_once() {
     let (script, cache) = hour_tokens();
     let seen = Seen::default();
-    let mut client =
-        BearerAuthLayer::new(cache).layer(upstream::<String>(&seen, |_| invalid_token()));
+    let mut client = RetryLayer::new(Replay::new())
+        .layer(BearerAuthLayer::new(cache).layer(upstream::<String>(&seen, |_| invalid_token())));
     let response = send(&mut client, get("https://api.example.com/"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.extensions().get::<TokenRejected>().is_some());
     assert_eq!(
         seen.headers(),
         vec![Some("Bearer token-1".into()), Some("Bearer token-2".into())]
@@ -258,20 +264,19 @@ async fn a_request_is_replayed_at_most_once() {
 #[tokio::test(start_paused = true)]
 async fn a_body_that_cannot_be_copied_is_not_replayed_but_the_token_is_dropped() {
     type Streaming = BoxBody<Bytes, Infallible>;
-    assert!(Full::new(Bytes::from_static(b"x"))
-        .boxed()
-        .try_clone()
-        .is_none());
     let (script, cache) = hour_tokens();
     let seen = Seen::default();
-    let mut client =
-        BearerAuthLayer::new(cache).layer(upstream::<Streaming>(&seen, rejects_first_token));
+    // The default copies only empty bodies: this one streams data.
+    let mut client = RetryLayer::new(Replay::new().copy_body(EmptyBody)).layer(
+        BearerAuthLayer::new(cache).layer(upstream::<Streaming>(&seen, rejects_first_token)),
+    );
     let body = || Full::new(Bytes::from_static(b"stream")).boxed();
     let request = Request::post("https://api.example.com/upload")
         .body(body())
         .unwrap();
     let first = send(&mut client, request).await.unwrap();
     assert_eq!(first.status(), StatusCode::UNAUTHORIZED);
+    assert!(first.extensions().get::<TokenRejected>().is_some());
     let request = Request::post("https://api.example.com/upload")
         .body(body())
         .unwrap();
@@ -313,13 +318,16 @@ async fn answers_that_do_not_blame_the_token_are_returned_as_they_are() {
     for (answer, plain_401) in cases {
         let (script, cache) = hour_tokens();
         let seen = Seen::default();
-        let mut client = BearerAuthLayer::new(cache.clone())
-            .retry_plain_401(plain_401)
-            .layer(upstream::<String>(&seen, move |_| answer()));
+        let mut client = RetryLayer::new(Replay::new()).layer(
+            BearerAuthLayer::new(cache.clone())
+                .plain_401_rejects(plain_401)
+                .layer(upstream::<String>(&seen, move |_| answer())),
+        );
         let response = send(&mut client, get("https://api.example.com/"))
             .await
             .unwrap();
         assert_eq!(response.status(), answer().status());
+        assert!(response.extensions().get::<TokenRejected>().is_none());
         assert_eq!(seen.count(), 1, "{:?} not replayed", answer().status());
         assert_eq!(cache.stats().invalidations, 0);
         assert_eq!(script.calls(), 1);
@@ -330,11 +338,12 @@ async fn answers_that_do_not_blame_the_token_are_returned_as_they_are() {
 async fn a_plain_401_counts_by_default() {
     let (script, cache) = hour_tokens();
     let seen = Seen::default();
-    let mut client =
-        BearerAuthLayer::new(cache).layer(upstream::<String>(&seen, |auth| match auth {
+    let mut client = RetryLayer::new(Replay::new()).layer(BearerAuthLayer::new(cache).layer(
+        upstream::<String>(&seen, |auth| match auth {
             Some("Bearer token-1") => status(StatusCode::UNAUTHORIZED, None),
             _ => ok(),
-        }));
+        }),
+    ));
     let response = send(&mut client, get("https://api.example.com/"))
         .await
         .unwrap();
@@ -343,19 +352,231 @@ async fn a_plain_401_counts_by_default() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unauthorized_handling_can_be_turned_off() {
+async fn the_bare_layer_drops_a_rejected_token_and_copies_nothing() {
     let (script, cache) = hour_tokens();
     let seen = Seen::default();
-    let mut client = BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(false)
-        .layer(upstream::<String>(&seen, rejects_first_token));
+    let mut client =
+        BearerAuthLayer::new(cache.clone()).layer(upstream::<String>(&seen, rejects_first_token));
     let response = send(&mut client, get("https://api.example.com/"))
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "not replayed");
+    assert!(response.extensions().get::<TokenRejected>().is_some());
     assert_eq!(seen.count(), 1);
+    assert_eq!(cache.stats().invalidations, 1, "the token was dropped");
+    let response = send(&mut client, get("https://api.example.com/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        seen.headers(),
+        vec![Some("Bearer token-1".into()), Some("Bearer token-2".into())]
+    );
+    assert_eq!(script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_to_a_request_sent_without_a_token_drops_nothing() {
+    let (script, cache) = hour_tokens();
+    let seen = Seen::default();
+    let mut client = RetryLayer::new(Replay::new()).layer(
+        BearerAuthLayer::new(cache.clone())
+            .allow_origin("https://api.example.com")
+            .unwrap()
+            .layer(upstream::<String>(&seen, |_| invalid_token())),
+    );
+    cache.token().await.unwrap();
+    let response = send(&mut client, get("https://elsewhere.example.com/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.extensions().get::<TokenRejected>().is_none());
+    assert_eq!(seen.headers(), vec![None], "sent once, without a token");
     assert_eq!(cache.stats().invalidations, 0);
     assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_ahead_reaches_every_service_clone() {
+    let (script, cache) = hour_tokens();
+    let seen = Seen::default();
+    let first = BearerAuthLayer::new(cache.clone()).layer(upstream::<()>(&seen, |_| ok()));
+    let mut clones = vec![first.clone(), first.clone(), first];
+    for client in &mut clones {
+        send(client, get("https://api.example.com/")).await.unwrap();
+    }
+    // Past the refresh point, before expiry: the cache has a new token.
+    tokio::time::sleep(Duration::from_secs(55 * 60)).await;
+    assert_eq!(cache.stats().refreshes_ahead, 1);
+    for client in &mut clones {
+        send(client, get("https://api.example.com/")).await.unwrap();
+    }
+    let headers = seen.headers();
+    assert!(headers[..3]
+        .iter()
+        .all(|h| h.as_deref() == Some("Bearer token-1")));
+    assert!(
+        headers[3..]
+            .iter()
+            .all(|h| h.as_deref() == Some("Bearer token-2")),
+        "{headers:?}"
+    );
+    assert_eq!(script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_origin_gets_the_token_of_its_own_cache() {
+    let (storage_script, storage) = hour_tokens();
+    let pubsub_script = Scripted::new(|_| support::scripted::Reply::Token(Some(HOUR)));
+    let pubsub = TokenCache::with_policy(pubsub_script.source(), RefreshPolicy::new().jitter(0.0));
+    let seen = Seen::default();
+    let mut client = BearerAuthLayer::per_origin()
+        .origin("https://storage.example.com", storage.clone())
+        .unwrap()
+        .origin("https://pubsub.example.com", pubsub.clone())
+        .unwrap()
+        .layer(upstream::<()>(&seen, |_| ok()));
+    let pubsub_token = pubsub.token().await.unwrap();
+    for uri in [
+        "https://storage.example.com/b/1",
+        "https://pubsub.example.com/t/1",
+        "https://elsewhere.example.com/",
+        "/relative",
+        "https://storage.example.com/b/2",
+    ] {
+        send(&mut client, get(uri)).await.unwrap();
+    }
+    let headers = seen.headers();
+    assert_eq!(headers[0].as_deref(), Some("Bearer token-1"));
+    assert_eq!(
+        headers[1],
+        Some(pubsub_token.header_value().to_str().unwrap().to_owned())
+    );
+    assert_eq!(headers[2..4], [None, None], "no cache for these origins");
+    assert_eq!(headers[4].as_deref(), Some("Bearer token-1"));
+    assert_eq!((storage_script.calls(), pubsub_script.calls()), (1, 1));
+    // A rejected token is dropped from its own cache only.
+    let mut rejecting = BearerAuthLayer::per_origin()
+        .origin("https://storage.example.com", storage.clone())
+        .unwrap()
+        .origin("https://pubsub.example.com", pubsub.clone())
+        .unwrap()
+        .layer(upstream::<()>(&seen, |_| invalid_token()));
+    send(&mut rejecting, get("https://pubsub.example.com/t/2"))
+        .await
+        .unwrap();
+    assert_eq!(pubsub.stats().invalidations, 1);
+    assert_eq!(storage.stats().invalidations, 0);
+    // A default cache serves every origin not listed.
+    let mut with_default = BearerAuthLayer::new(storage)
+        .origin("https://pubsub.example.com", pubsub)
+        .unwrap()
+        .layer(upstream::<()>(&seen, |_| ok()));
+    send(&mut with_default, get("https://elsewhere.example.com/"))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.headers().last().unwrap().as_deref(),
+        Some("Bearer token-1")
+    );
+    assert!(BearerAuthLayer::per_origin()
+        .allow_origin("https://api.example.com")
+        .is_err());
+}
+
+/// Retries a 503 once, as a user's own policy would.
+#[derive(Clone, Default)]
+struct RetryUnavailableOnce(bool);
+
+impl<B: Clone, E> tower::retry::Policy<Request<B>, Response<()>, E> for RetryUnavailableOnce {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<B>,
+        result: &mut Result<Response<()>, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE && !self.0 => {
+                self.0 = true;
+                Some(std::future::ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        let mut copy = Request::new(request.body().clone());
+        *copy.uri_mut() = request.uri().clone();
+        Some(copy)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn replay_wraps_a_retry_policy_of_your_own() {
+    let (script, cache) = hour_tokens();
+    let seen = Seen::default();
+    let answers = Arc::new(Mutex::new(vec![
+        ok(),
+        invalid_token(),
+        status(StatusCode::SERVICE_UNAVAILABLE, None),
+    ]));
+    let next = answers.clone();
+    let mut client = RetryLayer::new(Replay::new().with_policy(RetryUnavailableOnce::default()))
+        .layer(
+            BearerAuthLayer::new(cache).layer(upstream::<String>(&seen, move |_| {
+                next.lock().unwrap().pop().unwrap()
+            })),
+        );
+    let request = Request::post("https://api.example.com/items")
+        .body("streamed once, copied by my policy".to_owned())
+        .unwrap();
+    let response = send(&mut client, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        seen.headers(),
+        vec![
+            Some("Bearer token-1".into()), // 503: my policy retries
+            Some("Bearer token-1".into()), // 401 invalid_token: replayed
+            Some("Bearer token-2".into()), // 200
+        ]
+    );
+    assert!(answers.lock().unwrap().is_empty());
+    assert_eq!(script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reqwest_requests_go_through_the_layer_too() {
+    let (script, cache) = hour_tokens();
+    let seen = Seen::default();
+    let record = seen.clone();
+    let api = service_fn(move |request: reqwest::Request| {
+        let auth = request.headers().get(AUTHORIZATION).cloned();
+        let sensitive = auth.as_ref().is_some_and(HeaderValue::is_sensitive);
+        let auth = auth.map(|h| h.to_str().unwrap().to_owned());
+        record.0.lock().unwrap().push((auth.clone(), sensitive));
+        let answer = rejects_first_token(auth.as_deref()).map(|()| String::new());
+        async move { Ok::<_, Infallible>(reqwest::Response::from(answer)) }
+    });
+    let mut client =
+        RetryLayer::new(Replay::new()).layer(BearerAuthLayer::new(cache.clone()).layer(api));
+    let http = reqwest::Client::new();
+    let request = http
+        .post("https://api.example.com/items")
+        .body("in memory, so try_clone copies it")
+        .build()
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        seen.0.lock().unwrap().clone(),
+        vec![
+            (Some("Bearer token-1".to_owned()), true),
+            (Some("Bearer token-2".to_owned()), true)
+        ]
+    );
+    assert_eq!(script.calls(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,7 +21,9 @@ use tower::{
     buffer::BufferLayer, limit::ConcurrencyLimitLayer, retry::Policy, service_fn,
     timeout::TimeoutLayer, BoxError, Layer, Service, ServiceBuilder, ServiceExt,
 };
-use tower_oauth2::{BearerAuthError, BearerAuthLayer, Error, ErrorKind, RefreshPolicy, TokenCache};
+use tower_oauth2::{
+    BearerAuthError, BearerAuthLayer, Error, ErrorKind, RefreshPolicy, Replay, TokenCache,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -99,7 +101,7 @@ async fn retry_outside_reads_the_current_token_on_every_attempt() {
     });
     let client = ServiceBuilder::new()
         .retry(RetryUnauthorizedOnce(Arc::default()))
-        .layer(BearerAuthLayer::new(cache.clone()).handle_unauthorized(false))
+        .layer(BearerAuthLayer::new(cache.clone()))
         .service(upstream);
     let response = client.oneshot(Request::new(String::new())).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -441,7 +443,10 @@ async fn over_hyper_util_a_401_is_replayed_with_a_new_token() {
     let (url, hits) = upstream(Some("token-1")).await;
     let script = Scripted::tokens(HOUR);
     let cache = hour_cache(&script);
-    let client = BearerAuthLayer::new(cache.clone()).layer(http_client());
+    let client = ServiceBuilder::new()
+        .retry(Replay::new())
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(http_client());
     assert_eq!(
         get_body(client, &url).await,
         (StatusCode::OK, "Bearer token-2".to_owned())

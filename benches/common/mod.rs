@@ -1,6 +1,7 @@
 //! The request-path variants the benches compare, each a tower service that
-//! adds `Authorization: Bearer <token>` to a `Request<()>` and calls a trivial
-//! inner service.
+//! adds `Authorization: Bearer <token>` to a request and calls a trivial
+//! inner service. Requests have a `()` body, except where a retry policy
+//! needs a body it can copy (an empty `String`, which allocates nothing).
 #![allow(dead_code)]
 
 use std::{
@@ -13,8 +14,8 @@ use std::{
 };
 
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
-use tower::{Layer, Service};
-use tower_oauth2::{BearerAuthLayer, Error, Token, TokenCache, TokenSource};
+use tower::{retry::Retry, Layer, Service};
+use tower_oauth2::{BearerAuth, BearerAuthLayer, Error, Replay, Token, TokenCache, TokenSource};
 
 pub const TOKEN: &str =
     "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.bench-token-of-a-realistic-length-0123456789";
@@ -23,7 +24,7 @@ pub const TOKEN: &str =
 #[derive(Clone, Copy)]
 pub struct Inner;
 
-impl Service<Request<()>> for Inner {
+impl<B> Service<Request<B>> for Inner {
     type Response = Response<()>;
     type Error = Infallible;
     type Future = Ready<Result<Response<()>, Infallible>>;
@@ -32,7 +33,7 @@ impl Service<Request<()>> for Inner {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<()>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         debug_assert!(request.headers().len() <= 1);
         ready(Ok(Response::new(())))
     }
@@ -165,10 +166,42 @@ pub fn warm_cache(runtime: &tokio::runtime::Runtime) -> TokenCache {
     })
 }
 
-pub fn bearer(cache: &TokenCache, handle_401: bool) -> tower_oauth2::BearerAuth<Inner> {
-    BearerAuthLayer::new(cache.clone())
-        .handle_unauthorized(handle_401)
-        .layer(Inner)
+/// `BearerAuth` as a user gets it by default.
+pub fn bearer(cache: &TokenCache) -> BearerAuth<Inner> {
+    BearerAuthLayer::new(cache.clone()).layer(Inner)
+}
+
+/// `BearerAuth` behind `tower::retry` with the crate's `Replay` policy.
+pub fn bearer_with_replay(cache: &TokenCache) -> Retry<Replay, BearerAuth<Inner>> {
+    Retry::new(Replay::new(), bearer(cache))
+}
+
+/// `BearerAuth` behind `tower::retry` with a plain cloning policy.
+pub fn bearer_with_cloning_retry(cache: &TokenCache) -> Retry<Cloning, BearerAuth<Inner>> {
+    Retry::new(Cloning, bearer(cache))
+}
+
+/// The static header behind `tower::retry` with a plain cloning policy:
+/// what retrying costs without this crate.
+pub fn static_with_cloning_retry() -> Retry<Cloning, tower_http::auth::AddAuthorization<Inner>> {
+    Retry::new(Cloning, static_header())
+}
+
+/// The simplest `tower::retry` policy that can retry anything: copies every
+/// request (method, URI, version, headers, extensions, body), never retries.
+#[derive(Clone, Copy)]
+pub struct Cloning;
+
+impl<B: Clone, Res, E> tower::retry::Policy<Request<B>, Res, E> for Cloning {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut Request<B>, _: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        Some(request.clone())
+    }
 }
 
 /// One request through `service`, polled to completion on the spot (every
@@ -178,9 +211,26 @@ pub fn one<S>(service: &mut S)
 where
     S: Service<Request<()>>,
 {
+    one_with(service, ())
+}
+
+/// One request with an empty `String` body (for the retry variants).
+#[inline]
+pub fn one_string<S>(service: &mut S)
+where
+    S: Service<Request<String>>,
+{
+    one_with(service, String::new())
+}
+
+#[inline]
+fn one_with<S, B>(service: &mut S, body: B)
+where
+    S: Service<Request<B>>,
+{
     let mut cx = Context::from_waker(Waker::noop());
     assert!(service.poll_ready(&mut cx).is_ready());
-    let future = pin!(service.call(Request::new(())));
+    let future = pin!(service.call(Request::new(body)));
     match future.poll(&mut cx) {
         Poll::Ready(Ok(_)) => {}
         _ => panic!("the bench expects an immediate answer"),

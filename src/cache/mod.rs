@@ -33,9 +33,10 @@ mod policy;
 mod refresher;
 
 use std::{
+    ops::Deref,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
@@ -224,11 +225,27 @@ impl TokenCache {
     /// The header and identity of the current token, if one is ready: the
     /// layer's hot path. One atomic load; no lock, clock or allocation.
     #[inline]
+    // The layer reads through a `HeaderReader`; the reqwest-middleware adapter, here.
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
     pub(crate) fn current_header(&self) -> Option<(HeaderValue, u64)> {
         match &**self.shared.slot.load() {
             Slot::Ready(token) => Some((token.header_value().clone(), token.id())),
             _ => None,
         }
+    }
+
+    /// A reader of the current header for one service clone: the layer's
+    /// hot path (see [`HeaderReader`]).
+    pub(crate) fn header_reader(&self) -> HeaderReader {
+        HeaderReader {
+            slot: arc_swap::Cache::new(SlotOf(self.shared.clone())),
+            cache: self.clone(),
+        }
+    }
+
+    /// A handle that does not keep the cache (nor its task) alive.
+    pub(crate) fn downgrade(&self) -> WeakTokenCache {
+        WeakTokenCache(Arc::downgrade(&self.shared))
     }
 
     /// What the cache has done so far.
@@ -289,6 +306,59 @@ impl TokenCache {
             .inbox
             .send(Message::Wanted)
             .map_err(|_| Error::closed())
+    }
+}
+
+/// The current header, read through an [`arc_swap::Cache`]: while the slot
+/// has not changed, a read is one relaxed load and a pointer comparison (no
+/// reference count, no write to shared memory). Each service clone has its
+/// own, so it needs `&mut`.
+#[derive(Clone)]
+pub(crate) struct HeaderReader {
+    slot: arc_swap::Cache<SlotOf, Arc<Slot>>,
+    cache: TokenCache,
+}
+
+impl HeaderReader {
+    /// Same answer as [`TokenCache::current_header`], cheaper.
+    #[inline]
+    pub(crate) fn current_header(&mut self) -> Option<(HeaderValue, u64)> {
+        match &**self.slot.load() {
+            Slot::Ready(token) => Some((token.header_value().clone(), token.id())),
+            _ => None,
+        }
+    }
+
+    /// The cache this reader reads.
+    pub(crate) fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+#[derive(Clone)]
+struct SlotOf(Arc<Shared>);
+
+impl Deref for SlotOf {
+    type Target = ArcSwap<Slot>;
+
+    fn deref(&self) -> &ArcSwap<Slot> {
+        &self.0.slot
+    }
+}
+
+/// A [`TokenCache`] that is not kept alive by this handle.
+#[derive(Clone)]
+pub(crate) struct WeakTokenCache(Weak<Shared>);
+
+impl WeakTokenCache {
+    /// The cache, if any strong handle is left.
+    pub(crate) fn upgrade(&self) -> Option<TokenCache> {
+        self.0.upgrade().map(|shared| TokenCache { shared })
+    }
+
+    /// Whether both handles are for one cache.
+    pub(crate) fn is(&self, cache: &TokenCache) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&cache.shared))
     }
 }
 

@@ -6,176 +6,96 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::{header::AUTHORIZATION, Request, Response};
 use pin_project_lite::pin_project;
-use tower_service::Service;
 
-use super::{replay::try_clone_request, BearerAuthError, Replay, ReplayBody, RetryOn};
-use crate::TokenCache;
+use super::{message::mark_if_rejected, registry, AuthResponse, BearerAuthError};
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, BearerAuthError<E>>> + Send>>;
+
+/// The token a request was sent with: enough to drop it if it is rejected,
+/// and small (no handle, so no reference count per request).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sent {
+    pub(super) cache: usize,
+    pub(super) token_id: u64,
+    pub(super) plain_401: bool,
+}
+
+impl Sent {
+    /// Reads the answer: a rejected token is dropped from its cache, and the
+    /// answer marked [`TokenRejected`](super::TokenRejected).
+    pub(super) fn check<R: AuthResponse>(self, response: &mut R) {
+        if mark_if_rejected(response, self.plain_401) {
+            tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
+            registry::invalidate(self.cache, self.token_id);
+        }
+    }
+}
 
 pin_project! {
     /// Response future of [`BearerAuth`](super::BearerAuth).
     ///
-    /// When a token was ready, this is the inner service's future and
-    /// nothing more; waiting for a token or replaying after a 401 happens in
-    /// a boxed future, off the usual path.
-    pub struct ResponseFuture<S, B>
-    where
-        S: Service<Request<B>>,
-    {
+    /// When a token was ready, this is the inner service's future and two
+    /// integers; waiting for a token happens in a boxed future, off the
+    /// usual path.
+    pub struct ResponseFuture<F, T, E> {
         #[pin]
-        state: State<S, B>,
+        state: State<F, T, E>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B>
-    where
-        S: Service<Request<B>>,
-    {
+    enum State<F, T, E> {
         Sent {
             #[pin]
-            future: S::Future,
-            replay: Option<Replay<S, B>>,
+            future: F,
+            sent: Option<Sent>,
         },
-        Boxed {
-            future: BoxFuture<S::Response, S::Error>,
+        Waiting {
+            future: BoxFuture<T, E>,
         },
     }
 }
 
-impl<S, B, ResBody> ResponseFuture<S, B>
-where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: ReplayBody + Send + 'static,
-    ResBody: Send + 'static,
-{
-    pub(super) fn passthrough(future: S::Future) -> Self {
+impl<F, T, E> ResponseFuture<F, T, E> {
+    pub(super) fn sent(future: F, sent: Option<Sent>) -> Self {
         Self {
-            state: State::Sent {
-                future,
-                replay: None,
-            },
+            state: State::Sent { future, sent },
         }
     }
 
-    pub(super) fn sent(future: S::Future, replay: Replay<S, B>) -> Self {
+    pub(super) fn waiting(future: BoxFuture<T, E>) -> Self {
         Self {
-            state: State::Sent {
-                future,
-                replay: Some(replay),
-            },
-        }
-    }
-
-    /// `ready` has been polled ready; it is called once a token is there.
-    pub(super) fn wait_for_token(
-        mut ready: S,
-        cache: TokenCache,
-        mut request: Request<B>,
-        retry: Option<RetryOn>,
-    ) -> Self {
-        let future = async move {
-            let token = cache.token().await.map_err(BearerAuthError::Token)?;
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, token.header_value().clone());
-            let replay = retry.map(|retry| Replay {
-                retry,
-                token_id: token.id(),
-                request: try_clone_request(&request),
-                service: ready.clone(),
-                cache,
-            });
-            let response = ready
-                .call(request)
-                .await
-                .map_err(BearerAuthError::Service)?;
-            match replay.and_then(|replay| replay.after(&response)) {
-                Some(resend) => resend.await,
-                None => Ok(response),
-            }
-        };
-        Self {
-            state: State::Boxed {
-                future: Box::pin(future),
-            },
+            state: State::Waiting { future },
         }
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<F, T, E> Future for ResponseFuture<F, T, E>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: ReplayBody + Send + 'static,
-    ResBody: Send + 'static,
+    F: Future<Output = Result<T, E>>,
+    T: AuthResponse,
 {
-    type Output = Result<Response<ResBody>, BearerAuthError<S::Error>>;
+    type Output = Result<T, BearerAuthError<E>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            let resend = match this.state.as_mut().project() {
-                StateProj::Sent { future, replay } => {
-                    let response = ready!(future.poll(cx)).map_err(BearerAuthError::Service)?;
-                    match replay.take().and_then(|replay| replay.after(&response)) {
-                        Some(resend) => resend,
-                        None => return Poll::Ready(Ok(response)),
-                    }
+        match self.project().state.project() {
+            StateProj::Sent { future, sent } => {
+                let mut response = ready!(future.poll(cx)).map_err(BearerAuthError::Service)?;
+                if let Some(sent) = sent.take() {
+                    sent.check(&mut response);
                 }
-                StateProj::Boxed { future } => return future.as_mut().poll(cx),
-            };
-            this.state.set(State::Boxed {
-                future: Box::pin(resend),
-            });
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }
 }
 
-impl<S, B, ResBody> Replay<S, B>
-where
-    S: Service<Request<B>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: Send + 'static,
-{
-    /// Reads the first answer. When it says the token was rejected, drops
-    /// that token and, if the request could be copied, returns the second
-    /// (and last) attempt.
-    pub(super) fn after(
-        self,
-        response: &Response<ResBody>,
-    ) -> Option<
-        impl Future<Output = Result<Response<ResBody>, BearerAuthError<S::Error>>> + Send + 'static,
-    > {
-        if !self.retry.matches(response) {
-            return None;
-        }
-        tracing::debug!(target: "tower_oauth2", replay = self.request.is_some(), "401: token rejected");
-        self.cache.invalidate_id(self.token_id);
-        let mut request = self.request?;
-        let mut service = self.service;
-        let cache = self.cache;
-        Some(async move {
-            let token = cache.token().await.map_err(BearerAuthError::Token)?;
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, token.header_value().clone());
-            std::future::poll_fn(|cx| service.poll_ready(cx))
-                .await
-                .map_err(BearerAuthError::Service)?;
-            service
-                .call(request)
-                .await
-                .map_err(BearerAuthError::Service)
-        })
+impl<F, T, E> std::fmt::Debug for ResponseFuture<F, T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

@@ -33,34 +33,69 @@
 //! # }
 //! ```
 //!
+//! [`BearerAuth`] takes [`http::Request<B>`] for any body type `B` (hyper,
+//! axum, tonic's gRPC channel, streaming bodies) and [`reqwest::Request`]
+//! (so a `reqwest::Client` is wrapped like any tower service). With the
+//! `reqwest-middleware` feature, [`BearerAuthMiddleware`] does the same for a
+//! `reqwest_middleware::ClientWithMiddleware`.
+//!
 //! # What a request goes through
 //!
 //! - A token is ready (the usual case): the header is inserted (replacing any
 //!   `Authorization` the request had) and the inner service is called at once.
-//!   That costs one atomic load and a reference-count increment; with 401
-//!   handling on (the default) also a copy of the request for the replay.
-//!   `handle_unauthorized(false)` drops the copy: see `BENCHMARKS.md`.
+//!   That costs one atomic load and the header insert; nothing is copied.
 //! - No token yet (the very first requests, or after an invalidation): the
 //!   request waits for the cache's single fetch, then goes out. `poll_ready`
 //!   only ever reports the inner service's readiness; a token failure comes
 //!   out of the response future as [`BearerAuthError::Token`].
-//! - The answer is `401` with `WWW-Authenticate: Bearer error="invalid_token"`
-//!   (or a plain 401 with no error code, unless [`retry_plain_401`] is off):
-//!   the token that was sent is invalidated and the request is sent once more
-//!   with a new one, if its body is a [`ReplayBody`] that could be copied.
-//!   Otherwise the 401 is returned as it came. A `403 insufficient_scope` is
-//!   always returned as it came.
+//! - The answer rejects the token (`401` with `WWW-Authenticate: Bearer
+//!   error="invalid_token"`, a plain 401, or gRPC `UNAUTHENTICATED`: see
+//!   [`TokenRejected`]): the token that was sent is dropped from the cache,
+//!   so the next request gets a new one, and the answer is returned marked
+//!   [`TokenRejected`]. Many rejections of one token cause one refresh.
 //! - A request carrying the [`NoBearerAuth`] extension, or going to an origin
-//!   outside [`allow_origin`]'s list, is passed on untouched.
+//!   no cache serves (see [`allow_origin`] and [`origin`]), is passed on
+//!   untouched.
+//!
+//! # Replay after a rejected token
+//!
+//! Sending a request a second time needs a copy of it, made before the
+//! first attempt. That is the job of a [`tower::retry`] policy outside the
+//! layer, [`Replay`], not of the layer itself: it replays a request once
+//! when its answer is marked [`TokenRejected`], can wrap your own retry
+//! policy, and copies bodies as you tell it to (see [`replay`]).
+//!
+//! ```
+//! # use std::convert::Infallible;
+//! # async fn run(cache: tower_oauth2::TokenCache) {
+//! # let api = tower::service_fn(|_: http::Request<String>| async {
+//! #     Ok::<_, Infallible>(http::Response::new(()))
+//! # });
+//! use tower::ServiceBuilder;
+//! use tower_oauth2::layer::{BearerAuthLayer, Replay};
+//!
+//! let client = ServiceBuilder::new()
+//!     .retry(Replay::new()) // replays once, with a new token, when the body can be copied
+//!     .layer(BearerAuthLayer::new(cache))
+//!     .service(api);
+//! # drop(client);
+//! # }
+//! ```
 //!
 //! Put `tower::timeout` *outside* this layer to bound the wait for a token,
 //! and `tower::retry` outside to have every attempt read the current token.
 //!
-//! [`retry_plain_401`]: BearerAuthLayer::retry_plain_401
 //! [`allow_origin`]: BearerAuthLayer::allow_origin
+//! [`origin`]: BearerAuthLayer::origin
+//! [`BearerAuthMiddleware`]: crate::BearerAuthMiddleware
+//! [`tower::retry`]: https://docs.rs/tower/latest/tower/retry/index.html
 
 mod future;
-mod replay;
+mod message;
+mod origin;
+mod registry;
+mod rejection;
+pub mod replay;
 
 use std::{
     fmt,
@@ -68,85 +103,120 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use future::ResponseFuture;
-pub use replay::ReplayBody;
+pub use message::{AuthRequest, AuthResponse};
+pub use rejection::TokenRejected;
+pub use replay::Replay;
 
-use crate::{Error, TokenCache};
+#[cfg(feature = "reqwest-middleware")]
+pub(crate) use message::{mark_if_rejected, sealed};
+pub(crate) use origin::Routes;
+
+use crate::{cache::HeaderReader, Error, TokenCache};
+use future::Sent;
+use origin::Origin;
 
 /// Adds a bearer token from a [`TokenCache`] to requests. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct BearerAuthLayer {
-    cache: TokenCache,
-    config: Config,
+    caches: Vec<Entry>,
+    routes: Routes,
+    plain_401: bool,
 }
 
+/// A cache the layer uses, with its index in the [`registry`].
 #[derive(Clone, Debug)]
-struct Config {
-    handle_401: bool,
-    retry_plain_401: bool,
-    origins: Option<Arc<[Origin]>>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
+pub(crate) struct Entry {
+    pub(crate) cache: TokenCache,
+    pub(crate) index: usize,
 }
 
 impl BearerAuthLayer {
-    /// Adds tokens from `cache`.
+    /// Adds tokens from `cache` to every request (see
+    /// [`allow_origin`](Self::allow_origin) to narrow that down).
     pub fn new(cache: TokenCache) -> Self {
+        Self::per_origin().with_cache(cache, None)
+    }
+
+    /// A layer that adds no token until told which cache serves which
+    /// origin with [`origin`](Self::origin): one client calling several
+    /// APIs, each with its own audience or scopes. A request to any other
+    /// origin leaves without a token.
+    pub fn per_origin() -> Self {
         Self {
-            cache,
-            config: Config {
-                handle_401: true,
-                retry_plain_401: true,
-                origins: None,
-            },
+            caches: Vec::new(),
+            routes: Routes::default(),
+            plain_401: true,
         }
     }
 
-    /// Whether to act on a `401` (invalidate the token sent, replay the
-    /// request once). On by default. Turning it off saves the copy of each
-    /// replayable request (its headers and body handle) that the replay needs:
-    /// the request path then does exactly what a static header would.
-    pub fn handle_unauthorized(mut self, enabled: bool) -> Self {
-        self.config.handle_401 = enabled;
-        self
+    /// Sends requests to `origin` (`scheme://host[:port]`) with tokens from
+    /// `cache`. May be called for several origins and caches; the first
+    /// listed origin that matches a request wins.
+    ///
+    /// ```
+    /// # async fn run(storage: tower_oauth2::TokenCache, pubsub: tower_oauth2::TokenCache) -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::BearerAuthLayer;
+    ///
+    /// let layer = BearerAuthLayer::per_origin()
+    ///     .origin("https://storage.googleapis.com", storage)?
+    ///     .origin("https://pubsub.googleapis.com", pubsub)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn origin(self, origin: &str, cache: TokenCache) -> Result<Self, Error> {
+        let origin = Origin::parse(origin)?;
+        Ok(self.with_cache(cache, Some(origin)))
     }
 
-    /// Whether a 401 without an `error` code in its `WWW-Authenticate`
-    /// challenge (or with no challenge at all) counts as a rejected token.
-    /// On by default: many APIs answer an expired token that way. A 401 that
-    /// names another error (`invalid_request`) never counts.
-    pub fn retry_plain_401(mut self, enabled: bool) -> Self {
-        self.config.retry_plain_401 = enabled;
-        self
-    }
-
-    /// Sends the token only to this origin (`scheme://host[:port]`); may be
-    /// called several times. Without any, every request gets the token.
-    /// Requests to other origins, and requests without an absolute URI, are
-    /// passed on without it.
+    /// Sends the token of the cache given to [`new`](Self::new) only to this
+    /// origin (`scheme://host[:port]`); may be called several times. Without
+    /// any, every request gets that token. Requests to other origins, and
+    /// requests without an absolute URI, are passed on without it.
     pub fn allow_origin(mut self, origin: &str) -> Result<Self, Error> {
-        let origin = parse_origin(origin)?;
-        let mut list: Vec<Origin> = match self.config.origins.take() {
-            Some(list) => list.iter().map(clone_origin).collect(),
-            None => Vec::new(),
-        };
-        list.push(origin);
-        self.config.origins = Some(list.into());
+        let origin = Origin::parse(origin)?;
+        if self.caches.is_empty() {
+            return Err(Error::config(
+                "allow_origin: this layer has no cache of its own; use origin(origin, cache)",
+            ));
+        }
+        self.routes.fallback = None;
+        self.routes.routes.push((origin, 0));
         Ok(self)
     }
 
-    /// The cache this layer reads.
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
+    /// Whether a `401` that names no error in its `WWW-Authenticate`
+    /// challenge (or has no challenge at all) rejects the token. On by
+    /// default: many APIs answer an expired token that way. A 401 that names
+    /// another error (`invalid_request`) never does. See [`TokenRejected`].
+    pub fn plain_401_rejects(mut self, rejects: bool) -> Self {
+        self.plain_401 = rejects;
+        self
+    }
+
+    fn with_cache(mut self, cache: TokenCache, origin: Option<Origin>) -> Self {
+        let index = registry::index_of(&cache);
+        let position = match self.caches.iter().position(|e| e.index == index) {
+            Some(position) => position,
+            None => {
+                self.caches.push(Entry { cache, index });
+                self.caches.len() - 1
+            }
+        };
+        match origin {
+            Some(origin) => self.routes.routes.push((origin, position)),
+            None => self.routes.fallback = Some(position),
+        }
+        self
+    }
+
+    /// The caches and routes, for the `reqwest-middleware` adapter.
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (&[Entry], &Routes, bool) {
+        (&self.caches, &self.routes, self.plain_401)
     }
 }
 
@@ -154,27 +224,68 @@ impl<S> Layer<S> for BearerAuthLayer {
     type Service = BearerAuth<S>;
 
     fn layer(&self, inner: S) -> BearerAuth<S> {
+        let source = |entry: &Entry| Source {
+            reader: entry.cache.header_reader(),
+            index: entry.index,
+        };
+        let sources = match &self.caches[..] {
+            [] => Sources::Nothing,
+            [one] => Sources::One(source(one)),
+            many => Sources::Many(many.iter().map(source).collect()),
+        };
+        // Every request to the one cache: no table to consult, none to clone.
+        let routes = match (&self.routes.routes[..], self.routes.fallback) {
+            ([], Some(_)) => None,
+            _ => Some(Arc::new(self.routes.clone())),
+        };
         BearerAuth {
             inner,
-            cache: self.cache.clone(),
-            config: self.config.clone(),
+            sources,
+            routes,
+            plain_401: self.plain_401,
         }
     }
 }
 
 /// Adds a bearer token to requests, then calls `S`. Made by [`BearerAuthLayer`].
+///
+/// A service for [`http::Request<B>`] (any `B`) or [`reqwest::Request`]; see
+/// [`AuthRequest`].
 #[derive(Clone)]
 pub struct BearerAuth<S> {
     inner: S,
-    cache: TokenCache,
-    config: Config,
+    sources: Sources,
+    /// `None`: every request goes to the one cache (the usual case).
+    routes: Option<Arc<Routes>>,
+    plain_401: bool,
+}
+
+/// Where this service clone reads tokens: one reader per cache, each with
+/// its own `arc_swap::Cache`, so a read writes nothing shared.
+#[derive(Clone)]
+enum Sources {
+    Nothing,
+    One(Source),
+    Many(Box<[Source]>),
+}
+
+#[derive(Clone)]
+struct Source {
+    reader: HeaderReader,
+    index: usize,
 }
 
 impl<S> fmt::Debug for BearerAuth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let caches: Vec<&TokenCache> = match &self.sources {
+            Sources::Nothing => Vec::new(),
+            Sources::One(source) => vec![source.reader.cache()],
+            Sources::Many(sources) => sources.iter().map(|s| s.reader.cache()).collect(),
+        };
         f.debug_struct("BearerAuth")
-            .field("cache", &self.cache)
-            .field("config", &self.config)
+            .field("caches", &caches)
+            .field("routes", &self.routes)
+            .field("plain_401", &self.plain_401)
             .finish_non_exhaustive()
     }
 }
@@ -195,13 +306,20 @@ impl<S> BearerAuth<S> {
         self.inner
     }
 
-    fn wants_token<B>(&self, request: &Request<B>) -> bool {
-        if request.extensions().get::<NoBearerAuth>().is_some() {
-            return false;
+    /// The source of this request's token, if it gets one.
+    #[inline]
+    fn source_for<R: AuthRequest>(&mut self, request: &R) -> Option<&mut Source> {
+        if request.opted_out() {
+            return None;
         }
-        match &self.config.origins {
-            None => true,
-            Some(origins) => origin_of(request.uri()).is_some_and(|o| origins.contains(&o)),
+        let index = match &self.routes {
+            None => 0,
+            Some(routes) => routes.pick(request.target())?,
+        };
+        match &mut self.sources {
+            Sources::Nothing => None,
+            Sources::One(source) => Some(source),
+            Sources::Many(sources) => sources.get_mut(index),
         }
     }
 }
@@ -215,154 +333,60 @@ impl<S> BearerAuth<S> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoBearerAuth;
 
-impl<S, B, ResBody> Service<Request<B>> for BearerAuth<S>
+impl<S, R> Service<R> for BearerAuth<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    R: AuthRequest + Send + 'static,
+    S: Service<R> + Clone + Send + 'static,
+    S::Response: AuthResponse + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: ReplayBody + Send + 'static,
-    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = S::Response;
     type Error = BearerAuthError<S::Error>;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S::Future, S::Response, S::Error>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(BearerAuthError::Service)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !self.wants_token(&request) {
-            return ResponseFuture::passthrough(self.inner.call(request));
-        }
-        let Some((header, token_id)) = self.cache.current_header() else {
-            // Take the service that was polled ready; leave a clone behind.
-            let clone = self.inner.clone();
-            let ready = std::mem::replace(&mut self.inner, clone);
-            let retry = self.config.handle_401.then(|| self.retry_policy());
-            return ResponseFuture::wait_for_token(ready, self.cache.clone(), request, retry);
+    #[inline]
+    fn call(&mut self, mut request: R) -> Self::Future {
+        let plain_401 = self.plain_401;
+        let Some(source) = self.source_for(&request) else {
+            return ResponseFuture::sent(self.inner.call(request), None);
         };
-        request.headers_mut().insert(AUTHORIZATION, header);
-        if !self.config.handle_401 {
-            return ResponseFuture::passthrough(self.inner.call(request));
+        let cache = source.index;
+        if let Some((header, token_id)) = source.reader.current_header() {
+            request.set_authorization(header);
+            let sent = Sent {
+                cache,
+                token_id,
+                plain_401,
+            };
+            return ResponseFuture::sent(self.inner.call(request), Some(sent));
         }
-        let replay = Replay {
-            retry: self.retry_policy(),
-            cache: self.cache.clone(),
-            token_id,
-            request: replay::try_clone_request(&request),
-            service: self.inner.clone(),
-        };
-        ResponseFuture::sent(self.inner.call(request), replay)
-    }
-}
-
-impl<S> BearerAuth<S> {
-    fn retry_policy(&self) -> RetryOn {
-        RetryOn {
-            plain_401: self.config.retry_plain_401,
-        }
-    }
-}
-
-/// Which 401 answers count as "this token was rejected".
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RetryOn {
-    plain_401: bool,
-}
-
-impl RetryOn {
-    pub(crate) fn matches<T>(self, response: &Response<T>) -> bool {
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return false;
-        }
-        let mut codes = response
-            .headers()
-            .get_all(http::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(challenge_error);
-        match codes.next() {
-            Some(code) => code.eq_ignore_ascii_case("invalid_token"),
-            None => self.plain_401,
-        }
-    }
-}
-
-/// What the response future needs to replay a request after a 401.
-pub(crate) struct Replay<S, B> {
-    pub(crate) retry: RetryOn,
-    pub(crate) cache: TokenCache,
-    pub(crate) token_id: u64,
-    pub(crate) request: Option<Request<B>>,
-    pub(crate) service: S,
-}
-
-/// The `error` parameter of a `WWW-Authenticate` challenge (RFC 6750 §3),
-/// skipping quoted strings so a description cannot fake one.
-fn challenge_error(value: &HeaderValue) -> Option<String> {
-    // `to_str` admits visible ASCII only, so byte indices are char boundaries.
-    let text = value.to_str().ok()?;
-    let bytes = text.as_bytes();
-    let (mut i, mut quoted) = (0, false);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if quoted => i += 1,
-            b'"' => quoted = !quoted,
-            _ if !quoted
-                && text[i..].starts_with("error")
-                && (i == 0 || matches!(bytes[i - 1], b' ' | b',' | b'\t')) =>
-            {
-                if let Some(value) = text[i + 5..].trim_start().strip_prefix('=') {
-                    let value = value.trim_start();
-                    let code = match value.strip_prefix('"') {
-                        Some(rest) => rest.split('"').next().unwrap_or(""),
-                        None => value.split([',', ' ']).next().unwrap_or(""),
-                    };
-                    return Some(code.to_owned());
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-fn parse_origin(text: &str) -> Result<Origin, Error> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|_| Error::config(format!("`{text}` is not an origin (scheme://host[:port])")))?;
-    let path_is_root = matches!(
-        uri.path_and_query().map(|p| p.as_str()),
-        None | Some("/") | Some("")
-    );
-    match origin_of(&uri) {
-        Some(origin) if path_is_root => Ok(origin),
-        _ => Err(Error::config(format!(
-            "`{text}` is not an origin (scheme://host[:port], http or https)"
-        ))),
-    }
-}
-
-fn origin_of(uri: &Uri) -> Option<Origin> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    Some(Origin {
-        host: uri.host()?.to_ascii_lowercase(),
-        port: uri.port_u16().unwrap_or(default_port),
-        scheme,
-    })
-}
-
-fn clone_origin(origin: &Origin) -> Origin {
-    Origin {
-        scheme: origin.scheme.clone(),
-        host: origin.host.clone(),
-        port: origin.port,
+        // No token ready: wait for one, with the service that was polled
+        // ready (a clone stays behind for the next request).
+        // The future holds a handle: the service may be gone before it ends.
+        let tokens = source.reader.cache().clone();
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting(Box::pin(async move {
+            let token = tokens.token().await.map_err(BearerAuthError::Token)?;
+            request.set_authorization(token.header_value().clone());
+            let mut response = ready
+                .call(request)
+                .await
+                .map_err(BearerAuthError::Service)?;
+            let sent = Sent {
+                cache,
+                token_id: token.id(),
+                plain_401,
+            };
+            sent.check(&mut response);
+            Ok(response)
+        }))
     }
 }
 
@@ -394,67 +418,5 @@ where
             Self::Token(error) => Some(error),
             Self::Service(error) => Some(error),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn response(challenge: Option<&'static str>) -> Response<()> {
-        let mut response = Response::new(());
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        if let Some(c) = challenge {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
-        }
-        response
-    }
-
-    #[test]
-    fn which_401s_count() {
-        let lenient = RetryOn { plain_401: true };
-        let strict = RetryOn { plain_401: false };
-        let invalid = response(Some(
-            r#"Bearer realm="api", error="invalid_token", error_description="expired""#,
-        ));
-        assert!(lenient.matches(&invalid) && strict.matches(&invalid));
-        let plain = response(None);
-        assert!(lenient.matches(&plain) && !strict.matches(&plain));
-        let realm_only = response(Some(r#"Bearer realm="api""#));
-        assert!(lenient.matches(&realm_only) && !strict.matches(&realm_only));
-        let other = response(Some(r#"Bearer error="invalid_request""#));
-        assert!(!lenient.matches(&other));
-        let unquoted = response(Some("Bearer error=invalid_token"));
-        assert!(strict.matches(&unquoted));
-        let mut forbidden = response(Some(r#"Bearer error="insufficient_scope""#));
-        *forbidden.status_mut() = StatusCode::FORBIDDEN;
-        assert!(!lenient.matches(&forbidden));
-    }
-
-    #[test]
-    fn description_mentioning_error_is_not_the_code() {
-        let value = HeaderValue::from_static(
-            r#"Bearer error_description="error=x", error="invalid_token""#,
-        );
-        assert_eq!(challenge_error(&value).as_deref(), Some("invalid_token"));
-    }
-
-    #[test]
-    fn origins() {
-        let o = parse_origin("https://API.example.com").unwrap();
-        assert_eq!(
-            o,
-            origin_of(&"https://api.example.com:443/x?y".parse().unwrap()).unwrap()
-        );
-        assert_ne!(
-            Some(o),
-            origin_of(&"http://api.example.com/".parse().unwrap())
-        );
-        assert!(parse_origin("https://api.example.com/path").is_err());
-        assert!(parse_origin("api.example.com").is_err());
-        assert!(parse_origin("ftp://x").is_err());
-        assert!(origin_of(&"/relative".parse().unwrap()).is_none());
     }
 }

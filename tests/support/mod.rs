@@ -8,9 +8,14 @@
 //!   revokes the family when one is reused.
 //! - [`retry`]: a caller-side `tower::retry` policy, for stacks that put a
 //!   retry outside the layer.
+//! - [`upstream`]: a protected HTTP API on loopback that revokes tokens on
+//!   demand (client tests).
+//! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod recorder;
 pub mod retry;
 pub mod rotating;
 pub mod scripted;
+pub mod upstream;

@@ -1,0 +1,134 @@
+//! The request and response types the layer works with: `http`'s (any body
+//! type) and `reqwest`'s. Sealed: the crate implements them, users never do.
+
+use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, StatusCode};
+
+use super::{origin::Target, NoBearerAuth, TokenRejected};
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// What the layer does with a request.
+    pub trait Request {
+        fn opted_out(&self) -> bool;
+        fn target(&self) -> Option<Target<'_>>;
+        fn set_authorization(&mut self, value: HeaderValue);
+    }
+
+    /// What the layer reads from a response.
+    pub trait Response {
+        fn status(&self) -> StatusCode;
+        fn headers(&self) -> &HeaderMap;
+        fn extensions(&self) -> &http::Extensions;
+        fn extensions_mut(&mut self) -> &mut http::Extensions;
+    }
+}
+
+/// A request [`BearerAuth`](super::BearerAuth) can add a token to:
+/// [`http::Request<B>`] for any body type `B`, and [`reqwest::Request`].
+///
+/// Sealed: this crate implements it for those types; nobody else needs to.
+pub trait AuthRequest: sealed::Request {}
+
+/// A response [`BearerAuth`](super::BearerAuth) reads the status of:
+/// [`http::Response<B>`] for any body type `B`, and [`reqwest::Response`].
+///
+/// Sealed: this crate implements it for those types; nobody else needs to.
+pub trait AuthResponse: sealed::Response {}
+
+impl<B> AuthRequest for http::Request<B> {}
+impl AuthRequest for reqwest::Request {}
+impl<B> AuthResponse for http::Response<B> {}
+impl AuthResponse for reqwest::Response {}
+
+impl<B> sealed::Request for http::Request<B> {
+    #[inline]
+    fn opted_out(&self) -> bool {
+        self.extensions().get::<NoBearerAuth>().is_some()
+    }
+
+    fn target(&self) -> Option<Target<'_>> {
+        let uri = self.uri();
+        Some(Target {
+            scheme: uri.scheme_str()?,
+            host: uri.host()?,
+            port: uri.port_u16(),
+        })
+    }
+
+    #[inline]
+    fn set_authorization(&mut self, value: HeaderValue) {
+        self.headers_mut().insert(AUTHORIZATION, value);
+    }
+}
+
+impl sealed::Request for reqwest::Request {
+    #[inline]
+    fn opted_out(&self) -> bool {
+        // `reqwest::Request` has no extensions; choose origins instead.
+        false
+    }
+
+    fn target(&self) -> Option<Target<'_>> {
+        let url = self.url();
+        Some(Target {
+            scheme: url.scheme(),
+            host: url.host_str()?,
+            port: url.port(),
+        })
+    }
+
+    #[inline]
+    fn set_authorization(&mut self, value: HeaderValue) {
+        self.headers_mut().insert(AUTHORIZATION, value);
+    }
+}
+
+impl<B> sealed::Response for http::Response<B> {
+    #[inline]
+    fn status(&self) -> StatusCode {
+        self.status()
+    }
+
+    #[inline]
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
+    }
+
+    fn extensions(&self) -> &http::Extensions {
+        self.extensions()
+    }
+
+    fn extensions_mut(&mut self) -> &mut http::Extensions {
+        self.extensions_mut()
+    }
+}
+
+impl sealed::Response for reqwest::Response {
+    #[inline]
+    fn status(&self) -> StatusCode {
+        self.status()
+    }
+
+    #[inline]
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
+    }
+
+    fn extensions(&self) -> &http::Extensions {
+        self.extensions()
+    }
+
+    fn extensions_mut(&mut self) -> &mut http::Extensions {
+        self.extensions_mut()
+    }
+}
+
+/// Marks `response` when it says the token sent was rejected.
+pub(crate) fn mark_if_rejected<R: sealed::Response>(response: &mut R, plain_401: bool) -> bool {
+    let rejected = super::rejection::rejects(response.status(), response.headers(), plain_401);
+    if rejected {
+        response.extensions_mut().insert(TokenRejected);
+    }
+    rejected
+}

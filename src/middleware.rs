@@ -1,0 +1,127 @@
+//! Bearer tokens for [`reqwest_middleware`] clients, from the same
+//! [`TokenCache`] the tower layer reads.
+//!
+//! ```no_run
+//! # async fn run(cache: tower_oauth2::TokenCache) -> Result<(), Box<dyn std::error::Error>> {
+//! use reqwest_middleware::ClientBuilder;
+//! use tower_oauth2::BearerAuthMiddleware;
+//!
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(BearerAuthMiddleware::new(cache).replay(true))
+//!     .build();
+//! let response = client.get("https://api.example.com/items").send().await?;
+//! # drop(response);
+//! # Ok(())
+//! # }
+//! ```
+
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next, Result};
+
+use crate::{
+    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, Entry, Routes},
+    TokenCache,
+};
+
+/// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer
+/// <token>` to requests, as [`BearerAuth`](crate::BearerAuth) does for tower
+/// services: same caches, same origin rules (build it from a
+/// [`BearerAuthLayer`] with `From` to choose a cache per origin), same
+/// reading of a rejected token (dropped from the cache; the answer marked
+/// [`TokenRejected`](crate::TokenRejected)).
+///
+/// A token error comes back as `reqwest_middleware::Error::Middleware`
+/// holding a [`tower_oauth2::Error`](crate::Error) (find it with
+/// [`Error::find_in`](crate::Error::find_in)).
+#[derive(Clone, Debug)]
+pub struct BearerAuthMiddleware {
+    caches: Vec<Entry>,
+    routes: Routes,
+    plain_401: bool,
+    replay: bool,
+}
+
+impl BearerAuthMiddleware {
+    /// Adds tokens from `cache` to every request.
+    pub fn new(cache: TokenCache) -> Self {
+        BearerAuthLayer::new(cache).into()
+    }
+
+    /// Whether to send a request once more, with a new token, when its token
+    /// is rejected. Off by default: it copies every request before sending
+    /// it (`reqwest::Request::try_clone`, which refuses streaming bodies).
+    pub fn replay(mut self, replay: bool) -> Self {
+        self.replay = replay;
+        self
+    }
+}
+
+impl From<BearerAuthLayer> for BearerAuthMiddleware {
+    fn from(layer: BearerAuthLayer) -> Self {
+        let (caches, routes, plain_401) = layer.parts();
+        Self {
+            caches: caches.to_vec(),
+            routes: routes.clone(),
+            plain_401,
+            replay: false,
+        }
+    }
+}
+
+impl BearerAuthMiddleware {
+    async fn send(
+        &self,
+        cache: &TokenCache,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<(Response, bool)> {
+        let (header, token_id) = match cache.current_header() {
+            Some(current) => current,
+            None => {
+                let token = cache
+                    .token()
+                    .await
+                    .map_err(reqwest_middleware::Error::middleware)?;
+                (token.header_value().clone(), token.id())
+            }
+        };
+        request.set_authorization(header);
+        let mut response = next.run(request, extensions).await?;
+        let rejected = mark_if_rejected(&mut response, self.plain_401);
+        if rejected {
+            tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
+            cache.invalidate_id(token_id);
+        }
+        Ok((response, rejected))
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for BearerAuthMiddleware {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<Response> {
+        let entry = self
+            .routes
+            .pick(request.target())
+            .and_then(|index| self.caches.get(index));
+        let Some(Entry { cache, .. }) = entry else {
+            return next.run(request, extensions).await;
+        };
+        let copy = if self.replay {
+            request.try_clone()
+        } else {
+            None
+        };
+        let (response, rejected) = self.send(cache, request, extensions, next.clone()).await?;
+        match copy {
+            Some(copy) if rejected => Ok(self.send(cache, copy, extensions, next).await?.0),
+            _ => Ok(response),
+        }
+    }
+}
