@@ -191,6 +191,8 @@ async fn main() -> Result<(), BoxError> {
         "\ntoken requests {} (one at start, one after the revocation), invalidations {}",
         stats.token_requests, stats.invalidations
     );
+    // Stop the cache cleanly: a refresh under way finishes first.
+    cache.shutdown().await?;
     let expected = [200, 200, 200, 201, 404];
     if statuses.iter().map(|s| s.as_u16()).ne(expected) {
         return Err(format!("expected statuses {expected:?}").into());

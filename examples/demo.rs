@@ -156,6 +156,8 @@ async fn main() -> Result<(), BoxError> {
     let elapsed = started.elapsed();
     // Read both counts together: the cache goes on refreshing in the background.
     let (stats, served) = (cache.stats(), issuer.token_requests.load(Relaxed));
+    // Stop it cleanly: a refresh under way finishes first.
+    cache.shutdown().await?;
 
     // 4. The report.
     let total = latencies.len() as u64;

@@ -96,6 +96,8 @@ async fn main() -> Result<ExitCode, BoxError> {
     if body.len() > 600 {
         println!("... ({} bytes in all)", body.len());
     }
+    // Stop the cache cleanly: a refresh under way finishes first.
+    cache.shutdown().await?;
     Ok(if status.is_success() {
         ExitCode::SUCCESS
     } else {
