@@ -27,7 +27,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_oauth2::{
     AuthMethod, AuthorizationCode, BearerAuthLayer, ClientCredentials, ErrorKind, OAuthErrorCode,
     RefreshPolicy, TokenCache, TokenSource,
