@@ -380,11 +380,20 @@ async fn invalid_grant_reads_the_store_again_before_giving_up() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_the_refresh_under_way_and_its_save() {
-    // 33
+/// A cache with a file store whose first refresh the server has answered
+/// (rotated) but whose answer is still `latency` away.
+struct InFlight {
+    server: Rotating,
+    _dir: tempfile::TempDir,
+    store: FileStore,
+    key: StoreKey,
+    cache: TokenCache,
+    request: tokio::task::JoinHandle<Result<tower_oauth2::Token, Error>>,
+}
+
+async fn refresh_in_flight(latency: Duration) -> InFlight {
     let server = Rotating::start(Some("rt-0"), None).await;
-    server.latency(Duration::from_millis(300));
+    server.latency(latency);
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::new(dir.path().join("state.json"));
     let key = StoreKey::new("refresh_token", "app", &server.url, &[]);
@@ -395,11 +404,31 @@ async fn shutdown_waits_for_the_refresh_under_way_and_its_save() {
         let cache = cache.clone();
         async move { cache.token().await }
     });
-    // The server has rotated; its answer is 300 ms away.
     while server.received().is_empty() {
         tokio::task::yield_now().await;
     }
     assert_eq!(server.current().as_deref(), Some("rt-1"));
+    InFlight {
+        server,
+        _dir: dir,
+        store,
+        key,
+        cache,
+        request,
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_refresh_under_way_and_its_save() {
+    // 33
+    let InFlight {
+        server,
+        _dir,
+        store,
+        key,
+        cache,
+        request,
+    } = refresh_in_flight(Duration::from_millis(300)).await;
     cache.shutdown().await.unwrap();
     assert_eq!(
         stored_refresh_token(&store, &key).await.as_deref(),
@@ -425,21 +454,14 @@ async fn shutdown_waits_for_the_refresh_under_way_and_its_save() {
 
 #[tokio::test]
 async fn a_refresh_answered_after_every_handle_is_gone_is_still_saved() {
-    let server = Rotating::start(Some("rt-0"), None).await;
-    server.latency(Duration::from_millis(200));
-    let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::new(dir.path().join("state.json"));
-    let key = StoreKey::new("refresh_token", "app", &server.url, &[]);
-    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
-        .store(store.clone())
-        .build();
-    let request = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.token().await }
-    });
-    while server.received().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    let InFlight {
+        _dir,
+        store,
+        key,
+        cache,
+        request,
+        ..
+    } = refresh_in_flight(Duration::from_millis(200)).await;
     request.abort();
     drop(cache);
     let deadline = Instant::now() + Duration::from_secs(10);
