@@ -80,5 +80,7 @@ pub use middleware::BearerAuthMiddleware;
 /// [`SecretString`](secrecy::SecretString), and this re-export saves matching
 /// its version by hand.
 pub use secrecy;
-pub use store::{FileStore, StoreKey, TokenState, TokenStore};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{FileStore, Lease, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -106,6 +106,7 @@ struct Counters {
     invalidations: AtomicU64,
     saves: AtomicU64,
     save_failures: AtomicU64,
+    adopted: AtomicU64,
 }
 
 /// What a [`TokenCache`] has done so far. Returned by [`TokenCache::stats`].
@@ -126,6 +127,9 @@ pub struct CacheStats {
     pub saves: u64,
     /// Saves that failed (each is retried with backoff until one succeeds).
     pub save_failures: u64,
+    /// Tokens taken from a shared store, fetched by another replica, instead
+    /// of asking the token endpoint.
+    pub adopted: u64,
 }
 
 impl TokenCache {
@@ -259,6 +263,7 @@ impl TokenCache {
             invalidations: c.invalidations.load(Ordering::Relaxed),
             saves: c.saves.load(Ordering::Relaxed),
             save_failures: c.save_failures.load(Ordering::Relaxed),
+            adopted: c.adopted.load(Ordering::Relaxed),
         }
     }
 

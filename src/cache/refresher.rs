@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 use super::{Message, RefreshPolicy, Shared, Slot};
 use crate::{
     clock::{self, Instant},
-    store::{StoreKey, TokenState, TokenStore},
+    store::{Lease, StoreKey, TokenState, TokenStore},
     token::expose,
     Error, Token, TokenSource,
 };
@@ -78,6 +78,14 @@ enum Phase {
     /// The source can never succeed again: re-authorization is required.
     Stopped { live: Option<Live>, error: Error },
 }
+
+/// How long a replica waits before it looks again when another one holds
+/// the fleet's lease.
+const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The lease outlives the longest fetch by this much, so it cannot expire
+/// while its holder's request is still running.
+const LEASE_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the task does next.
 enum Next {
@@ -119,6 +127,18 @@ struct Persist<T> {
     /// `invalid_grant` has made the task read the store again since the
     /// last success: once is enough.
     reread: bool,
+    /// This task holds the fleet's lease (a shared store only).
+    leased: bool,
+}
+
+/// What the fleet says before a fetch.
+enum Step {
+    /// Ask the token endpoint (holding the lease, or with no fleet).
+    Fetch,
+    /// Another replica stored a newer token: it is now this one's.
+    Adopted,
+    /// Another replica is asking: look again shortly.
+    Wait,
 }
 
 struct Unsaved {
@@ -137,6 +157,10 @@ struct Refresher<T> {
     store: Option<Persist<T>>,
     /// `Shutdown` was asked: answer here once the fetch under way is done.
     closing: Option<oneshot::Sender<Result<(), Error>>>,
+    /// This task's name in the fleet's lease.
+    owner: String,
+    /// Another replica holds the lease: look again then.
+    peer_wait: Option<Instant>,
 }
 
 pub(super) async fn run<S: TokenSource, T: TokenStore>(
@@ -157,8 +181,11 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
             stored: TokenState::default(),
             unsaved: None,
             reread: false,
+            leased: false,
         }),
         closing: None,
+        owner: format!("{:032x}", rand::random::<u128>()),
+        peer_wait: None,
     };
     task.restore(&mut source).await;
     loop {
@@ -200,7 +227,10 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
 
 impl<T: TokenStore> Refresher<T> {
     fn next(&self, now: Instant) -> Next {
-        let next = self.next_for_phase(now);
+        let next = match (self.next_for_phase(now), self.peer_wait) {
+            (Next::Fetch, Some(wait)) if wait > now => Next::Until(wait),
+            (next, _) => next,
+        };
         let Some(unsaved) = self.store.as_ref().and_then(|p| p.unsaved.as_ref()) else {
             return next;
         };
@@ -316,6 +346,10 @@ impl<T: TokenStore> Refresher<T> {
         source: &mut S,
         inbox: &mut mpsc::UnboundedReceiver<Message>,
     ) -> std::ops::ControlFlow<()> {
+        match self.coordinate(source).await {
+            Step::Fetch => {}
+            Step::Adopted | Step::Wait => return std::ops::ControlFlow::Continue(()),
+        }
         let failures = match &self.phase {
             Phase::Failing { failures, .. } => *failures,
             _ => 0,
@@ -372,6 +406,8 @@ impl<T: TokenStore> Refresher<T> {
             current.as_ref(),
         )
         .await;
+        // Saved first, then released: the next holder reads it.
+        self.release().await;
 
         let previous = std::mem::replace(&mut self.phase, Phase::Idle);
         let live = match previous {
@@ -621,6 +657,7 @@ impl<T: TokenStore> Refresher<T> {
     /// Before the task ends: one more try at a save that failed.
     async fn flush(&mut self) -> Result<(), Error> {
         self.retry_save().await;
+        self.release().await;
         match self.store.as_ref().and_then(|p| p.unsaved.as_ref()) {
             None => Ok(()),
             Some(_) => Err(self
@@ -633,6 +670,73 @@ impl<T: TokenStore> Refresher<T> {
                         "the newest token state could not be saved",
                     )
                 })),
+        }
+    }
+
+    /// Before a fetch, with a shared store: take the fleet's lease, read what
+    /// the others stored meanwhile, and adopt a newer token instead of
+    /// fetching. The holder also takes over the newest refresh token, so
+    /// only the holder ever sends it, and always the newest one.
+    async fn coordinate<S: TokenSource>(&mut self, source: &mut S) -> Step {
+        self.peer_wait = None;
+        let Some(persist) = &mut self.store else {
+            return Step::Fetch;
+        };
+        let ttl = self.policy.timeout() + LEASE_SLACK;
+        match persist.store.acquire(&persist.key, &self.owner, ttl).await {
+            Ok(Lease::Acquired) => persist.leased = true,
+            Ok(Lease::Busy) => {
+                self.peer_wait = Some(clock::now() + PEER_POLL);
+                return Step::Wait;
+            }
+            Ok(Lease::Unshared) => return Step::Fetch,
+            Err(error) => {
+                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "the shared store is unreachable; fetching without the fleet's lease");
+                return Step::Fetch;
+            }
+        }
+        let state = match persist.store.load(&persist.key).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return Step::Fetch,
+            Err(error) => {
+                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "cannot read the shared store; fetching");
+                return Step::Fetch;
+            }
+        };
+        if let Some(stored) = state.refresh_token() {
+            if source.refresh_token().map(expose) != Some(expose(stored)) {
+                source.resume(stored.clone());
+            }
+        }
+        let token = state.access_token(self.policy.lifetime(None));
+        persist.stored = state;
+        let newer = token.filter(|token| {
+            self.live()
+                .is_none_or(|live| token.issued_at() > live.token.issued_at())
+        });
+        let now = clock::now();
+        let Some(live) = newer.and_then(|token| self.schedule(token, now).ok()) else {
+            return Step::Fetch;
+        };
+        self.release().await;
+        tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
+        if let Some(shared) = self.shared.upgrade() {
+            shared.counters.adopted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish(Slot::Ready(live.token.clone()));
+        self.phase = Phase::Serving(live);
+        Step::Adopted
+    }
+
+    async fn release(&mut self) {
+        let Some(persist) = &mut self.store else {
+            return;
+        };
+        if std::mem::take(&mut persist.leased) {
+            if let Err(error) = persist.store.release(&persist.key, &self.owner).await {
+                // It expires by itself.
+                tracing::warn!(target: "tower_oauth2", %error, "cannot release the fleet's lease");
+            }
         }
     }
 

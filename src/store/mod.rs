@@ -44,6 +44,8 @@
 //!   the refresh token.
 
 mod file;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::{
     future::Future,
@@ -53,6 +55,8 @@ use std::{
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use file::FileStore;
 
 use crate::{
@@ -86,6 +90,43 @@ pub trait TokenStore: Send + Sync + 'static {
         key: &StoreKey,
         state: &TokenState,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// For a store shared by several processes: takes the lease on `key`
+    /// for `owner`, for `ttl`, unless another owner holds it. Only the
+    /// holder asks the token endpoint; the others wait and adopt what it
+    /// stores. The default, for a store of one process, is
+    /// [`Lease::Unshared`].
+    fn acquire(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, Error>> + Send {
+        let _ = (key, owner, ttl);
+        async { Ok(Lease::Unshared) }
+    }
+
+    /// Gives the lease on `key` back, if `owner` still holds it.
+    fn release(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (key, owner);
+        async { Ok(()) }
+    }
+}
+
+/// The answer to [`TokenStore::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lease {
+    /// This owner holds the lease: it may ask the token endpoint.
+    Acquired,
+    /// Another owner holds it: wait, then adopt what it stores.
+    Busy,
+    /// The store is not shared: no lease is needed.
+    Unshared,
 }
 
 /// Names a credential in a store: the flow, the client id, the token URL and

@@ -11,10 +11,12 @@
 //! - [`upstream`]: a protected HTTP API on loopback that revokes tokens on
 //!   demand (client tests).
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
+//! - [`redis`]: a real `redis-server` on a free loopback port (fleet tests).
 #![allow(dead_code)]
 
 pub mod grpc;
 pub mod recorder;
+pub mod redis;
 pub mod retry;
 pub mod rotating;
 pub mod scripted;

@@ -42,7 +42,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn body(self, access: &str, refresh: &str) -> String {
+    fn body(self, access: &str, refresh: &str, expires_in: u64) -> String {
         let (access, token_type, extra) = match self {
             Shape::Plain => (access.to_owned(), "Bearer", ""),
             Shape::ErrorNull => (access.to_owned(), "Bearer", r#","error":null"#),
@@ -56,9 +56,9 @@ impl Shape {
             Shape::NegativeExpiry => (access.to_owned(), "Bearer", r#","expires_in":-5"#),
         };
         let expires = if self == Shape::NegativeExpiry {
-            ""
+            String::new()
         } else {
-            r#","expires_in":3600"#
+            format!(r#","expires_in":{expires_in}"#)
         };
         format!(
             r#"{{"access_token":"{access}","token_type":"{token_type}","refresh_token":"{refresh}"{expires}{extra}}}"#
@@ -148,6 +148,8 @@ impl Family {
 pub struct Rotating {
     family: Arc<Mutex<Family>>,
     latency: Arc<Mutex<Duration>>,
+    /// `expires_in` of the access tokens, in seconds (3600 by default).
+    lifetime: Arc<Mutex<u64>>,
     pub url: String,
 }
 
@@ -158,6 +160,7 @@ impl Rotating {
         let server = Rotating {
             family: Arc::new(Mutex::new(Family::new(refresh_token, code))),
             latency: Arc::default(),
+            lifetime: Arc::new(Mutex::new(3600)),
             url: String::new(),
         };
         let app = Router::new()
@@ -172,6 +175,11 @@ impl Rotating {
     /// Every answer waits this long first (the server has rotated already).
     pub fn latency(&self, latency: Duration) {
         *self.latency.lock().unwrap() = latency;
+    }
+
+    /// Access tokens from now on live `seconds`.
+    pub fn lifetime(&self, seconds: u64) {
+        *self.lifetime.lock().unwrap() = seconds;
     }
 
     /// The shapes of the next success answers, in order (then `Plain`).
@@ -246,7 +254,7 @@ async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
             shape,
         } => (
             [(header::CONTENT_TYPE, "application/json")],
-            shape.body(&access, &refresh),
+            shape.body(&access, &refresh, *server.lifetime.lock().unwrap()),
         )
             .into_response(),
         Answer::InvalidGrant(description) => (

@@ -1,0 +1,221 @@
+//! Token state shared by a fleet, in Redis.
+
+use std::{fmt, time::Duration};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use chacha20poly1305::{
+    aead::{Aead, KeyInit, Payload},
+    ChaCha20Poly1305, Key, Nonce,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Lease, StoreKey, TokenState, TokenStore};
+use crate::{token::expose, Error, StoreErrorKind};
+
+/// Marks an encrypted value: `enc1:` + base64(nonce ‖ ciphertext).
+const ENCRYPTED: &str = "enc1:";
+
+/// Releases the lease only for its owner.
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Keeps token state in Redis, shared by every replica of a service, and
+/// gives one replica at a time the right to ask the token endpoint (a lease:
+/// `SET … NX PX` with an owner, released only by that owner).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_oauth2::Error> {
+/// use tower_oauth2::{ClientCredentials, RedisStore, TokenCache};
+///
+/// # let grant = ClientCredentials::builder().token_url("https://a.example/t").client_id("x").build()?;
+/// let store = RedisStore::new("redis://10.0.0.5:6379/")?
+///     .encryption_key([7; 32]); // from your secret manager, the same for every replica
+/// let cache = TokenCache::builder(grant).store(store).build();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
+/// names the flow, client id, token URL and scopes; never a secret). Redis is
+/// never on a request's path: requests read the cache's in-process copy, and
+/// when Redis is unreachable each replica fetches for itself and keeps
+/// serving its valid token until Redis is back.
+///
+/// Without [`encryption_key`](Self::encryption_key) the state is stored in
+/// clear: whoever can read those keys in Redis (its users, its backups, a
+/// replica of it) can act as the application. With it, the state is sealed
+/// with ChaCha20-Poly1305 under that key, bound to its store key.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    namespace: String,
+    cipher: Option<ChaCha20Poly1305>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.namespace)
+            .field("encrypted", &self.cipher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`). Connects
+    /// lazily, and reconnects by itself: a Redis that is down at start is
+    /// not an error here.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::config("not a Redis URL").with_source(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            Error::config("cannot set up the Redis connection").with_source(e.to_string())
+        })?;
+        Ok(Self {
+            connection,
+            namespace: "tower-oauth2".to_owned(),
+            cipher: None,
+        })
+    }
+
+    /// Prefixes every key with `namespace` instead of `tower-oauth2`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Encrypts the state at rest with this 256-bit key. Every replica needs
+    /// the same key; a state sealed under another key (or stored in clear)
+    /// reads as a `Corrupt` store error.
+    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
+        self.cipher = Some(ChaCha20Poly1305::new(Key::from_slice(&key)));
+        self
+    }
+
+    fn key(&self, key: &StoreKey, what: &str) -> String {
+        format!("{}:{}:{what}", self.namespace, key.as_str())
+    }
+
+    fn seal(&self, key: &StoreKey, text: &str) -> String {
+        let Some(cipher) = &self.cipher else {
+            return text.to_owned();
+        };
+        let nonce: [u8; 12] = rand::random();
+        let payload = Payload {
+            msg: text.as_bytes(),
+            aad: key.as_str().as_bytes(),
+        };
+        // Encryption with a fresh nonce cannot fail for inputs this size.
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), payload)
+            .unwrap_or_default();
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        format!("{ENCRYPTED}{}", STANDARD.encode(bytes))
+    }
+
+    fn open(&self, key: &StoreKey, stored: &str) -> Result<String, Error> {
+        let corrupt = |what: &'static str| Error::store(StoreErrorKind::Corrupt, what);
+        match (&self.cipher, stored.strip_prefix(ENCRYPTED)) {
+            (None, None) => Ok(stored.to_owned()),
+            (None, Some(_)) => Err(corrupt(
+                "the stored token state is encrypted and no key was given",
+            )),
+            (Some(_), None) => Err(corrupt("the stored token state is not encrypted")),
+            (Some(cipher), Some(sealed)) => {
+                let bytes = STANDARD
+                    .decode(sealed)
+                    .map_err(|_| corrupt("the stored token state is not valid base64"))?;
+                if bytes.len() < 12 {
+                    return Err(corrupt("the stored token state is truncated"));
+                }
+                let (nonce, sealed) = bytes.split_at(12);
+                let payload = Payload {
+                    msg: sealed,
+                    aad: key.as_str().as_bytes(),
+                };
+                let text = cipher
+                    .decrypt(Nonce::from_slice(nonce), payload)
+                    .map_err(|_| corrupt("the stored token state does not open with this key"))?;
+                String::from_utf8(text).map_err(|_| corrupt("the stored token state is not text"))
+            }
+        }
+    }
+}
+
+fn unreachable(what: &'static str, error: redis::RedisError) -> Error {
+    let kind = if what == "save" {
+        StoreErrorKind::WriteFailed
+    } else {
+        StoreErrorKind::Unreadable
+    };
+    // Redis errors name commands and addresses, never values.
+    Error::store(kind, format!("Redis {what} failed")).with_source(error.to_string())
+}
+
+impl TokenStore for RedisStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<TokenState>, Error> {
+        let mut connection = self.connection.clone();
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.key(key, "state"))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| unreachable("load", e))?;
+        match stored {
+            None => Ok(None),
+            Some(stored) => TokenState::decode(key, &self.open(key, &stored)?).map(Some),
+        }
+    }
+
+    async fn save(&self, key: &StoreKey, state: &TokenState) -> Result<(), Error> {
+        let value = self.seal(key, expose(&state.encode(key)));
+        let mut connection = self.connection.clone();
+        redis::cmd("SET")
+            .arg(self.key(key, "state"))
+            .arg(value)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| unreachable("save", e))
+    }
+
+    async fn acquire(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<Lease, Error> {
+        let mut connection = self.connection.clone();
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(key, "lease"))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| unreachable("lease", e))?;
+        Ok(if set.is_some() {
+            Lease::Acquired
+        } else {
+            Lease::Busy
+        })
+    }
+
+    async fn release(&self, key: &StoreKey, owner: &str) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        redis::cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(self.key(key, "lease"))
+            .arg(owner)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| unreachable("release", e))
+    }
+}

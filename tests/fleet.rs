@@ -1,0 +1,207 @@
+//! A fleet of replicas sharing token state in a real `redis-server`: one
+//! token request at a time per credential across all of them, a rotating
+//! refresh token that is never sent twice, a lease holder that dies, Redis
+//! going away, and tokens encrypted at rest.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use support::{redis::RedisServer, rotating::Rotating};
+use tower_oauth2::{
+    ErrorKind, Lease, RedisStore, RefreshToken, StoreErrorKind, StoreKey, TokenCache, TokenState,
+    TokenStore,
+};
+
+fn grant(url: &str) -> RefreshToken {
+    // Every replica is built from the same configuration: the first refresh
+    // token, which only the first lease holder ever sends.
+    RefreshToken::builder()
+        .token_url(url)
+        .client_id("fleet-app")
+        .client_secret("secret")
+        .refresh_token("rt-0")
+        .build()
+        .unwrap()
+}
+
+fn key(server: &Rotating) -> StoreKey {
+    StoreKey::new("refresh_token", "fleet-app", &server.url, &[])
+}
+
+/// A replica: its own cache, its own Redis connection.
+fn replica(server: &Rotating, redis: &RedisServer) -> TokenCache {
+    TokenCache::builder(grant(&server.url))
+        .store(RedisStore::new(&redis.url).unwrap())
+        .build()
+}
+
+/// Requests from every replica, back to back, for `run`: returns how many
+/// succeeded, after checking none got an expired token.
+async fn traffic(replicas: &[TokenCache], run: Duration) -> usize {
+    let end = Instant::now() + run;
+    let tasks: Vec<_> = replicas
+        .iter()
+        .map(|cache| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut served = 0;
+                while Instant::now() < end {
+                    let token = cache.token().await.expect("no request fails");
+                    assert!(tokio::time::Instant::now() <= token.expires_at().unwrap());
+                    served += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for task in tasks {
+        served += task.await.unwrap();
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_replicas_share_each_token_and_never_send_a_refresh_token_twice() {
+    // 37, 38
+    let redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let replicas: Vec<_> = (0..8).map(|_| replica(&server, &redis)).collect();
+    let run = Duration::from_secs(10);
+    let served = traffic(&replicas, run).await;
+    for cache in &replicas {
+        cache.shutdown().await.unwrap();
+    }
+    let issued = server.issued();
+    let adopted: u64 = replicas.iter().map(|c| c.stats().adopted).sum();
+    let fetched: u64 = replicas.iter().map(|c| c.stats().token_requests).sum();
+    println!(
+        "8 replicas, 2 s tokens, {run:?}: {served} requests, {issued} token requests \
+         ({:.1} per lifetime for the fleet), {adopted} tokens adopted",
+        issued as f64 / (run.as_secs_f64() / 2.0)
+    );
+    assert_eq!(server.reuses(), 0, "a refresh token was sent twice");
+    assert!(!server.revoked(), "a person would have to authorize again");
+    assert_eq!(
+        fetched, issued,
+        "only the token endpoint's answers were fetched"
+    );
+    // One process alone refreshes a 2 s token every 0.5-0.75 s (about 15 in
+    // 10 s); the fleet as a whole does the same, not 8 times as much.
+    assert!(issued <= 20, "{issued} token requests for the fleet");
+    assert!(
+        adopted >= 7 * issued / 2,
+        "{adopted} adopted for {issued} fetched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_is_replaced_once_its_lease_expires() {
+    let redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    // A replica took the lease, then died before it could fetch or release.
+    let store = RedisStore::new(&redis.url).unwrap();
+    let lease = store
+        .acquire(&key(&server), "a-dead-replica", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(lease, Lease::Acquired);
+    let started = Instant::now();
+    let cache = replica(&server, &redis);
+    let token = cache.token().await.expect("another replica takes over");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "it waited for the lease: {waited:?}"
+    );
+    assert_eq!(token.access_token().expose_secret(), "at-1");
+    assert_eq!(server.issued(), 1);
+    cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_replica_keeps_serving_and_rejoins_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let cache = replica(&server, &redis);
+    assert!(traffic(std::slice::from_ref(&cache), Duration::from_secs(1)).await > 0);
+    redis.stop();
+    // Two lifetimes without Redis: refreshes go on alone, saves fail and
+    // are retried, and no request fails.
+    traffic(std::slice::from_ref(&cache), Duration::from_secs(4)).await;
+    assert!(cache.stats().save_failures > 0);
+    assert!(cache.store_error().is_some());
+    redis.restart();
+    // Back: the unsaved state reaches the (empty) Redis again.
+    traffic(std::slice::from_ref(&cache), Duration::from_secs(3)).await;
+    assert!(cache.store_error().is_none(), "{:?}", cache.store_error());
+    cache.shutdown().await.unwrap();
+    let stored = RedisStore::new(&redis.url)
+        .unwrap()
+        .load(&key(&server))
+        .await
+        .unwrap()
+        .expect("saved after Redis came back");
+    assert_eq!(
+        stored.refresh_token().map(|t| t.expose_secret().to_owned()),
+        server.current()
+    );
+    assert_eq!(server.reuses(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_at_rest_are_encrypted_and_keys_hold_no_secret() {
+    let redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    let sealed = || {
+        RedisStore::new(&redis.url)
+            .unwrap()
+            .namespace("sealed")
+            .encryption_key([42; 32])
+    };
+    let cache = TokenCache::builder(grant(&server.url))
+        .store(sealed())
+        .build();
+    let token = cache.token().await.unwrap();
+    cache.shutdown().await.unwrap();
+
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let access = token.access_token().expose_secret().to_owned();
+    for key in &keys {
+        assert!(!key.contains(&access) && !key.contains("rt-"), "{key}");
+        let value: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(None);
+        if let Some(value) = value {
+            assert!(value.starts_with("enc1:"), "{key} is not sealed");
+            assert!(!value.contains(&access) && !value.contains("rt-1"));
+        }
+    }
+    // The same key opens it; no key, or another, is a typed error.
+    let state: TokenState = sealed().load(&key(&server)).await.unwrap().unwrap();
+    assert_eq!(state.refresh_token().unwrap().expose_secret(), "rt-1");
+    for other in [
+        RedisStore::new(&redis.url).unwrap().namespace("sealed"),
+        RedisStore::new(&redis.url)
+            .unwrap()
+            .namespace("sealed")
+            .encryption_key([7; 32]),
+    ] {
+        let error = other.load(&key(&server)).await.unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::Corrupt));
+    }
+}
