@@ -71,7 +71,8 @@ async fn eight_replicas_share_each_token_and_never_send_a_refresh_token_twice() 
     let server = Rotating::start(Some("rt-0"), None).await;
     server.lifetime(2);
     let replicas: Vec<_> = (0..8).map(|_| replica(&server, &redis)).collect();
-    let run = Duration::from_secs(10);
+    // Long enough for 20 rotations.
+    let run = Duration::from_secs(17);
     let served = traffic(&replicas, run).await;
     for cache in &replicas {
         cache.shutdown().await.unwrap();
@@ -90,9 +91,9 @@ async fn eight_replicas_share_each_token_and_never_send_a_refresh_token_twice() 
         fetched, issued,
         "only the token endpoint's answers were fetched"
     );
-    // One process alone refreshes a 2 s token every 0.5-0.75 s (about 15 in
-    // 10 s); the fleet as a whole does the same, not 8 times as much.
-    assert!(issued <= 20, "{issued} token requests for the fleet");
+    // One process alone refreshes a 2 s token every 0.5-0.75 s (23 to 35 in
+    // 17 s); the fleet as a whole does the same, not 8 times as much.
+    assert!((20..=35).contains(&issued), "{issued} token requests for the fleet");
     assert!(
         adopted >= 7 * issued / 2,
         "{adopted} adopted for {issued} fetched"
