@@ -710,9 +710,13 @@ impl<T: TokenStore> Refresher<T> {
         }
         let token = state.access_token(self.policy.lifetime(None));
         persist.stored = state;
+        // Another replica's token, fetched after this one's (the state may
+        // hold the very token this task saved: that is no reason to wait).
         let newer = token.filter(|token| {
-            self.live()
-                .is_none_or(|live| token.issued_at() > live.token.issued_at())
+            self.live().is_none_or(|live| {
+                expose(token.access_token()) != expose(live.token.access_token())
+                    && token.issued_at() > live.token.issued_at()
+            })
         });
         let now = clock::now();
         let Some(live) = newer.and_then(|token| self.schedule(token, now).ok()) else {
