@@ -211,3 +211,73 @@ async fn tokens_at_rest_are_encrypted_and_keys_hold_no_secret() {
         assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::Corrupt));
     }
 }
+
+/// A replica in a process of its own: requests back to back for
+/// `FLEET_RUN_MS`, then a clean shutdown. Exits non-zero if any failed.
+#[tokio::test]
+#[ignore = "a replica process of the fleet tests, started by them"]
+async fn replica_process() {
+    let env = |name: &str| std::env::var(name).expect(name);
+    let cache = TokenCache::builder(grant(&env("FLEET_TOKEN_URL")))
+        .store(RedisStore::new(&env("FLEET_REDIS_URL")).unwrap())
+        .build();
+    let run = Duration::from_millis(env("FLEET_RUN_MS").parse().unwrap());
+    let served = traffic(std::slice::from_ref(&cache), run).await;
+    cache.shutdown().await.unwrap();
+    println!("SERVED {served} FETCHED {}", cache.stats().token_requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replica_processes_share_each_token() {
+    let redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "replica_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--quiet",
+                ])
+                .env("FLEET_TOKEN_URL", &server.url)
+                .env("FLEET_REDIS_URL", &redis.url)
+                .env("FLEET_RUN_MS", "8000")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut served, mut fetched) = (0u64, 0u64);
+    for child in children {
+        let output = child.wait_with_output().await.unwrap();
+        assert!(output.status.success(), "a replica process failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("SERVED"))
+            .expect("the replica reports");
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        served += numbers[0];
+        fetched += numbers[1];
+    }
+    let issued = server.issued();
+    println!("4 processes, 8 s: {served} requests, {issued} token requests");
+    assert!(served > 1000);
+    assert_eq!(fetched, issued);
+    assert_eq!(server.reuses(), 0);
+    assert!(!server.revoked());
+    // One process alone: 11 to 17 in 8 s (plus the processes' staggered starts).
+    assert!(
+        (9..=18).contains(&issued),
+        "{issued} token requests for 4 processes"
+    );
+}
