@@ -281,3 +281,115 @@ async fn four_replica_processes_share_each_token() {
         "{issued} token requests for 4 processes"
     );
 }
+
+/// A client-credentials replica in a process of its own, with 1 s token
+/// requests: requests back to back for `FLEET_RUN_MS`, printing its count
+/// of token requests every 50 ms. Exits non-zero if a request failed.
+#[tokio::test]
+#[ignore = "a replica process of the fleet tests, started by them"]
+async fn credentials_replica_process() {
+    let env = |name: &str| std::env::var(name).expect(name);
+    let grant = tower_oauth2::ClientCredentials::builder()
+        .token_url(env("FLEET_TOKEN_URL"))
+        .client_id("fleet-cc")
+        .client_secret("secret")
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let cache = TokenCache::builder(grant)
+        .policy(tower_oauth2::RefreshPolicy::new().request_timeout(Duration::from_secs(1)))
+        .store(RedisStore::new(&env("FLEET_REDIS_URL")).unwrap())
+        .build();
+    let report = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            loop {
+                println!("FETCHED {}", cache.stats().token_requests);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let run = Duration::from_millis(env("FLEET_RUN_MS").parse().unwrap());
+    traffic(std::slice::from_ref(&cache), run).await;
+    report.abort();
+    cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
+    let redis = RedisServer::start();
+    let server = Rotating::start(None, None).await;
+    // 22 s tokens: refreshed after about 15 s, and still valid for the 6 s
+    // a dead holder's lease lasts (1 s request timeout + 5 s).
+    server.lifetime(22);
+    let (counts, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let spawn = |index: usize| {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "credentials_replica_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--quiet",
+            ])
+            .env("FLEET_TOKEN_URL", &server.url)
+            .env("FLEET_REDIS_URL", &redis.url)
+            .env("FLEET_RUN_MS", "24000")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(n) = line
+                    .strip_prefix("FETCHED ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    let _ = counts.send((index, n));
+                }
+            }
+        });
+        child
+    };
+    // The first replica fetches the first token; the others start from it.
+    let mut replicas = vec![spawn(0)];
+    while server.issued() < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replicas.push(spawn(1));
+    replicas.push(spawn(2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // From now on the token endpoint hangs: the first replica to refresh
+    // takes the lease and waits.
+    server.latency(Duration::from_secs(60));
+    let mut fetched = [0u64; 3];
+    let holder = loop {
+        let (index, n) = updates.recv().await.unwrap();
+        if n > fetched[index] && server.requests() >= 2 {
+            break index;
+        }
+        fetched[index] = fetched[index].max(n);
+    };
+    // SIGKILL while its request is under way.
+    replicas[holder].start_kill().unwrap();
+    server.latency(Duration::ZERO);
+    let mut survivors = 0;
+    for (index, replica) in replicas.iter_mut().enumerate() {
+        let status = replica.wait().await.unwrap();
+        if index != holder {
+            assert!(status.success(), "replica {index} had a request fail");
+            survivors += 1;
+        }
+    }
+    assert_eq!(survivors, 2);
+    // The first token, the dead holder's (issued, never received), and one
+    // more by the replica that took over: not one per survivor.
+    assert_eq!(server.requests(), 3, "{} token requests", server.requests());
+}

@@ -128,6 +128,15 @@ impl Family {
         Answer::InvalidGrant("unknown or used code")
     }
 
+    fn credentials(&mut self) -> Answer {
+        self.issued += 1;
+        Answer::Issued {
+            access: format!("at-{}", self.issued),
+            refresh: String::new(),
+            shape: Shape::Plain,
+        }
+    }
+
     fn issue(&mut self) -> Answer {
         self.issued += 1;
         let n = self.issued;
@@ -150,6 +159,8 @@ pub struct Rotating {
     latency: Arc<Mutex<Duration>>,
     /// `expires_in` of the access tokens, in seconds (3600 by default).
     lifetime: Arc<Mutex<u64>>,
+    /// Token requests received, answered or not yet.
+    requests: Arc<std::sync::atomic::AtomicU64>,
     pub url: String,
 }
 
@@ -161,6 +172,7 @@ impl Rotating {
             family: Arc::new(Mutex::new(Family::new(refresh_token, code))),
             latency: Arc::default(),
             lifetime: Arc::new(Mutex::new(3600)),
+            requests: Arc::default(),
             url: String::new(),
         };
         let app = Router::new()
@@ -208,9 +220,14 @@ impl Rotating {
         self.family.lock().unwrap().current.clone()
     }
 
-    /// Refresh tokens issued so far.
+    /// Tokens issued so far.
     pub fn issued(&self) -> u64 {
         self.family.lock().unwrap().issued
+    }
+
+    /// Token requests received so far, answered or not.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// When the server rotated to refresh token `rt-{n}`, on the real clock.
@@ -233,6 +250,9 @@ impl Rotating {
 async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let param = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    server
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let answer = {
         let mut family = server.family.lock().unwrap();
         match param("grant_type").as_deref() {
@@ -242,6 +262,8 @@ async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
                 None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request"),
             },
             Some("authorization_code") => family.exchange(param("code").as_deref()),
+            // No refresh token at all: for fleets of client-credentials replicas.
+            Some("client_credentials") => family.credentials(),
             _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
         }
     };
