@@ -393,3 +393,44 @@ async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
     // more by the replica that took over: not one per survivor.
     assert_eq!(server.requests(), 3, "{} token requests", server.requests());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_for_thirty_seconds_fails_no_request_and_the_fleet_rejoins() {
+    let mut redis = RedisServer::start();
+    let server = Rotating::start(None, None).await;
+    server.lifetime(2);
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let grant = tower_oauth2::ClientCredentials::builder()
+                .token_url(&server.url)
+                .client_id("fleet-cc")
+                .client_secret("secret")
+                .build()
+                .unwrap();
+            TokenCache::builder(grant)
+                .store(RedisStore::new(&redis.url).unwrap())
+                .build()
+        })
+        .collect();
+    let adopted = |replicas: &[TokenCache]| replicas.iter().map(|c| c.stats().adopted).sum::<u64>();
+    traffic(&replicas, Duration::from_secs(2)).await;
+    redis.stop();
+    // 15 token lifetimes without Redis: every replica refreshes on its own
+    // and keeps serving (`traffic` fails on any failed request).
+    traffic(&replicas, Duration::from_secs(30)).await;
+    assert!(replicas.iter().all(|c| c.store_error().is_some()));
+    let before = adopted(&replicas);
+    redis.restart();
+    traffic(&replicas, Duration::from_secs(5)).await;
+    assert!(
+        replicas.iter().all(|c| c.store_error().is_none()),
+        "saves resumed"
+    );
+    assert!(
+        adopted(&replicas) > before,
+        "the replicas share tokens again once Redis is back"
+    );
+    for cache in &replicas {
+        cache.shutdown().await.unwrap();
+    }
+}
