@@ -5,7 +5,8 @@
 //! paired ratios, where a variant and its baseline take turns in short
 //! slices (many rounds) and the median of the per-round ratios is printed.
 //! The pairs hold up when something else loads the machine, which criterion's
-//! back-to-back runs do not.
+//! back-to-back runs do not. With `REDIS_URL` set (a running `redis-server`),
+//! one more pair compares a cache with a `RedisStore` to one without.
 
 mod common;
 
@@ -205,6 +206,16 @@ fn paired(_: &mut Criterion) {
             ),
         ];
         for (name, ratio) in rows {
+            println!("{threads:<8} {name:<44} {ratio:>7.3}");
+        }
+        // The store is never on the request path; this row shows it.
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            let shared = warm_redis_cache(&runtime, &url);
+            let ratio = paired_ratio(
+                timer(bearer(&cache), threads, one),
+                timer(bearer(&shared), threads, one),
+            );
+            let name = "BearerAuth, RedisStore / no store";
             println!("{threads:<8} {name:<44} {ratio:>7.3}");
         }
     }

@@ -166,6 +166,18 @@ pub fn warm_cache(runtime: &tokio::runtime::Runtime) -> TokenCache {
     })
 }
 
+/// A warm cache keeping its state in the Redis at `url`.
+pub fn warm_redis_cache(runtime: &tokio::runtime::Runtime, url: &str) -> TokenCache {
+    runtime.block_on(async {
+        let store = tower_oauth2::RedisStore::new(url)
+            .unwrap()
+            .namespace("hot-path-bench");
+        let cache = TokenCache::builder(Static).store(store).build();
+        cache.token().await.unwrap();
+        cache
+    })
+}
+
 /// `BearerAuth` as a user gets it by default.
 pub fn bearer(cache: &TokenCache) -> BearerAuth<Inner> {
     BearerAuthLayer::new(cache.clone()).layer(Inner)
