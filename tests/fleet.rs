@@ -434,3 +434,28 @@ async fn redis_down_for_thirty_seconds_fails_no_request_and_the_fleet_rejoins() 
         cache.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_wakes_the_replicas_waiting_for_that_credential() {
+    let redis = RedisServer::start();
+    let key = StoreKey::new("client_credentials", "wake", "http://127.0.0.1/token", &[]);
+    let waiting = RedisStore::new(&redis.url).unwrap();
+    let waiter = tokio::spawn({
+        let (waiting, key) = (waiting.clone(), key.clone());
+        async move { waiting.changed(&key, Duration::from_secs(120)).await }
+    });
+    // Another replica saves (again and again, in case the first came before
+    // the subscription): the waiter must return long before its 120 s.
+    let saver = RedisStore::new(&redis.url).unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            saver.save(&key, &TokenState::default()).await.unwrap();
+            if waiter.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "a save did not wake the waiting replica");
+}

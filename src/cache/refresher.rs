@@ -79,8 +79,9 @@ enum Phase {
     Stopped { live: Option<Live>, error: Error },
 }
 
-/// How long a replica waits before it looks again when another one holds
-/// the fleet's lease.
+/// The longest a replica waits, while another one holds the fleet's lease,
+/// before it looks at the store again (a store that announces changes wakes
+/// it sooner). Messages wait meanwhile.
 const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The lease outlives the longest fetch by this much, so it cannot expire
@@ -137,7 +138,8 @@ enum Step {
     Fetch,
     /// Another replica stored a newer token: it is now this one's.
     Adopted,
-    /// Another replica is asking: look again shortly.
+    /// Another replica is asking and has not stored its token yet: try
+    /// again.
     Wait,
 }
 
@@ -159,8 +161,6 @@ struct Refresher<T> {
     closing: Option<oneshot::Sender<Result<(), Error>>>,
     /// This task's name in the fleet's lease.
     owner: String,
-    /// Another replica holds the lease: look again then.
-    peer_wait: Option<Instant>,
 }
 
 pub(super) async fn run<S: TokenSource, T: TokenStore>(
@@ -185,7 +185,6 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         }),
         closing: None,
         owner: format!("{:032x}", rand::random::<u128>()),
-        peer_wait: None,
     };
     task.restore(&mut source).await;
     loop {
@@ -227,10 +226,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
 
 impl<T: TokenStore> Refresher<T> {
     fn next(&self, now: Instant) -> Next {
-        let next = match (self.next_for_phase(now), self.peer_wait) {
-            (Next::Fetch, Some(wait)) if wait > now => Next::Until(wait),
-            (next, _) => next,
-        };
+        let next = self.next_for_phase(now);
         let Some(unsaved) = self.store.as_ref().and_then(|p| p.unsaved.as_ref()) else {
             return next;
         };
@@ -678,7 +674,6 @@ impl<T: TokenStore> Refresher<T> {
     /// fetching. The holder also takes over the newest refresh token, so
     /// only the holder ever sends it, and always the newest one.
     async fn coordinate<S: TokenSource>(&mut self, source: &mut S) -> Step {
-        self.peer_wait = None;
         let Some(persist) = &mut self.store else {
             return Step::Fetch;
         };
@@ -686,8 +681,13 @@ impl<T: TokenStore> Refresher<T> {
         match persist.store.acquire(&persist.key, &self.owner, ttl).await {
             Ok(Lease::Acquired) => persist.leased = true,
             Ok(Lease::Busy) => {
-                self.peer_wait = Some(clock::now() + PEER_POLL);
-                return Step::Wait;
+                // Woken as soon as the holder has saved, or after the poll
+                // interval; then the store may hold the holder's token.
+                persist.store.changed(&persist.key, PEER_POLL).await;
+                return match self.adopt(source).await {
+                    true => Step::Adopted,
+                    false => Step::Wait,
+                };
             }
             Ok(Lease::Unshared) => return Step::Fetch,
             Err(error) => {
@@ -695,12 +695,26 @@ impl<T: TokenStore> Refresher<T> {
                 return Step::Fetch;
             }
         }
+        match self.adopt(source).await {
+            true => Step::Adopted,
+            false => Step::Fetch,
+        }
+    }
+
+    /// Reads the shared store: hands the newest refresh token to the source
+    /// (only a lease holder sends it), and adopts the access token if
+    /// another replica fetched it after this one's. Gives the lease back
+    /// when it adopts.
+    async fn adopt<S: TokenSource>(&mut self, source: &mut S) -> bool {
+        let Some(persist) = &mut self.store else {
+            return false;
+        };
         let state = match persist.store.load(&persist.key).await {
             Ok(Some(state)) => state,
-            Ok(None) => return Step::Fetch,
+            Ok(None) => return false,
             Err(error) => {
-                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "cannot read the shared store; fetching");
-                return Step::Fetch;
+                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "cannot read the shared store");
+                return false;
             }
         };
         if let Some(stored) = state.refresh_token() {
@@ -720,7 +734,7 @@ impl<T: TokenStore> Refresher<T> {
         });
         let now = clock::now();
         let Some(live) = newer.and_then(|token| self.schedule(token, now).ok()) else {
-            return Step::Fetch;
+            return false;
         };
         self.release().await;
         tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
@@ -729,7 +743,7 @@ impl<T: TokenStore> Refresher<T> {
         }
         self.publish(Slot::Ready(live.token.clone()));
         self.phase = Phase::Serving(live);
-        Step::Adopted
+        true
     }
 
     async fn release(&mut self) {

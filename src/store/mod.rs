@@ -106,6 +106,14 @@ pub trait TokenStore: Send + Sync + 'static {
         async { Ok(Lease::Unshared) }
     }
 
+    /// Returns when the state under `key` may have changed (another replica
+    /// saved), or after `within` at the latest. A store that cannot tell
+    /// (the default) just waits `within`: the caller then looks anyway.
+    fn changed(&self, key: &StoreKey, within: Duration) -> impl Future<Output = ()> + Send {
+        let _ = key;
+        tokio::time::sleep(within)
+    }
+
     /// Gives the lease on `key` back, if `owner` still holds it.
     fn release(
         &self,

@@ -1,13 +1,20 @@
 //! Token state shared by a fleet, in Redis.
 
-use std::{fmt, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, OnceLock, Weak},
+    time::Duration,
+};
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chacha20poly1305::{
     aead::{Aead, KeyInit, Payload},
     ChaCha20Poly1305, Key, Nonce,
 };
+use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
 
 use super::{Lease, StoreKey, TokenState, TokenStore};
 use crate::{token::expose, Error, StoreErrorKind};
@@ -35,6 +42,8 @@ const RELEASE: &str =
 /// # }
 /// ```
 ///
+/// A save publishes on `…:changed`, so replicas waiting for the lease
+/// holder's token adopt it at once (or after a 50 ms poll at the latest).
 /// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
 /// names the flow, client id, token URL and scopes; never a secret). Redis is
 /// never on a request's path: requests read the cache's in-process copy, and
@@ -50,6 +59,82 @@ pub struct RedisStore {
     connection: ConnectionManager,
     namespace: String,
     cipher: Option<ChaCha20Poly1305>,
+    watch: Arc<Watch>,
+}
+
+/// Who waits for which credential's `changed` channel, and the subscriber
+/// that wakes them: one pattern subscription per store, started on first
+/// use, reconnecting by itself, ended when the last clone of the store goes.
+struct Watch {
+    client: redis::Client,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    started: OnceLock<()>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.closed.notify_one();
+    }
+}
+
+impl Watch {
+    fn waiter(&self, channel: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.entry(channel.to_owned()).or_default().clone()
+    }
+
+    fn start(self: &Arc<Self>, pattern: String) {
+        self.started.get_or_init(|| {
+            tokio::spawn(subscribe(
+                Arc::downgrade(self),
+                self.client.clone(),
+                pattern,
+                self.closed.clone(),
+            ));
+        });
+    }
+}
+
+/// Wakes the waiters of every channel a message arrives on, until the store
+/// is gone; reconnects after a second when Redis goes away.
+async fn subscribe(
+    watch: Weak<Watch>,
+    client: redis::Client,
+    pattern: String,
+    closed: Arc<Notify>,
+) {
+    loop {
+        let listen = async {
+            let Ok(mut pubsub) = client.get_async_pubsub().await else {
+                return;
+            };
+            if pubsub.psubscribe(&pattern).await.is_err() {
+                return;
+            }
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(watch) = watch.upgrade() else {
+                    return;
+                };
+                let waiters = watch.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(waiter) = waiters.get(message.get_channel_name()) {
+                    waiter.notify_waiters();
+                }
+            }
+        };
+        tokio::select! {
+            () = closed.notified() => return,
+            () = listen => {}
+        }
+        if watch.strong_count() == 0 {
+            return;
+        }
+        tokio::select! {
+            () = closed.notified() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -77,6 +162,12 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
+        let watch = Arc::new(Watch {
+            client: client.clone(),
+            waiters: Mutex::default(),
+            started: OnceLock::new(),
+            closed: Arc::default(),
+        });
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
             Error::config("cannot set up the Redis connection").with_source(e.to_string())
         })?;
@@ -84,6 +175,7 @@ impl RedisStore {
             connection,
             namespace: "tower-oauth2".to_owned(),
             cipher: None,
+            watch,
         })
     }
 
@@ -184,7 +276,24 @@ impl TokenStore for RedisStore {
             .arg(value)
             .query_async::<()>(&mut connection)
             .await
-            .map_err(|e| unreachable("save", e))
+            .map_err(|e| unreachable("save", e))?;
+        // Wakes the replicas waiting for this credential; they would look
+        // after their poll interval anyway.
+        let _ = redis::cmd("PUBLISH")
+            .arg(self.key(key, "changed"))
+            .arg(1)
+            .query_async::<i64>(&mut connection)
+            .await;
+        Ok(())
+    }
+
+    async fn changed(&self, key: &StoreKey, within: Duration) {
+        self.watch.start(format!("{}:*:changed", self.namespace));
+        let waiter = self.watch.waiter(&self.key(key, "changed"));
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let _ = tokio::time::timeout(within, notified).await;
     }
 
     async fn acquire(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<Lease, Error> {
