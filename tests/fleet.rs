@@ -459,3 +459,35 @@ async fn a_save_wakes_the_replicas_waiting_for_that_credential() {
     .await;
     assert!(woken.is_ok(), "a save did not wake the waiting replica");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_another_replicas_lease() {
+    let redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    // Another replica holds the lease for a minute.
+    RedisStore::new(&redis.url)
+        .unwrap()
+        .acquire(&key(&server), "another-replica", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let cache = replica(&server, &redis);
+    let waiting = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), cache.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown waited for the other replica's lease"
+    );
+    assert_eq!(
+        waiting.await.unwrap().unwrap_err().kind(),
+        &ErrorKind::Closed
+    );
+    assert_eq!(
+        server.requests(),
+        0,
+        "nothing was fetched without the lease"
+    );
+}

@@ -344,7 +344,20 @@ impl<T: TokenStore> Refresher<T> {
     ) -> std::ops::ControlFlow<()> {
         match self.coordinate(source).await {
             Step::Fetch => {}
-            Step::Adopted | Step::Wait => return std::ops::ControlFlow::Continue(()),
+            Step::Adopted => return std::ops::ControlFlow::Continue(()),
+            // Between two looks at the store: what requests said meanwhile
+            // (a shutdown, say) must not wait for the other replica.
+            Step::Wait => loop {
+                match inbox.try_recv() {
+                    Ok(message) => self.on_message(message, false),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        return std::ops::ControlFlow::Continue(())
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return std::ops::ControlFlow::Break(())
+                    }
+                }
+            },
         }
         let failures = match &self.phase {
             Phase::Failing { failures, .. } => *failures,
