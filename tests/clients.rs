@@ -82,6 +82,17 @@ fn assert_replayed(
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
+/// A reqwest answer as `stream_of_calls` wants it: the echoed header, or
+/// the status.
+async fn reqwest_text(response: reqwest::Response) -> Result<String, String> {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    match status {
+        StatusCode::OK => Ok(text.trim_end_matches(" 7").to_owned()),
+        other => Err(other.to_string()),
+    }
+}
+
 fn hyper_client() -> Http {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -204,12 +215,7 @@ async fn reqwest_client_as_a_tower_service() {
             let client = client.clone();
             async move {
                 let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let text = response.text().await.unwrap();
-                match status {
-                    StatusCode::OK => Ok(text.trim_end_matches(" 7").to_owned()),
-                    other => Err(other.to_string()),
-                }
+                reqwest_text(response).await
             }
         },
     )
@@ -232,12 +238,7 @@ async fn reqwest_middleware_client() {
             let request = client.post(&upstream.url).body(format!("call {i:02}"));
             async move {
                 let response = request.send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let text = response.text().await.unwrap();
-                match status {
-                    StatusCode::OK => Ok(text.trim_end_matches(" 7").to_owned()),
-                    other => Err(other.to_string()),
-                }
+                reqwest_text(response).await
             }
         },
     )

@@ -11,7 +11,6 @@ mod support;
 
 use std::{
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,7 @@ use secrecy::ExposeSecret;
 use support::rotating::Rotating;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Child,
 };
 use tower_oauth2::{FileStore, RefreshToken, StoreKey, TokenCache, TokenState, TokenStore};
 
@@ -67,23 +66,14 @@ async fn child_process() {
 }
 
 async fn spawn_child(url: &str, file: &Path, refresh_token: &str) -> Child {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env("CRASH_URL", url)
-        .env("CRASH_FILE", file)
-        .env("CRASH_REFRESH_TOKEN", refresh_token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = support::child::spawn(
+        "child_process",
+        [
+            ("CRASH_URL", url.as_ref()),
+            ("CRASH_FILE", file.as_os_str()),
+            ("CRASH_REFRESH_TOKEN", refresh_token.as_ref()),
+        ],
+    );
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(30), async {

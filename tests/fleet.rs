@@ -234,23 +234,14 @@ async fn four_replica_processes_share_each_token() {
     server.lifetime(2);
     let children: Vec<_> = (0..4)
         .map(|_| {
-            tokio::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "replica_process",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--quiet",
-                ])
-                .env("FLEET_TOKEN_URL", &server.url)
-                .env("FLEET_REDIS_URL", &redis.url)
-                .env("FLEET_RUN_MS", "8000")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
+            support::child::spawn(
+                "replica_process",
+                [
+                    ("FLEET_TOKEN_URL", server.url.as_str()),
+                    ("FLEET_REDIS_URL", redis.url.as_str()),
+                    ("FLEET_RUN_MS", "8000"),
+                ],
+            )
         })
         .collect();
     let (mut served, mut fetched) = (0u64, 0u64);
@@ -324,23 +315,14 @@ async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
     server.lifetime(22);
     let (counts, mut updates) = tokio::sync::mpsc::unbounded_channel();
     let spawn = |index: usize| {
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "credentials_replica_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--quiet",
-            ])
-            .env("FLEET_TOKEN_URL", &server.url)
-            .env("FLEET_REDIS_URL", &redis.url)
-            .env("FLEET_RUN_MS", "24000")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = support::child::spawn(
+            "credentials_replica_process",
+            [
+                ("FLEET_TOKEN_URL", server.url.as_str()),
+                ("FLEET_REDIS_URL", redis.url.as_str()),
+                ("FLEET_RUN_MS", "24000"),
+            ],
+        );
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
             child.stdout.take().unwrap(),
         ));

@@ -12,8 +12,11 @@
 //!   demand (client tests).
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
 //! - [`redis`]: a real `redis-server` on a free loopback port (fleet tests).
+//! - [`child`]: this test binary as a child process, running one ignored
+//!   test (crash and fleet tests).
 #![allow(dead_code)]
 
+pub mod child;
 pub mod grpc;
 pub mod recorder;
 pub mod redis;
