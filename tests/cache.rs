@@ -241,8 +241,9 @@ async fn an_outage_at_the_end_of_a_tokens_life_fails_no_request_while_it_is_vali
         "a request failed while the token was valid"
     );
     assert!(served > 7000, "{served}");
-    // Refresh point 3.75 s; attempts at 3.75 (Retry-After 1 s), 4.75, 4.95,
-    // 5.35 and 6.15 s: five during 8000 requests, then the one that succeeds.
+    // The first token, then the refresh point at 3.75 s: failed attempts at
+    // 3.75 (Retry-After 1 s), 4.75, 4.95 and 5.35 s, and the one at 6.15 s
+    // that succeeds. Six in all during 8000 requests.
     assert_eq!(
         script.calls(),
         6,
