@@ -507,3 +507,33 @@ async fn orange_logic_runs_thirty_days_with_restarts_and_no_person() {
     let issued = server.issued();
     assert!((30..=32).contains(&issued), "{issued} refreshes in 30 days");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unsaved_state_is_still_saved_after_every_handle_is_gone() {
+    let store = Flaky::default();
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .store(store.clone())
+        .build();
+    cache.token().await.unwrap();
+    drop(cache);
+    // Nobody is left to ask, but the task keeps retrying the save.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let tried = store.attempts.load(Ordering::SeqCst);
+    assert!(tried > 5, "{tried} attempts");
+    assert!(
+        !script.dropped.load(Ordering::SeqCst),
+        "gave up on the state"
+    );
+    store.healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        store.attempts.load(Ordering::SeqCst),
+        tried + 1,
+        "saved once more, then stopped"
+    );
+    assert!(
+        script.dropped.load(Ordering::SeqCst),
+        "the task ended once saved"
+    );
+}

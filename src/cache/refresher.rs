@@ -197,7 +197,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         let deadline = match task.next(now) {
             Next::Fetch => {
                 if task.fetch(&mut source, &mut inbox).await.is_break() {
-                    task.flush().await.ok();
+                    task.save_before_ending().await;
                     return;
                 }
                 continue;
@@ -215,7 +215,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
                 Some(message) => task.on_message(message, false),
                 // Every handle is gone.
                 None => {
-                    task.flush().await.ok();
+                    task.save_before_ending().await;
                     return;
                 }
             },
@@ -663,7 +663,25 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
-    /// Before the task ends: one more try at a save that failed.
+    /// Every handle is gone: a state that could not be saved yet (a rotated
+    /// refresh token, say) is still retried with backoff until it is saved,
+    /// or until the runtime stops. Nobody is left to ask for it, and losing
+    /// it would mean a person authorizing again.
+    async fn save_before_ending(&mut self) {
+        while let Some(retry_at) = self
+            .store
+            .as_ref()
+            .and_then(|p| p.unsaved.as_ref())
+            .map(|unsaved| unsaved.retry_at)
+        {
+            tokio::time::sleep_until(retry_at).await;
+            self.retry_save().await;
+        }
+        self.release().await;
+    }
+
+    /// Before the task ends on `shutdown`: one more try at a save that
+    /// failed; the caller hears whether it worked and decides.
     async fn flush(&mut self) -> Result<(), Error> {
         self.retry_save().await;
         self.release().await;

@@ -87,7 +87,11 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
     let mut temporary_name = std::ffi::OsString::from(".");
     temporary_name.push(name);
-    temporary_name.push(format!(".{}.tmp", std::process::id()));
+    // Unique per save: two caches of one process may save the same file at
+    // once, and each must rename only what it wrote whole.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    temporary_name.push(format!(".{}-{n}.tmp", std::process::id()));
     let temporary = dir.join(temporary_name);
 
     let written = (|| {

@@ -38,7 +38,9 @@
 //!   A failed save keeps the token in memory and in use, is logged, counted
 //!   in [`CacheStats::save_failures`](crate::CacheStats::save_failures),
 //!   reported by [`TokenCache::store_error`](crate::TokenCache::store_error),
-//!   and retried with backoff.
+//!   and retried with backoff, even after every handle is gone (the task
+//!   stays until the save succeeds). `shutdown` tries once more and reports
+//!   a failure instead of waiting.
 //! - **On `invalid_grant`** it reads the store once more before it reports
 //!   that a person must authorize again: another process may have rotated
 //!   the refresh token.
