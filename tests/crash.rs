@@ -106,7 +106,8 @@ struct Outcome {
     refreshes: u64,
 }
 
-async fn run(rounds: usize, stop: impl Fn(&Child) -> std::io::Result<()>) -> Outcome {
+/// `rounds` starts of the child, each stopped with `signal` (`KILL`, `TERM`).
+async fn run(rounds: usize, signal: &str) -> Outcome {
     let server = Rotating::start(Some("rt-0"), None).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("state.json");
@@ -122,7 +123,11 @@ async fn run(rounds: usize, stop: impl Fn(&Child) -> std::io::Result<()>) -> Out
     for round in 0..rounds {
         let mut child = spawn_child(&server.url, &file, &configured).await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(30..400))).await;
-        stop(&child).unwrap();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
         child.wait().await.unwrap();
         if server.revoked() {
             // This start sent a refresh token the server had replaced: the
@@ -154,13 +159,7 @@ async fn run(rounds: usize, stop: impl Fn(&Child) -> std::io::Result<()>) -> Out
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_refresh_token_outside_the_answer_in_flight() {
-    let outcome = run(50, |child| {
-        std::process::Command::new("kill")
-            .args(["-KILL", &child.id().unwrap().to_string()])
-            .status()
-            .map(drop)
-    })
-    .await;
+    let outcome = run(50, "KILL").await;
     println!(
         "SIGKILL: {} kills over {} refreshes; {} landed between the server's rotation and the \
          file's fsync; {} restarts needed a person",
@@ -176,13 +175,7 @@ async fn sigkill_at_random_moments_loses_no_refresh_token_outside_the_answer_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_clean_shutdown_never_needs_a_person() {
-    let outcome = run(20, |child| {
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().unwrap().to_string()])
-            .status()
-            .map(drop)
-    })
-    .await;
+    let outcome = run(20, "TERM").await;
     println!(
         "SIGTERM: {} clean shutdowns over {} refreshes",
         outcome.restarts, outcome.refreshes
