@@ -55,6 +55,24 @@ pub enum ErrorKind {
     /// The authorization callback is not the answer to the request that was
     /// sent: the `state` does not match, or the `code` is missing.
     Callback,
+    /// An authorization server metadata document was refused; see
+    /// [`discovery`](crate::discovery).
+    Discovery(DiscoveryErrorKind),
+}
+
+/// Why a metadata document was refused. In [`ErrorKind::Discovery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DiscoveryErrorKind {
+    /// The document's `issuer` is not the issuer asked for.
+    IssuerMismatch,
+    /// The document has no `token_endpoint`.
+    NoTokenEndpoint,
+    /// An endpoint in the document is not a URL the crate sends credentials
+    /// to: not `https` (outside loopback), or not a URL.
+    InsecureEndpoint,
+    /// Not a JSON object, no `issuer`, or a field of the wrong type.
+    Invalid,
 }
 
 /// What went wrong with a [`TokenStore`](crate::TokenStore). In
@@ -237,6 +255,13 @@ impl Error {
         self.with(|i| i.source = Some(source.into()))
     }
 
+    pub(crate) fn discovery(
+        kind: DiscoveryErrorKind,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self::new(ErrorKind::Discovery(kind), message)
+    }
+
     pub(crate) fn callback(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Callback, message)
     }
@@ -251,14 +276,14 @@ impl Error {
     pub(crate) fn timeout(after: Duration) -> Self {
         Self::new(
             ErrorKind::Timeout,
-            format!("token request timed out after {after:?}"),
+            format!("request timed out after {after:?}"),
         )
     }
 
     pub(crate) fn redirect(status: StatusCode) -> Self {
         Self::new(
             ErrorKind::Redirect,
-            "token endpoint answered with a redirect, which is not followed",
+            "the server answered with a redirect, which is not followed",
         )
         .with_status(status)
     }
@@ -266,14 +291,14 @@ impl Error {
     pub(crate) fn too_large(limit: usize) -> Self {
         Self::new(
             ErrorKind::ResponseTooLarge,
-            format!("token response larger than {limit} bytes"),
+            format!("response larger than {limit} bytes"),
         )
     }
 
     pub(crate) fn http_status(status: StatusCode) -> Self {
         Self::new(
             ErrorKind::Status,
-            "token endpoint answered with an HTTP error and no OAuth error body",
+            "the server answered with an HTTP error and no OAuth error body",
         )
         .with_status(status)
     }
@@ -307,19 +332,21 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "reqwest")]
     pub(crate) fn from_transport(err: reqwest::Error) -> Self {
-        let kind = if err.is_timeout() {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Network
-        };
-        let message = if kind == ErrorKind::Timeout {
-            "token request timed out"
-        } else {
-            "token request failed in transport"
-        };
-        // reqwest's error names the URL, never the body or headers.
-        Self::new(kind, message).with(|i| i.source = Some(Box::new(err.without_url())))
+        if err.is_timeout() {
+            // reqwest's error names the URL, never the body or headers.
+            return Self::new(ErrorKind::Timeout, "request timed out")
+                .with(|i| i.source = Some(Box::new(err.without_url())));
+        }
+        Self::network(err.without_url())
+    }
+
+    /// The request could not be sent or its answer not read. The transport's
+    /// error is kept as the source: transports name hosts, never bodies.
+    pub(crate) fn network(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Network, "request failed in transport")
+            .with(|i| i.source = Some(source.into()))
     }
 
     pub(crate) fn with_status(self, status: StatusCode) -> Self {

@@ -60,6 +60,7 @@
 
 pub mod cache;
 mod clock;
+pub mod discovery;
 pub mod endpoint;
 mod error;
 pub mod grant;
@@ -71,7 +72,7 @@ mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
-pub use error::{Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
+pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
 #[cfg(feature = "reqwest-middleware")]

@@ -8,6 +8,10 @@ use std::{
     time::Duration,
 };
 
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
 use secrecy::ExposeSecret;
 use support::recorder::{Recorder, Reply};
 use tower_oauth2::{
@@ -616,4 +620,77 @@ async fn the_rotating_server_does_revoke_a_reused_refresh_token() {
         grant("rt-1").fetch().await.is_err(),
         "the family is revoked"
     );
+}
+
+/// The same guarantees whatever carries the bytes: reqwest (the default) and
+/// a user's hyper-util client given with `transport`.
+#[tokio::test]
+async fn every_transport_keeps_the_endpoint_rules() {
+    type Builder = tower_oauth2::grant::ClientCredentialsBuilder;
+    let hyper = |builder: Builder| {
+        let client: Client<HttpConnector, String> =
+            Client::builder(TokioExecutor::new()).build_http();
+        builder.transport(client)
+    };
+    let transports: [(&str, &dyn Fn(Builder) -> Builder); 2] =
+        [("reqwest", &|builder| builder), ("hyper-util", &hyper)];
+    for (name, with_transport) in transports {
+        let server = Recorder::start().await;
+        let target = Recorder::start().await;
+        server.reply([
+            Reply::token("t1"),
+            Reply::json(302, "{}").with_header("location", &target.url("/steal")),
+            Reply::token(&"y".repeat(2000)),
+            Reply::Hang,
+        ]);
+        let mut grant = with_transport(cc(&server).timeout(Duration::from_millis(300)))
+            .max_response_bytes(1000)
+            .build()
+            .unwrap();
+        let token = grant.fetch().await.unwrap();
+        assert_eq!(token.access_token().expose_secret(), "t1", "{name}");
+        let sent = server.last();
+        assert_eq!(sent.method, "POST", "{name}");
+        assert_eq!(sent.param("grant_type"), "client_credentials", "{name}");
+        assert_eq!(
+            sent.header("content-type"),
+            Some("application/x-www-form-urlencoded"),
+            "{name}"
+        );
+        assert_eq!(sent.header("accept"), Some("application/json"), "{name}");
+        assert!(sent.header("authorization").is_some(), "{name}");
+
+        let redirect = grant.fetch().await.unwrap_err();
+        assert_eq!(redirect.kind(), &ErrorKind::Redirect, "{name}");
+        assert!(target.requests().is_empty(), "{name}: redirect followed");
+        let large = grant.fetch().await.unwrap_err();
+        assert_eq!(large.kind(), &ErrorKind::ResponseTooLarge, "{name}");
+        let hang = grant.fetch().await.unwrap_err();
+        assert_eq!(hang.kind(), &ErrorKind::Timeout, "{name}");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let closed = with_transport(
+            ClientCredentials::builder()
+                .token_url(format!("http://127.0.0.1:{port}/token"))
+                .client_id("id")
+                .client_secret("s"),
+        );
+        let err = closed.build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::Network, "{name}");
+        assert!(err.is_transient(), "{name}");
+
+        let plain_http = with_transport(
+            ClientCredentials::builder()
+                .token_url("http://example.com/token")
+                .client_id("id")
+                .client_secret("s"),
+        );
+        assert_eq!(
+            plain_http.build().unwrap_err().kind(),
+            &ErrorKind::Config,
+            "{name}"
+        );
+    }
 }

@@ -23,14 +23,17 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use bytes::Bytes;
 use http::{header::AUTHORIZATION, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower::{Service, ServiceExt};
 use tower_oauth2::{
-    AuthMethod, AuthorizationCode, BearerAuthLayer, ClientCredentials, ErrorKind, OAuthErrorCode,
-    RefreshPolicy, TokenCache, TokenSource,
+    discovery::Discovery, AuthMethod, AuthorizationCode, BearerAuthLayer, ClientCredentials,
+    ErrorKind, OAuthErrorCode, RefreshPolicy, TokenCache, TokenSource,
 };
 
 const AUDIENCE: &str = "urn:tower-oauth2:api";
@@ -234,6 +237,42 @@ async fn client_credentials_with_basic_and_post() {
         let info = provider.introspect(&secret_of(&token)).await;
         assert_eq!(info["scope"], "api.read", "{info}");
     }
+}
+
+/// Discovery of the real server's OpenID configuration, and a grant built
+/// from it, both through a hyper-util client given as the transport.
+#[tokio::test]
+async fn discovery_and_a_hyper_util_transport() {
+    let provider = Provider::start();
+    let hyper: Client<HttpConnector, String> = Client::builder(TokioExecutor::new()).build_http();
+    let metadata = Discovery::builder()
+        .transport(hyper.clone())
+        .build()
+        .metadata(&provider.base)
+        .await
+        .unwrap();
+    assert_eq!(metadata.issuer(), provider.base);
+    assert_eq!(metadata.token_endpoint().as_str(), provider.token_url());
+    let methods = metadata.token_endpoint_auth_methods().unwrap();
+    assert!(
+        methods.iter().any(|m| m == "client_secret_basic"),
+        "{methods:?}"
+    );
+
+    // No auth method given: the metadata lists basic, which `cc-basic` uses.
+    let mut grant = ClientCredentials::builder()
+        .metadata(&metadata)
+        .client_id("cc-basic")
+        .client_secret("basic-secret")
+        .scope("api.read")
+        .transport(hyper)
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    let info = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "cc-basic");
+    assert_eq!(provider.token_requests("cc-basic").await, 1);
 }
 
 #[tokio::test]

@@ -16,10 +16,11 @@
 
 mod auth;
 mod response;
+pub(crate) mod transport;
 
 use std::{net::IpAddr, time::Duration};
 
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 use secrecy::SecretString;
 use url::{Host, Url};
 
@@ -27,6 +28,8 @@ pub use auth::AuthMethod;
 pub(crate) use auth::ClientAuth;
 use response::Leniency;
 pub(crate) use response::Refused;
+use transport::Failure;
+pub(crate) use transport::Transport;
 
 use crate::{clock, Error, Token};
 
@@ -54,8 +57,9 @@ const RESERVED_PARAMS: &[&str] = &[
 pub struct TokenEndpoint {
     url: Url,
     client_id: String,
+    uri: http::Uri,
     auth: ClientAuth,
-    http: reqwest::Client,
+    transport: Transport,
     timeout: Duration,
     max_body: usize,
     extra_params: Vec<(String, String)>,
@@ -135,15 +139,17 @@ impl TokenEndpoint {
             .find(|(name, _)| *name == "grant_type")
             .map_or("", |(_, value)| *value);
 
-        let mut request = self
-            .http
-            .post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .timeout(self.timeout)
-            .body(body);
+        let mut request = http::Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         if let Some(value) = self.auth.header() {
-            request = request.header(header::AUTHORIZATION, value.clone());
+            headers.insert(header::AUTHORIZATION, value.clone());
         }
 
         let sent_at = clock::now();
@@ -172,46 +178,39 @@ impl TokenEndpoint {
 
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        request: http::Request<String>,
         sent_at: clock::Instant,
         requested_scopes: &[String],
     ) -> Result<Token, Refused> {
-        let mut response = request.send().await.map_err(Error::from_transport)?;
-        let status = response.status();
-        // A caller-supplied client may follow redirects; refuse what it did.
-        if status.is_redirection() || response.url() != &self.url {
-            return Err(Error::redirect(if status.is_redirection() {
-                status
-            } else {
-                StatusCode::TEMPORARY_REDIRECT
-            })
-            .into());
-        }
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(parse_retry_after);
-
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_body as u64)
+        let answer = match self
+            .transport
+            .send(request, self.timeout, self.max_body)
+            .await
         {
-            return Err(too_large(status, self.max_body, retry_after).into());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Error::from_transport)? {
-            if body.len() + chunk.len() > self.max_body {
+            Ok(answer) => answer,
+            Err(Failure::TooLarge { status, headers }) => {
+                let retry_after = retry_after(&headers);
                 return Err(too_large(status, self.max_body, retry_after).into());
             }
-            body.extend_from_slice(&chunk);
-        }
-        response::parse(status, &body, sent_at, requested_scopes, self.leniency).map_err(
-            |refused| Refused {
-                error: refused.error.with_retry_after_opt(retry_after),
-                ..refused
-            },
+            Err(Failure::Error(error)) => return Err(error.into()),
+        };
+        let retry_after = retry_after(&answer.headers);
+        response::parse(
+            answer.status,
+            &answer.body,
+            sent_at,
+            requested_scopes,
+            self.leniency,
         )
+        .map_err(|refused| Refused {
+            error: refused.error.with_retry_after_opt(retry_after),
+            ..refused
+        })
     }
+}
+
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers.get(header::RETRY_AFTER).and_then(parse_retry_after)
 }
 
 /// An oversized error page is still an error status; an oversized success is not.
@@ -274,7 +273,8 @@ pub(crate) struct EndpointSettings {
     pub(crate) client_id: Option<String>,
     pub(crate) client_secret: Option<SecretString>,
     pub(crate) auth_method: Option<AuthMethod>,
-    pub(crate) http: Option<reqwest::Client>,
+    pub(crate) transport: Option<Transport>,
+    pub(crate) metadata: Option<crate::discovery::ServerMetadata>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_body: Option<usize>,
     pub(crate) extra_params: Vec<(String, String)>,
@@ -283,19 +283,23 @@ pub(crate) struct EndpointSettings {
 
 impl EndpointSettings {
     pub(crate) fn build(self) -> Result<TokenEndpoint, Error> {
-        let raw_url = self
-            .token_url
-            .ok_or_else(|| Error::config("token_url is required"))?;
+        let raw_url = match (self.token_url, &self.metadata) {
+            (Some(url), _) => url,
+            (None, Some(metadata)) => metadata.token_endpoint().to_string(),
+            (None, None) => return Err(Error::config("token_url is required")),
+        };
         let url = validate_url(&raw_url)?;
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config("client_id is required"))?;
-        let method = self.auth_method.unwrap_or(if self.client_secret.is_some() {
-            AuthMethod::ClientSecretBasic
-        } else {
-            AuthMethod::None
-        });
+        let has_secret = self.client_secret.is_some();
+        let method = match (self.auth_method, &self.metadata) {
+            (Some(method), _) => method,
+            (None, Some(metadata)) => metadata.choose_auth_method(has_secret)?,
+            (None, None) if has_secret => AuthMethod::ClientSecretBasic,
+            (None, None) => AuthMethod::None,
+        };
         let auth = ClientAuth::new(method, client_id.clone(), self.client_secret)?;
         for (name, _) in &self.extra_params {
             if name.is_empty() || RESERVED_PARAMS.contains(&name.as_str()) {
@@ -304,12 +308,10 @@ impl EndpointSettings {
                 )));
             }
         }
-        let http = match self.http {
-            Some(client) => client,
-            None => reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|_| Error::config("could not build the HTTP client"))?,
+        let uri = transport::to_uri(&url)?;
+        let transport = match self.transport {
+            Some(transport) => transport,
+            None => Transport::default_client()?,
         };
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
@@ -317,9 +319,10 @@ impl EndpointSettings {
         }
         Ok(TokenEndpoint {
             url,
+            uri,
             client_id,
             auth,
-            http,
+            transport,
             timeout,
             max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             extra_params: self.extra_params,
@@ -335,6 +338,15 @@ macro_rules! endpoint_settings {
         /// The token endpoint URL. Must be `https`, or `http` to a loopback host.
         pub fn token_url(mut self, url: impl Into<String>) -> Self {
             self.endpoint.token_url = Some(url.into());
+            self
+        }
+
+        /// Takes the token endpoint from discovered server metadata and, unless
+        /// [`auth_method`](Self::auth_method) is set, lets the metadata choose
+        /// the client authentication (see [`discovery`](crate::discovery)). A
+        /// [`token_url`](Self::token_url) set as well wins.
+        pub fn metadata(mut self, metadata: &crate::discovery::ServerMetadata) -> Self {
+            self.endpoint.metadata = Some(metadata.clone());
             self
         }
 
@@ -367,12 +379,38 @@ macro_rules! endpoint_settings {
             self
         }
 
-        /// Uses this HTTP client. Build it with
+        /// Sends token requests with this reqwest client. Build it with
         /// `redirect(reqwest::redirect::Policy::none())`: a client that follows
         /// redirects may send the credentials to the redirect target before the
         /// crate can refuse the answer.
+        #[cfg(feature = "reqwest")]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
-            self.endpoint.http = Some(client);
+            self.endpoint.transport = Some(crate::endpoint::Transport::reqwest(client));
+            self
+        }
+
+        /// Sends token requests through any tower service: a hyper-util
+        /// client with your proxy, TLS and DNS settings, say. The crate still
+        /// requires `https` (except to loopback), refuses redirect answers,
+        /// applies [`timeout`](Self::timeout) and reads at most
+        /// [`max_response_bytes`](Self::max_response_bytes); the service must
+        /// not follow redirects itself. The request body is built from a
+        /// `String`, so `String`, `Full<Bytes>` and most body types fit.
+        pub fn transport<S, ReqB, ResB>(mut self, service: S) -> Self
+        where
+            S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+            S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+            S::Future: Send + 'static,
+            ReqB: From<String> + 'static,
+            ResB: http_body::Body + Send + 'static,
+            ResB::Data: Send,
+            ResB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            self.endpoint.transport = Some(crate::endpoint::Transport::service(service));
             self
         }
 

@@ -37,8 +37,10 @@ pub trait AuthRequest: sealed::Request {}
 pub trait AuthResponse: sealed::Response {}
 
 impl<B> AuthRequest for http::Request<B> {}
+#[cfg(feature = "reqwest")]
 impl AuthRequest for reqwest::Request {}
 impl<B> AuthResponse for http::Response<B> {}
+#[cfg(feature = "reqwest")]
 impl AuthResponse for reqwest::Response {}
 
 impl<B> sealed::Request for http::Request<B> {
@@ -62,6 +64,7 @@ impl<B> sealed::Request for http::Request<B> {
     }
 }
 
+#[cfg(feature = "reqwest")]
 impl sealed::Request for reqwest::Request {
     #[inline]
     fn opted_out(&self) -> bool {
@@ -104,6 +107,7 @@ impl<B> sealed::Response for http::Response<B> {
     }
 }
 
+#[cfg(feature = "reqwest")]
 impl sealed::Response for reqwest::Response {
     #[inline]
     fn status(&self) -> StatusCode {

@@ -307,6 +307,7 @@ where
     }
 }
 
+#[cfg(feature = "reqwest")]
 impl<E, C, P> Policy<reqwest::Request, reqwest::Response, E> for Replay<C, P>
 where
     P: Policy<reqwest::Request, reqwest::Response, E>,

@@ -1,0 +1,537 @@
+//! Authorization server discovery: a grant from an issuer URL.
+//!
+//! ```no_run
+//! use tower_oauth2::{discovery::Discovery, ClientCredentials, TokenCache};
+//!
+//! # async fn run() -> Result<(), tower_oauth2::Error> {
+//! let metadata = Discovery::default()
+//!     .metadata("https://login.example.com/tenant-a")
+//!     .await?;
+//! let grant = ClientCredentials::builder()
+//!     .metadata(&metadata) // the token endpoint, and how to authenticate
+//!     .client_id("my-app")
+//!     .client_secret("s3cret")
+//!     .build()?;
+//! let cache = TokenCache::new(grant);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Discovery::metadata`] reads the issuer's OpenID Provider Configuration
+//! (`/.well-known/openid-configuration`, which Entra ID, Okta, Keycloak and
+//! Auth0 serve) and, where that is not found, the OAuth 2.0 Authorization
+//! Server Metadata of RFC 8414 (`/.well-known/oauth-authorization-server`).
+//! The document is accepted only when:
+//! - its `issuer` is the issuer asked for (RFC 8414 §3.3; a trailing `/` is
+//!   the only difference tolerated), so a server cannot name itself another;
+//! - it has a `token_endpoint`, `https` or `http` to loopback like every URL
+//!   the crate sends credentials to;
+//! - it arrived without a redirect, within the timeout, and is no larger than
+//!   the bound (1 MiB by default).
+//!
+//! Each failure is an [`ErrorKind::Discovery`] (or the transport's own kind:
+//! [`ErrorKind::Network`], [`ErrorKind::Timeout`], [`ErrorKind::Redirect`],
+//! [`ErrorKind::Status`], [`ErrorKind::ResponseTooLarge`]).
+//!
+//! Documents are cached per issuer for [`DiscoveryBuilder::ttl`] (1 h by
+//! default), so every grant of a process built from one issuer costs one
+//! request; clones of a [`Discovery`] share the cache.
+//!
+//! When the grant's builder is given no [`AuthMethod`],
+//! the metadata's `token_endpoint_auth_methods_supported` chooses it from what
+//! the client has, instead of trying methods one after another (which would
+//! send a secret to a server that did not ask for it in that form): with a
+//! secret, `client_secret_basic` when listed, else `client_secret_post`;
+//! without one, `none`. An absent list means `client_secret_basic` (RFC 8414
+//! §2).
+//!
+//! [`ErrorKind::Discovery`]: crate::ErrorKind::Discovery
+//! [`ErrorKind::Network`]: crate::ErrorKind::Network
+//! [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
+//! [`ErrorKind::Redirect`]: crate::ErrorKind::Redirect
+//! [`ErrorKind::Status`]: crate::ErrorKind::Status
+//! [`ErrorKind::ResponseTooLarge`]: crate::ErrorKind::ResponseTooLarge
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::{
+    clock::{self, Instant},
+    endpoint::{transport, validate_url, Transport, DEFAULT_MAX_RESPONSE_BYTES},
+    AuthMethod, DiscoveryErrorKind, Error,
+};
+
+/// Default time a document is reused.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Default timeout of one discovery request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const OPENID: &str = ".well-known/openid-configuration";
+const RFC8414: &str = ".well-known/oauth-authorization-server";
+
+/// What an authorization server says about itself (RFC 8414 §2, OpenID
+/// Connect Discovery §3). Cheap to clone.
+#[derive(Clone)]
+pub struct ServerMetadata {
+    inner: Arc<Document>,
+}
+
+struct Document {
+    issuer: String,
+    token_endpoint: Url,
+    authorization_endpoint: Option<Url>,
+    auth_methods: Option<Vec<String>>,
+    fields: Map<String, Value>,
+}
+
+impl fmt::Debug for ServerMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetadata")
+            .field("issuer", &self.inner.issuer)
+            .field("token_endpoint", &self.inner.token_endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerMetadata {
+    /// Reads a metadata document fetched by other means; `issuer` is the
+    /// issuer it must name. The same checks as [`Discovery::metadata`].
+    pub fn from_json(issuer: &str, document: &[u8]) -> Result<Self, Error> {
+        let invalid =
+            |message: &'static str| Error::discovery(DiscoveryErrorKind::Invalid, message);
+        let fields = match serde_json::from_slice(document) {
+            Ok(Value::Object(fields)) => fields,
+            _ => return Err(invalid("the metadata document is not a JSON object")),
+        };
+        let named = fields
+            .get("issuer")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("the metadata document has no `issuer`"))?;
+        if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(Error::discovery(
+                DiscoveryErrorKind::IssuerMismatch,
+                "the metadata document names another issuer",
+            ));
+        }
+        let endpoint = |name: &str| -> Result<Option<Url>, Error> {
+            let Some(value) = fields.get(name) else {
+                return Ok(None);
+            };
+            let raw = value
+                .as_str()
+                .ok_or_else(|| invalid("an endpoint in the metadata document is not a string"))?;
+            validate_url(raw).map(Some).map_err(|error| {
+                Error::discovery(
+                    DiscoveryErrorKind::InsecureEndpoint,
+                    format!("`{name}` in the metadata document is unusable: {error}"),
+                )
+            })
+        };
+        let token_endpoint = endpoint("token_endpoint")?.ok_or_else(|| {
+            Error::discovery(
+                DiscoveryErrorKind::NoTokenEndpoint,
+                "the metadata document has no `token_endpoint`",
+            )
+        })?;
+        let authorization_endpoint = endpoint("authorization_endpoint")?;
+        let auth_methods = match fields.get("token_endpoint_auth_methods_supported") {
+            None => None,
+            Some(Value::Array(methods)) => Some(
+                methods
+                    .iter()
+                    .map(|m| m.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        invalid("`token_endpoint_auth_methods_supported` holds a non-string")
+                    })?,
+            ),
+            Some(_) => {
+                return Err(invalid(
+                    "`token_endpoint_auth_methods_supported` is not a list",
+                ))
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Document {
+                issuer: named.to_owned(),
+                token_endpoint,
+                authorization_endpoint,
+                auth_methods,
+                fields,
+            }),
+        })
+    }
+
+    /// The issuer, as the document names it.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// The token endpoint.
+    pub fn token_endpoint(&self) -> &Url {
+        &self.inner.token_endpoint
+    }
+
+    /// The authorization endpoint, for
+    /// [`AuthorizationRequest`](crate::grant::AuthorizationRequest).
+    pub fn authorization_endpoint(&self) -> Option<&Url> {
+        self.inner.authorization_endpoint.as_ref()
+    }
+
+    /// `token_endpoint_auth_methods_supported`, when the document lists them.
+    pub fn token_endpoint_auth_methods(&self) -> Option<&[String]> {
+        self.inner.auth_methods.as_deref()
+    }
+
+    /// Any other field of the document (`grant_types_supported`,
+    /// `scopes_supported`, ...).
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.inner.fields.get(name)
+    }
+
+    /// The client authentication a client with (or without) a secret should
+    /// use here; see the [module docs](self).
+    pub fn choose_auth_method(&self, has_secret: bool) -> Result<AuthMethod, Error> {
+        let listed = |name: &str| {
+            self.inner
+                .auth_methods
+                .as_ref()
+                .is_none_or(|methods| methods.iter().any(|m| m == name))
+        };
+        let basic_by_default = self.inner.auth_methods.is_none();
+        let choice = if has_secret {
+            if basic_by_default || listed("client_secret_basic") {
+                Some(AuthMethod::ClientSecretBasic)
+            } else if listed("client_secret_post") {
+                Some(AuthMethod::ClientSecretPost)
+            } else {
+                None
+            }
+        } else if !basic_by_default && listed("none") {
+            Some(AuthMethod::None)
+        } else {
+            None
+        };
+        choice.ok_or_else(|| {
+            Error::config(
+                "the server supports none of the client authentication methods this client can use; \
+                 choose one with auth_method",
+            )
+        })
+    }
+}
+
+/// Fetches and caches authorization server metadata. Clones share the cache.
+#[derive(Clone)]
+pub struct Discovery {
+    transport: Option<Transport>,
+    timeout: Duration,
+    max_body: usize,
+    ttl: Duration,
+    cache: Arc<Mutex<HashMap<String, (Instant, ServerMetadata)>>>,
+}
+
+impl Default for Discovery {
+    /// reqwest (with the `reqwest` feature), 10 s timeout, 1 MiB, 1 h cache.
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Discovery")
+            .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// Starts configuring a discovery client.
+    pub fn builder() -> DiscoveryBuilder {
+        DiscoveryBuilder {
+            transport: None,
+            timeout: DEFAULT_TIMEOUT,
+            max_body: DEFAULT_MAX_RESPONSE_BYTES,
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// The metadata of `issuer`, from the cache while it is fresh.
+    pub async fn metadata(&self, issuer: &str) -> Result<ServerMetadata, Error> {
+        let issuer_url = validate_url(issuer)?;
+        if issuer_url.query().is_some() {
+            return Err(Error::config("an issuer URL has no query string"));
+        }
+        if let Some(metadata) = self.cached(issuer) {
+            return Ok(metadata);
+        }
+        let transport = match &self.transport {
+            Some(transport) => transport.clone(),
+            None => Transport::default_client()?,
+        };
+        let body = match self
+            .fetch(&transport, &well_known_url(&issuer_url, OPENID))
+            .await
+        {
+            // Not served here: the RFC 8414 document may be.
+            Err(error) if is_absent(&error) => self
+                .fetch(&transport, &well_known_url(&issuer_url, RFC8414))
+                .await
+                .map_err(|other| if is_absent(&other) { error } else { other })?,
+            body => body?,
+        };
+        let metadata = ServerMetadata::from_json(issuer, &body)?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            issuer.to_owned(),
+            (clock::now() + self.ttl, metadata.clone()),
+        );
+        Ok(metadata)
+    }
+
+    fn cached(&self, issuer: &str) -> Option<ServerMetadata> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(issuer) {
+            Some((until, metadata)) if clock::now() < *until => Some(metadata.clone()),
+            Some(_) => {
+                cache.remove(issuer);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn fetch(&self, transport: &Transport, url: &Url) -> Result<bytes::Bytes, Error> {
+        let mut request = transport::get(transport::to_uri(url)?);
+        request
+            .headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        tracing::debug!(target: "tower_oauth2", %url, "discovery request");
+        let answer = match transport.send(request, self.timeout, self.max_body).await {
+            Ok(answer) => answer,
+            Err(transport::Failure::TooLarge { status, .. }) => {
+                return Err(if status.is_success() {
+                    Error::too_large(self.max_body).with_status(status)
+                } else {
+                    Error::http_status(status)
+                })
+            }
+            Err(transport::Failure::Error(error)) => return Err(error),
+        };
+        if !answer.status.is_success() {
+            return Err(Error::http_status(answer.status));
+        }
+        Ok(answer.body)
+    }
+}
+
+fn is_absent(error: &Error) -> bool {
+    error.status().is_some_and(|s| {
+        matches!(
+            s,
+            StatusCode::NOT_FOUND
+                | StatusCode::BAD_REQUEST
+                | StatusCode::FORBIDDEN
+                | StatusCode::GONE
+        ) || s == StatusCode::METHOD_NOT_ALLOWED
+    })
+}
+
+/// OpenID appends the well-known path to the issuer's path; RFC 8414 §3.1
+/// puts it between the host and the issuer's path.
+fn well_known_url(issuer: &Url, well_known: &str) -> Url {
+    let path = issuer.path().trim_end_matches('/');
+    let mut url = issuer.clone();
+    if well_known == OPENID {
+        url.set_path(&format!("{path}/{well_known}"));
+    } else {
+        url.set_path(&format!("/{well_known}{path}"));
+    }
+    url
+}
+
+/// Builds a [`Discovery`]. Made by [`Discovery::builder`].
+pub struct DiscoveryBuilder {
+    transport: Option<Transport>,
+    timeout: Duration,
+    max_body: usize,
+    ttl: Duration,
+}
+
+impl fmt::Debug for DiscoveryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiscoveryBuilder")
+            .field("timeout", &self.timeout)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscoveryBuilder {
+    /// Fetches documents with this reqwest client (built to follow no redirect).
+    #[cfg(feature = "reqwest")]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.transport = Some(Transport::reqwest(client));
+        self
+    }
+
+    /// Fetches documents through any tower service, as the grants'
+    /// `transport` does; the same rules apply.
+    pub fn transport<S, ReqB, ResB>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+        ReqB: From<String> + 'static,
+        ResB: http_body::Body + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.transport = Some(Transport::service(service));
+        self
+    }
+
+    /// Timeout of one request (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest document read, in bytes (default 1 MiB).
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_body = limit;
+        self
+    }
+
+    /// How long a document is reused before it is fetched again (default 1 h).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The discovery client.
+    pub fn build(self) -> Discovery {
+        Discovery {
+            transport: self.transport,
+            timeout: self.timeout,
+            max_body: self.max_body,
+            ttl: self.ttl,
+            cache: Arc::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_urls() {
+        let issuer = Url::parse("https://example.com/tenant/").unwrap();
+        assert_eq!(
+            well_known_url(&issuer, OPENID).as_str(),
+            "https://example.com/tenant/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            well_known_url(&issuer, RFC8414).as_str(),
+            "https://example.com/.well-known/oauth-authorization-server/tenant"
+        );
+        let root = Url::parse("https://example.com").unwrap();
+        assert_eq!(
+            well_known_url(&root, RFC8414).as_str(),
+            "https://example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    fn metadata(methods: Option<&[&str]>) -> ServerMetadata {
+        let mut document = serde_json::json!({
+            "issuer": "https://as.example.com",
+            "token_endpoint": "https://as.example.com/token",
+        });
+        if let Some(methods) = methods {
+            document["token_endpoint_auth_methods_supported"] = methods.into();
+        }
+        ServerMetadata::from_json("https://as.example.com/", document.to_string().as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_auth_method_follows_the_list() {
+        let choose = |methods, secret| metadata(methods).choose_auth_method(secret).ok();
+        assert_eq!(choose(None, true), Some(AuthMethod::ClientSecretBasic));
+        assert_eq!(choose(None, false), None, "basic needs a secret");
+        assert_eq!(
+            choose(Some(&["client_secret_post"]), true),
+            Some(AuthMethod::ClientSecretPost)
+        );
+        assert_eq!(
+            choose(Some(&["client_secret_post", "client_secret_basic"]), true),
+            Some(AuthMethod::ClientSecretBasic)
+        );
+        assert_eq!(
+            choose(Some(&["none", "client_secret_post"]), false),
+            Some(AuthMethod::None)
+        );
+        assert_eq!(choose(Some(&["private_key_jwt"]), true), None);
+    }
+
+    #[test]
+    fn documents_are_checked() {
+        let kind = |issuer: &str, document: Value| {
+            ServerMetadata::from_json(issuer, document.to_string().as_bytes())
+                .unwrap_err()
+                .kind()
+                .clone()
+        };
+        let issuer = "https://as.example.com";
+        let token = "https://as.example.com/token";
+        use crate::ErrorKind::Discovery as D;
+        use DiscoveryErrorKind::*;
+        assert_eq!(
+            kind(
+                issuer,
+                serde_json::json!({"issuer": "https://evil.example.com", "token_endpoint": token})
+            ),
+            D(IssuerMismatch)
+        );
+        assert_eq!(
+            kind(issuer, serde_json::json!({"issuer": issuer})),
+            D(NoTokenEndpoint)
+        );
+        assert_eq!(
+            kind(
+                issuer,
+                serde_json::json!({"issuer": issuer, "token_endpoint": "http://as.example.com/token"})
+            ),
+            D(InsecureEndpoint)
+        );
+        assert_eq!(
+            kind(issuer, serde_json::json!(["not", "an", "object"])),
+            D(Invalid)
+        );
+        assert_eq!(
+            kind(issuer, serde_json::json!({"token_endpoint": token})),
+            D(Invalid)
+        );
+        assert_eq!(
+            kind(
+                issuer,
+                serde_json::json!({"issuer": issuer, "token_endpoint": token, "token_endpoint_auth_methods_supported": "client_secret_basic"})
+            ),
+            D(Invalid)
+        );
+    }
+}
