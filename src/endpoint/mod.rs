@@ -13,6 +13,24 @@
 //! - a per-request timeout and a bounded response body;
 //! - the answer is read leniently where real servers differ and strictly
 //!   where a mistake would be dangerous (see [`TokenEndpoint::exchange`]).
+//!
+//! These hold whatever carries the bytes: reqwest by default (the `reqwest`
+//! feature), or any tower service given to a builder's `transport`, such as
+//! a hyper-util client with your proxy and TLS settings:
+//!
+//! ```
+//! use hyper_util::{client::legacy::{connect::HttpConnector, Client}, rt::TokioExecutor};
+//! use tower_oauth2::ClientCredentials;
+//!
+//! let hyper: Client<HttpConnector, String> = Client::builder(TokioExecutor::new()).build_http();
+//! let grant = ClientCredentials::builder()
+//!     .token_url("http://127.0.0.1:8080/oauth/token")
+//!     .client_id("my-app")
+//!     .client_secret("s3cret")
+//!     .transport(hyper)
+//!     .build()?;
+//! # Ok::<(), tower_oauth2::Error>(())
+//! ```
 
 mod auth;
 mod response;
