@@ -198,6 +198,13 @@ fn paired(_: &mut Criterion) {
                 ),
             ),
             (
+                "retry(Replay, CloneBody)+BA / retry(cloning)+BA",
+                paired_ratio(
+                    timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                    timer(bearer_with_replay_cloning(&cache), threads, one_string),
+                ),
+            ),
+            (
                 "retry(cloning)+static / static header",
                 paired_ratio(
                     timer(static_header(), threads, one_string),

@@ -188,6 +188,17 @@ pub fn bearer_with_replay(cache: &TokenCache) -> Retry<Replay, BearerAuth<Inner>
     Retry::new(Replay::new(), bearer(cache))
 }
 
+/// `BearerAuth` behind `tower::retry` with `Replay` copying bodies by `Clone`,
+/// as the cloning policy does.
+pub fn bearer_with_replay_cloning(
+    cache: &TokenCache,
+) -> Retry<Replay<tower_oauth2::layer::replay::CloneBody>, BearerAuth<Inner>> {
+    Retry::new(
+        Replay::new().copy_body(tower_oauth2::layer::replay::CloneBody),
+        bearer(cache),
+    )
+}
+
 /// `BearerAuth` behind `tower::retry` with a plain cloning policy.
 pub fn bearer_with_cloning_retry(cache: &TokenCache) -> Retry<Cloning, BearerAuth<Inner>> {
     Retry::new(Cloning, bearer(cache))
