@@ -47,6 +47,9 @@
 //! [`endpoint`] go further, each with an example; [`layer::replay`] sends a
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
+//! The `metrics` feature counts token requests, waits, rejected tokens,
+//! replays and saves through the `metrics` facade: see [`metrics`] for the
+//! names.
 //!
 //! Secrets (client secret, access and refresh tokens) never appear in the
 //! `Debug` or `Display` output of any type in this crate, nor in its errors
@@ -65,6 +68,7 @@ pub mod endpoint;
 mod error;
 pub mod grant;
 pub mod layer;
+pub mod metrics;
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
 pub mod store;

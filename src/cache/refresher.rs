@@ -42,6 +42,7 @@ use tracing::Instrument as _;
 use super::{Message, RefreshPolicy, Shared, Slot};
 use crate::{
     clock::{self, Instant},
+    metrics::{self, Outcome},
     store::{Lease, StoreKey, TokenState, TokenStore},
     token::expose,
     Error, Token, TokenSource,
@@ -161,6 +162,8 @@ struct Refresher<T> {
     closing: Option<oneshot::Sender<Result<(), Error>>>,
     /// This task's name in the fleet's lease.
     owner: String,
+    /// The `cache` label of the metrics.
+    metrics: metrics::Name,
 }
 
 pub(super) async fn run<S: TokenSource, T: TokenStore>(
@@ -169,6 +172,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
     store: Option<(T, StoreKey)>,
     shared: Weak<Shared>,
     mut inbox: mpsc::UnboundedReceiver<Message>,
+    metrics: metrics::Name,
 ) {
     let mut task = Refresher {
         policy,
@@ -185,6 +189,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         }),
         closing: None,
         owner: format!("{:032x}", rand::random::<u128>()),
+        metrics,
     };
     task.restore(&mut source).await;
     loop {
@@ -329,11 +334,20 @@ impl<T: TokenStore> Refresher<T> {
             }
             Phase::Idle | Phase::Wanted => return,
         };
+        metrics::expires_in(&self.metrics, std::time::Duration::ZERO);
         self.publish(slot);
     }
 
     fn publish(&self, slot: Slot) {
         publish(&self.shared, slot);
+    }
+
+    /// For the metrics: `live` is about to be handed out.
+    fn published(&self, live: &Live, now: Instant) {
+        metrics::expires_in(
+            &self.metrics,
+            live.expires_at.saturating_duration_since(now),
+        );
     }
 
     /// One token request, start to end. `Break` when every handle has gone.
@@ -400,8 +414,9 @@ impl<T: TokenStore> Refresher<T> {
         };
 
         let now = clock::now();
+        let took = now - started;
         if result.is_ok() {
-            self.round_trips.record(now - started);
+            self.round_trips.record(took);
         }
         let fresh = result.and_then(|token| self.schedule(token, now));
         // Saved before it is published: a rotated refresh token reaches the
@@ -433,6 +448,7 @@ impl<T: TokenStore> Refresher<T> {
                         "token stored"
                     )
                 });
+                metrics::token_request(&self.metrics, Outcome::Ok, took);
                 if let Some(shared) = self.shared.upgrade() {
                     if live.is_some() {
                         shared
@@ -441,6 +457,10 @@ impl<T: TokenStore> Refresher<T> {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                if live.is_some() {
+                    metrics::refreshed_ahead(&self.metrics);
+                }
+                self.published(&next, now);
                 if let Some(persist) = &mut self.store {
                     persist.reread = false;
                 }
@@ -452,6 +472,8 @@ impl<T: TokenStore> Refresher<T> {
                 span.in_scope(|| {
                     tracing::info!(target: "tower_oauth2", "refresh token rejected; the store holds a newer one")
                 });
+                // Tried again at once: not a stop.
+                metrics::token_request(&self.metrics, Outcome::Transient, took);
                 if let Some(shared) = self.shared.upgrade() {
                     shared.counters.failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -463,7 +485,10 @@ impl<T: TokenStore> Refresher<T> {
                     wanted: true,
                 };
             }
-            Err(error) => self.failed(error, live, failures + 1, now, &span),
+            Err(error) => {
+                metrics::token_request(&self.metrics, Outcome::of(&error), took);
+                self.failed(error, live, failures + 1, now, &span)
+            }
         }
         if open {
             std::ops::ControlFlow::Continue(())
@@ -580,6 +605,7 @@ impl<T: TokenStore> Refresher<T> {
         let now = clock::now();
         if let Some(live) = token.and_then(|token| self.schedule(token, now).ok()) {
             tracing::debug!(target: "tower_oauth2", "token loaded from the store");
+            self.published(&live, now);
             self.publish(Slot::Ready(live.token.clone()));
             self.phase = Phase::Serving(live);
         }
@@ -636,6 +662,7 @@ impl<T: TokenStore> Refresher<T> {
                     shared.counters.saves.fetch_add(1, Ordering::Relaxed);
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
+                metrics::saved(&self.metrics);
             }
             Err(error) => {
                 let failures = persist.unsaved.as_ref().map_or(1, |u| u.failures + 1);
@@ -659,6 +686,7 @@ impl<T: TokenStore> Refresher<T> {
                         .fetch_add(1, Ordering::Relaxed);
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
                 }
+                metrics::save_failed(&self.metrics);
             }
         }
     }
@@ -772,6 +800,8 @@ impl<T: TokenStore> Refresher<T> {
         if let Some(shared) = self.shared.upgrade() {
             shared.counters.adopted.fetch_add(1, Ordering::Relaxed);
         }
+        metrics::adopted(&self.metrics);
+        self.published(&live, now);
         self.publish(Slot::Ready(live.token.clone()));
         self.phase = Phase::Serving(live);
         true

@@ -27,7 +27,8 @@ impl Sent {
     pub(super) fn check<R: AuthResponse>(self, response: &mut R) {
         if mark_if_rejected(response, self.plain_401) {
             tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
-            registry::invalidate(self.cache, self.token_id);
+            let cache = registry::invalidate(self.cache, self.token_id);
+            crate::metrics::rejected_by(response.extensions_mut(), cache.as_ref());
         }
     }
 }

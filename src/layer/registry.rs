@@ -43,10 +43,12 @@ pub(crate) fn index_of(cache: &TokenCache) -> usize {
     }
 }
 
-/// Drops token `token_id` from the cache at `index`, if both are still there.
-pub(crate) fn invalidate(index: usize, token_id: u64) {
+/// Drops token `token_id` from the cache at `index`, if both are still
+/// there; returns that cache.
+pub(crate) fn invalidate(index: usize, token_id: u64) -> Option<TokenCache> {
     let cache = caches().get(index).and_then(WeakTokenCache::upgrade);
-    if let Some(cache) = cache {
+    if let Some(cache) = &cache {
         cache.invalidate_id(token_id);
     }
+    cache
 }

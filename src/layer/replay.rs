@@ -267,6 +267,9 @@ impl<C, P> Replay<C, P> {
         P: Policy<Req, Res, E>,
     {
         if self.replays(result) {
+            if let Ok(response) = result {
+                crate::metrics::replayed(response.extensions());
+            }
             return Some(ReplayFuture::NOW);
         }
         if !self.policy_copied {
