@@ -1,9 +1,11 @@
 //! End-to-end throughput through hyper-util's legacy client to a local axum
 //! upstream, with and without the layer. `cargo bench --bench end_to_end`.
 //!
-//! The variants take turns (several rounds, each variant once per round) so
-//! that noise from anything else on the machine falls on all of them alike;
-//! each ratio is to the client without a layer over the same rounds.
+//! The variants take turns (40 rounds, each variant once per round, the order
+//! rotating so none is always first) so that noise falls on all of them
+//! alike. Each ratio is the median over the rounds of the variant's count to
+//! the count without a layer in the same round; "middle half" is the range
+//! of the middle 50 % of those per-round ratios.
 
 mod common;
 
@@ -18,8 +20,8 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_oauth2::{BearerAuthLayer, Replay, TokenCache};
 
-const ROUNDS: usize = 5;
-const SLICE: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 40;
+const SLICE: Duration = Duration::from_millis(250);
 const WORKERS: usize = 2;
 
 /// Requests completed by `WORKERS` tasks sending back to back for `SLICE`.
@@ -72,45 +74,58 @@ fn main() {
         // Warm the connection pool.
         drive(http.clone(), &url).await;
 
+        let bearer = BearerAuthLayer::new(cache.clone());
         let names = [
             "no layer",
             "static header (AddAuthorization)",
             "BearerAuth (default)",
             "retry(Replay) + BearerAuth",
         ];
-        let mut totals = [0u64; 4];
-        for _ in 0..ROUNDS {
-            totals[0] += drive(http.clone(), &url).await;
-            totals[1] += drive(
-                tower_http::auth::AddAuthorizationLayer::bearer(TOKEN).layer(http.clone()),
-                &url,
-            )
-            .await;
-            totals[2] += drive(
-                BearerAuthLayer::new(cache.clone()).layer(http.clone()),
-                &url,
-            )
-            .await;
-            totals[3] += drive(
-                ServiceBuilder::new()
-                    .retry(Replay::new())
-                    .layer(BearerAuthLayer::new(cache.clone()))
-                    .service(http.clone()),
-                &url,
-            )
-            .await;
+        // counts[round][variant]
+        let mut counts = vec![[0u64; 4]; ROUNDS];
+        for (round, counts) in counts.iter_mut().enumerate() {
+            // Each variant goes first, second, ... equally often.
+            for turn in 0..4 {
+                let variant = (turn + round) % 4;
+                counts[variant] = match variant {
+                    0 => drive(http.clone(), &url).await,
+                    1 => {
+                        let layer = tower_http::auth::AddAuthorizationLayer::bearer(TOKEN);
+                        drive(layer.layer(http.clone()), &url).await
+                    }
+                    2 => drive(bearer.layer(http.clone()), &url).await,
+                    _ => {
+                        let stack = ServiceBuilder::new()
+                            .retry(Replay::new())
+                            .layer(bearer.clone())
+                            .service(http.clone());
+                        drive(stack, &url).await
+                    }
+                };
+            }
         }
-        let seconds = (ROUNDS as u32 * SLICE).as_secs_f64();
         println!(
             "## End to end: hyper-util client to a local axum upstream, {WORKERS} workers, \
-             {ROUNDS} rounds x {SLICE:?} per variant"
+             {ROUNDS} rounds x {SLICE:?} per variant, order rotating"
         );
-        println!("{:<34} {:>10} {:>8}", "client", "req/s", "ratio");
-        for (name, total) in names.iter().zip(totals) {
+        println!(
+            "{:<34} {:>10} {:>8} {:>15}",
+            "client", "req/s", "ratio", "middle half"
+        );
+        let seconds = (ROUNDS as u32 * SLICE).as_secs_f64();
+        for (variant, name) in names.iter().enumerate() {
+            let total: u64 = counts.iter().map(|c| c[variant]).sum();
+            let mut ratios: Vec<f64> = counts
+                .iter()
+                .map(|c| c[variant] as f64 / c[0] as f64)
+                .collect();
+            ratios.sort_by(f64::total_cmp);
             println!(
-                "{name:<34} {:>10.0} {:>8.3}",
+                "{name:<34} {:>10.0} {:>8.3} {:>7.3}-{:<7.3}",
                 total as f64 / seconds,
-                total as f64 / totals[0] as f64
+                ratios[ROUNDS / 2],
+                ratios[ROUNDS / 4],
+                ratios[3 * ROUNDS / 4],
             );
         }
     });
