@@ -71,6 +71,8 @@ mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
+#[cfg(feature = "private-key-jwt")]
+pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
