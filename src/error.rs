@@ -401,8 +401,9 @@ impl Error {
     }
 
     /// Whether the same request may succeed later without any change on the
-    /// client: network failures, timeouts, 5xx, 429 and 408 answers, and the
-    /// OAuth codes `server_error` and `temporarily_unavailable`.
+    /// client: network failures, timeouts, 5xx, 429 and 408 answers, the
+    /// OAuth codes `server_error` and `temporarily_unavailable`, and a failed
+    /// `client_assertion` callback.
     ///
     /// Everything else (`invalid_client`, `invalid_grant`, `invalid_scope`,
     /// `unauthorized_client`, bad configuration, a malformed success response)
