@@ -807,3 +807,37 @@ async fn private_key_jwt_settings_that_cannot_work_are_refused() {
         .build()
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_retry_through_the_cache_signs_a_new_assertion() {
+    let server = Recorder::start().await;
+    server.reply([Reply::json(503, "{}"), Reply::token("t")]);
+    let grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .private_key_jwt(rsa_key())
+        .build()
+        .unwrap();
+    let policy = tower_oauth2::RefreshPolicy::new()
+        .initial_backoff(Duration::from_millis(20))
+        .wait_for_retry(Duration::from_secs(5));
+    let cache = tower_oauth2::TokenCache::with_policy(grant, policy);
+    let mut token = cache.token().await;
+    if token.is_err() {
+        // The first answer may reach this caller before the retry is due.
+        token = cache.token().await;
+    }
+    token.expect("the retry succeeds");
+    let jtis: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            jwt_claims(&r.param("client_assertion"))["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 2);
+    assert_ne!(jtis[0], jtis[1], "the retry did not replay the assertion");
+}
