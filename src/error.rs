@@ -55,6 +55,12 @@ pub enum ErrorKind {
     /// The authorization callback is not the answer to the request that was
     /// sent: the `state` does not match, or the `code` is missing.
     Callback,
+    /// The client assertion of `private_key_jwt` client authentication could
+    /// not be made: the `client_assertion` callback failed or returned an
+    /// empty string, or signing failed. No token request was sent. Transient
+    /// when the callback failed (its next call may succeed: a token file
+    /// being rotated, say), permanent otherwise.
+    ClientAssertion,
     /// An authorization server metadata document was refused; see
     /// [`discovery`](crate::discovery).
     Discovery(DiscoveryErrorKind),
@@ -266,6 +272,19 @@ impl Error {
         Self::new(ErrorKind::Callback, message)
     }
 
+    /// A [`ErrorKind::ClientAssertion`] error; `source` is the callback's own
+    /// error, never the assertion.
+    pub(crate) fn client_assertion(
+        message: impl Into<Cow<'static, str>>,
+        source: Option<BoxError>,
+        transient: bool,
+    ) -> Self {
+        Self::new(ErrorKind::ClientAssertion, message).with(|i| {
+            i.source = source;
+            i.transient = transient;
+        })
+    }
+
     pub(crate) fn closed() -> Self {
         Self::new(
             ErrorKind::Closed,
@@ -409,8 +428,9 @@ impl Error {
     }
 
     /// Whether the same request may succeed later without any change on the
-    /// client: network failures, timeouts, 5xx, 429 and 408 answers, and the
-    /// OAuth codes `server_error` and `temporarily_unavailable`.
+    /// client: network failures, timeouts, 5xx, 429 and 408 answers, the
+    /// OAuth codes `server_error` and `temporarily_unavailable`, and a failed
+    /// `client_assertion` callback.
     ///
     /// Everything else (`invalid_client`, `invalid_grant`, `invalid_scope`,
     /// `unauthorized_client`, bad configuration, a malformed success response)
@@ -423,7 +443,7 @@ impl Error {
         });
         match &self.inner.kind {
             ErrorKind::Network | ErrorKind::Timeout | ErrorKind::ResponseTooLarge => true,
-            ErrorKind::Source => self.inner.transient,
+            ErrorKind::Source | ErrorKind::ClientAssertion => self.inner.transient,
             ErrorKind::Status => status_transient,
             ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {
                 status_transient || code == "server_error" || code == "temporarily_unavailable"

@@ -76,6 +76,8 @@ mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AuthMethod, TokenEndpoint};
+#[cfg(feature = "private-key-jwt")]
+pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};

@@ -694,3 +694,227 @@ async fn every_transport_keeps_the_endpoint_rules() {
         );
     }
 }
+
+// -- private_key_jwt (RFC 7523 §2.2) ------------------------------------------
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn rsa_key() -> tower_oauth2::PrivateKey {
+    tower_oauth2::PrivateKey::from_pem(
+        tower_oauth2::JwsAlgorithm::Rs256,
+        include_str!("keys/rsa.pem"),
+    )
+    .unwrap()
+}
+
+/// The claims of a compact JWS, unverified.
+fn jwt_claims(jws: &str) -> serde_json::Value {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    let parts: Vec<&str> = jws.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jws}");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn private_key_jwt_sends_a_fresh_assertion_in_the_body() {
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t"), Reply::token("t"), Reply::token("t")]);
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/oauth/token"))
+        .client_id("my-app")
+        .private_key_jwt(rsa_key().with_kid("k1"))
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    grant.fetch().await.unwrap();
+    let sent = server.requests();
+    let mut jtis = Vec::new();
+    for request in &sent {
+        assert_eq!(request.header("authorization"), None);
+        assert!(!request.has_param("client_secret"));
+        assert_eq!(request.param("client_id"), "my-app");
+        assert_eq!(request.param("client_assertion_type"), JWT_BEARER);
+        let claims = jwt_claims(&request.param("client_assertion"));
+        assert_eq!(claims["iss"], "my-app");
+        assert_eq!(claims["sub"], "my-app");
+        assert_eq!(
+            claims["aud"],
+            server.url("/oauth/token"),
+            "the token URL by default"
+        );
+        let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+        assert_eq!(lifetime, 120);
+        jtis.push(claims["jti"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(jtis[0], jtis[1], "every request has its own assertion");
+
+    let mut issuer_aud = ClientCredentials::builder()
+        .token_url(server.url("/oauth/token"))
+        .client_id("my-app")
+        .private_key_jwt(rsa_key())
+        .client_assertion_audience("https://issuer.example")
+        .client_assertion_lifetime(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    issuer_aud.fetch().await.unwrap();
+    let claims = jwt_claims(&server.last().param("client_assertion"));
+    assert_eq!(claims["aud"], "https://issuer.example");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+}
+
+#[tokio::test]
+async fn the_client_assertion_callback_runs_once_per_request() {
+    let server = Recorder::start().await;
+    server.reply([Reply::token("t"), Reply::token("t")]);
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .client_assertion(move || {
+            let mut calls = counter.lock().unwrap();
+            *calls += 1;
+            // Files often end in a newline; it is trimmed.
+            let answer = format!("header.claims-{calls}.signature\n");
+            async move { Ok::<_, std::io::Error>(answer) }
+        })
+        .build()
+        .unwrap();
+    grant.fetch().await.unwrap();
+    grant.fetch().await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 2);
+    let sent = server.requests();
+    for (i, request) in sent.iter().enumerate() {
+        assert_eq!(request.param("client_id"), "my-app");
+        assert_eq!(request.param("client_assertion_type"), JWT_BEARER);
+        assert_eq!(
+            request.param("client_assertion"),
+            format!("header.claims-{}.signature", i + 1)
+        );
+        assert_eq!(request.header("authorization"), None);
+    }
+
+    // A failing callback fails the fetch before anything is sent.
+    for (failing, what) in [
+        (
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no token file",
+            )),
+            "an error",
+        ),
+        (Ok(" \n".to_owned()), "an empty assertion"),
+    ] {
+        let failing = Arc::new(Mutex::new(Some(failing)));
+        let mut grant = ClientCredentials::builder()
+            .token_url(server.url("/token"))
+            .client_id("my-app")
+            .client_assertion(move || {
+                let answer = failing.lock().unwrap().take().unwrap();
+                async move { answer }
+            })
+            .build()
+            .unwrap();
+        let error = grant.fetch().await.unwrap_err();
+        assert_eq!(error.kind(), &ErrorKind::ClientAssertion, "{what}: {error}");
+        assert!(error.is_transient(), "{what}: the next call may succeed");
+    }
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "no request without an assertion"
+    );
+}
+
+#[tokio::test]
+async fn private_key_jwt_settings_that_cannot_work_are_refused() {
+    let server = Recorder::start().await;
+    let base = || {
+        ClientCredentials::builder()
+            .token_url(server.url("/token"))
+            .client_id("my-app")
+    };
+    let cases = [
+        (
+            "a secret too",
+            base().private_key_jwt(rsa_key()).client_secret("s"),
+        ),
+        (
+            "another method",
+            base()
+                .private_key_jwt(rsa_key())
+                .auth_method(AuthMethod::ClientSecretPost),
+        ),
+        ("no key", base().auth_method(AuthMethod::PrivateKeyJwt)),
+        (
+            "a zero lifetime",
+            base()
+                .private_key_jwt(rsa_key())
+                .client_assertion_lifetime(Duration::ZERO),
+        ),
+        (
+            "a day's lifetime",
+            base()
+                .private_key_jwt(rsa_key())
+                .client_assertion_lifetime(Duration::from_secs(86_400)),
+        ),
+        (
+            "client_assertion as a parameter",
+            base()
+                .private_key_jwt(rsa_key())
+                .param("client_assertion", "x"),
+        ),
+        (
+            "client_assertion_type as a parameter",
+            base()
+                .private_key_jwt(rsa_key())
+                .param("client_assertion_type", "x"),
+        ),
+    ];
+    for (what, builder) in cases {
+        let error = builder.build().expect_err(what);
+        assert_eq!(error.kind(), &ErrorKind::Config, "{what}: {error}");
+    }
+    assert!(base()
+        .private_key_jwt(rsa_key())
+        .auth_method(AuthMethod::PrivateKeyJwt)
+        .build()
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_retry_through_the_cache_signs_a_new_assertion() {
+    let server = Recorder::start().await;
+    server.reply([Reply::json(503, "{}"), Reply::token("t")]);
+    let grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .private_key_jwt(rsa_key())
+        .build()
+        .unwrap();
+    let policy = tower_oauth2::RefreshPolicy::new()
+        .initial_backoff(Duration::from_millis(20))
+        .wait_for_retry(Duration::from_secs(5));
+    let cache = tower_oauth2::TokenCache::with_policy(grant, policy);
+    let mut token = cache.token().await;
+    if token.is_err() {
+        // The first answer may reach this caller before the retry is due.
+        token = cache.token().await;
+    }
+    token.expect("the retry succeeds");
+    let jtis: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            jwt_claims(&r.param("client_assertion"))["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 2);
+    assert_ne!(jtis[0], jtis[1], "the retry did not replay the assertion");
+}

@@ -1,5 +1,6 @@
 //! CASES 6: a sentinel secret, access token and refresh token never appear in
-//! any Debug, Display, error chain or tracing event the crate produces.
+//! any Debug, Display, error chain or tracing event the crate produces; nor
+//! does a private key or a client assertion.
 
 mod support;
 
@@ -155,4 +156,108 @@ async fn no_sentinel_in_debug_display_errors_or_traces() {
     );
     assert!(logs.contains("token request failed"), "{logs}");
     assert_clean("tracing output", &logs);
+}
+
+const ASSERTION: &str = "SENTINEL-ASSERTION-3c1d";
+
+/// Pieces of the test keys' private parts: PEM body lines and JWK members.
+fn key_material() -> Vec<String> {
+    let mut pieces: Vec<String> = [include_str!("keys/rsa.pem"), include_str!("keys/ec.pem")]
+        .iter()
+        .flat_map(|pem| pem.lines().filter(|l| !l.starts_with("-----")))
+        .map(|line| line[..line.len().min(40)].to_owned())
+        .collect();
+    for jwk in [
+        include_str!("keys/rsa.jwk.json"),
+        include_str!("keys/ec.jwk.json"),
+    ] {
+        let jwk: serde_json::Value = serde_json::from_str(jwk).unwrap();
+        for member in ["d", "p", "q", "dp", "dq", "qi"] {
+            if let Some(value) = jwk[member].as_str() {
+                pieces.push(value[..value.len().min(40)].to_owned());
+            }
+        }
+    }
+    pieces
+}
+
+#[tokio::test]
+async fn no_key_or_assertion_in_debug_display_errors_or_traces() {
+    use tower_oauth2::{JwsAlgorithm, PrivateKey};
+
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = Recorder::start().await;
+    let url = server.url("/token");
+    server.reply([
+        token_body(),
+        Reply::json(401, r#"{"error":"invalid_client"}"#),
+        token_body(),
+        Reply::json(400, r#"{"error":"invalid_client"}"#),
+    ]);
+    let mut seen = Vec::new(); // every Debug, Display and error text
+
+    let pem_key = PrivateKey::from_pem(JwsAlgorithm::Rs256, include_str!("keys/rsa.pem"))
+        .unwrap()
+        .with_kid("k1");
+    let jwk_key = PrivateKey::from_jwk(include_str!("keys/ec.jwk.json")).unwrap();
+    seen.push(format!("{pem_key:?} {jwk_key:?}"));
+    // A broken key: the error does not quote what it was given.
+    let mut broken = include_str!("keys/rsa.pem").to_owned();
+    broken.insert_str(40, "!!");
+    let error = PrivateKey::from_pem(JwsAlgorithm::Rs256, &broken).unwrap_err();
+    seen.push(error_text(&error));
+
+    let builder = ClientCredentials::builder()
+        .token_url(&url)
+        .client_id("id")
+        .private_key_jwt(pem_key);
+    seen.push(format!("{builder:?}"));
+    let mut signed = builder.build().unwrap();
+    seen.push(format!("{signed:?}"));
+    let token = signed.fetch().await.unwrap();
+    seen.push(format!("{token:?}"));
+    seen.push(error_text(&signed.fetch().await.unwrap_err()));
+
+    let callback = ClientCredentials::builder()
+        .token_url(&url)
+        .client_id("id")
+        .client_assertion(|| async { Ok::<_, std::io::Error>(ASSERTION.to_owned()) });
+    seen.push(format!("{callback:?}"));
+    let mut callback = callback.build().unwrap();
+    seen.push(format!("{callback:?}"));
+    callback.fetch().await.unwrap();
+    seen.push(error_text(&callback.fetch().await.unwrap_err()));
+    let mut failing = ClientCredentials::builder()
+        .token_url(&url)
+        .client_id("id")
+        .client_assertion(|| async { Err::<String, _>(std::io::Error::other("no token file")) })
+        .build()
+        .unwrap();
+    seen.push(error_text(&failing.fetch().await.unwrap_err()));
+
+    // What was really sent, so the checks below cannot miss it.
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("client_assertion"))
+        .collect();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(sent[2], ASSERTION);
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("token request not sent"), "{logs}");
+    seen.push(logs);
+    for text in &seen {
+        assert_clean("output", text);
+        for secret in key_material().iter().chain(&sent) {
+            assert!(!text.contains(secret.as_str()), "{secret} shown in {text}");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use http::HeaderValue;
 use secrecy::SecretString;
+use url::Url;
 
+use super::assertion::{Assertion, ASSERTION_TYPE};
 use crate::{token::expose, Error};
 
 /// How the client proves its identity to the token endpoint.
@@ -26,6 +28,12 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// A public client: `client_id` in the body and no secret.
     None,
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): a
+    /// short-lived JWT signed by the client, fresh for every token request,
+    /// sent as `client_assertion` with `client_id` in the body. Set by the
+    /// builders' `private_key_jwt` (the `private-key-jwt` feature) and
+    /// `client_assertion` methods, which need no `auth_method` call.
+    PrivateKeyJwt,
 }
 
 /// Client credentials, ready to attach to a token request.
@@ -38,6 +46,18 @@ pub(crate) enum ClientAuth {
         client_id: String,
         client_secret: Option<SecretString>,
     },
+    /// `client_id` and a fresh client assertion in the body.
+    Assertion {
+        client_id: String,
+        assertion: Assertion,
+    },
+}
+
+/// The client authentication of one token request.
+pub(crate) struct RequestAuth<'a> {
+    auth: &'a ClientAuth,
+    /// Made for this request alone; `Some` exactly for [`ClientAuth::Assertion`].
+    assertion: Option<SecretString>,
 }
 
 impl ClientAuth {
@@ -45,6 +65,7 @@ impl ClientAuth {
         method: AuthMethod,
         client_id: String,
         client_secret: Option<SecretString>,
+        assertion: Option<Assertion>,
     ) -> Result<Self, Error> {
         let basic = |id: &str, secret: &str| -> Result<Self, Error> {
             let mut value = HeaderValue::try_from(format!(
@@ -55,6 +76,30 @@ impl ClientAuth {
             value.set_sensitive(true);
             Ok(Self::Header(value))
         };
+        match (method, assertion) {
+            (AuthMethod::PrivateKeyJwt, Some(assertion)) if client_secret.is_none() => {
+                return Ok(Self::Assertion {
+                    client_id,
+                    assertion,
+                })
+            }
+            (AuthMethod::PrivateKeyJwt, Some(_)) => {
+                return Err(Error::config(
+                    "private_key_jwt uses no client secret; remove client_secret",
+                ))
+            }
+            (AuthMethod::PrivateKeyJwt, None) => {
+                return Err(Error::config(
+                    "AuthMethod::PrivateKeyJwt needs a key (private_key_jwt) or a client_assertion callback",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(Error::config(
+                    "a client assertion is set, so the auth method must be AuthMethod::PrivateKeyJwt",
+                ))
+            }
+            (_, None) => {}
+        }
         match (method, client_secret) {
             (AuthMethod::None, _) => Ok(Self::Body {
                 client_id,
@@ -75,31 +120,65 @@ impl ClientAuth {
                 }
                 basic(&client_id, expose(&secret))
             }
+            // Answered by the match above.
+            (AuthMethod::PrivateKeyJwt, Some(_)) => Err(Error::config(
+                "private_key_jwt uses no client secret; remove client_secret",
+            )),
             (_, None) => Err(Error::config(
                 "this auth method needs a client secret; use AuthMethod::None for a public client",
             )),
         }
     }
 
-    /// Adds the body parameters, if this method uses any.
-    pub(crate) fn append_to(&self, form: &mut form_urlencoded::Serializer<'_, String>) {
-        if let Self::Body {
-            client_id,
-            client_secret,
-        } = self
-        {
-            form.append_pair("client_id", client_id);
-            if let Some(secret) = client_secret {
-                form.append_pair("client_secret", expose(secret));
-            }
-        }
+    /// The authentication of one request to `token_url`: with a client
+    /// assertion, a fresh one (never reused, not even by a retry).
+    pub(crate) async fn for_request(&self, token_url: &Url) -> Result<RequestAuth<'_>, Error> {
+        let assertion = match self {
+            Self::Assertion { assertion, .. } => Some(assertion.make(token_url).await?),
+            Self::Header(_) | Self::Body { .. } => None,
+        };
+        Ok(RequestAuth {
+            auth: self,
+            assertion,
+        })
     }
 
     pub(crate) fn header(&self) -> Option<&HeaderValue> {
         match self {
             Self::Header(value) => Some(value),
-            Self::Body { .. } => None,
+            Self::Body { .. } | Self::Assertion { .. } => None,
         }
+    }
+}
+
+impl RequestAuth<'_> {
+    /// Adds the body parameters, if this method uses any.
+    pub(crate) fn append_to(&self, form: &mut form_urlencoded::Serializer<'_, String>) {
+        match (self.auth, &self.assertion) {
+            (
+                ClientAuth::Body {
+                    client_id,
+                    client_secret,
+                },
+                _,
+            ) => {
+                form.append_pair("client_id", client_id);
+                if let Some(secret) = client_secret {
+                    form.append_pair("client_secret", expose(secret));
+                }
+            }
+            (ClientAuth::Assertion { client_id, .. }, Some(assertion)) => {
+                form.append_pair("client_id", client_id);
+                form.append_pair("client_assertion_type", ASSERTION_TYPE);
+                form.append_pair("client_assertion", expose(assertion));
+            }
+            (ClientAuth::Assertion { .. }, None) | (ClientAuth::Header(_), _) => {}
+        }
+    }
+
+    /// The `Authorization` header, if this method uses one.
+    pub(crate) fn header(&self) -> Option<&HeaderValue> {
+        self.auth.header()
     }
 }
 
@@ -113,7 +192,8 @@ mod tests {
     use super::*;
 
     fn header(method: AuthMethod, id: &str, secret: &str) -> HeaderValue {
-        let auth = ClientAuth::new(method, id.into(), Some(secret.to_owned().into())).unwrap();
+        let auth =
+            ClientAuth::new(method, id.into(), Some(secret.to_owned().into()), None).unwrap();
         auth.header().cloned().expect("basic auth sets a header")
     }
 
@@ -156,10 +236,10 @@ mod tests {
 
     #[test]
     fn secret_required_unless_public() {
-        let err = ClientAuth::new(AuthMethod::ClientSecretBasic, "id".into(), None)
+        let err = ClientAuth::new(AuthMethod::ClientSecretBasic, "id".into(), None, None)
             .err()
             .unwrap();
         assert_eq!(err.kind(), &crate::ErrorKind::Config);
-        assert!(ClientAuth::new(AuthMethod::None, "id".into(), None).is_ok());
+        assert!(ClientAuth::new(AuthMethod::None, "id".into(), None, None).is_ok());
     }
 }

@@ -32,6 +32,7 @@
 //! # Ok::<(), tower_oauth2::Error>(())
 //! ```
 
+mod assertion;
 mod auth;
 mod response;
 pub(crate) mod transport;
@@ -42,6 +43,9 @@ use http::{header, HeaderValue, Method, StatusCode};
 use secrecy::SecretString;
 use url::{Host, Url};
 
+pub(crate) use assertion::{AssertionSettings, AssertionSource};
+#[cfg(feature = "private-key-jwt")]
+pub use assertion::{JwsAlgorithm, PrivateKey};
 pub use auth::AuthMethod;
 pub(crate) use auth::ClientAuth;
 use response::Leniency;
@@ -68,6 +72,8 @@ const RESERVED_PARAMS: &[&str] = &[
     "redirect_uri",
     "resource",
     "audience",
+    "client_assertion",
+    "client_assertion_type",
 ];
 
 /// A configured token endpoint. Cheap to clone.
@@ -145,17 +151,25 @@ impl TokenEndpoint {
         params: &[(&str, &str)],
         requested_scopes: &[String],
     ) -> Result<Token, Refused> {
-        let body = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.extend_pairs(params);
-            form.extend_pairs(&self.extra_params);
-            self.auth.append_to(&mut form);
-            form.finish()
-        };
         let grant_type = params
             .iter()
             .find(|(name, _)| *name == "grant_type")
             .map_or("", |(_, value)| *value);
+        // Per request: a client assertion is fresh every time, retries too.
+        let auth = match self.auth.for_request(&self.url).await {
+            Ok(auth) => auth,
+            Err(error) => {
+                tracing::warn!(target: "tower_oauth2", grant_type, %error, "token request not sent");
+                return Err(error.into());
+            }
+        };
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(params);
+            form.extend_pairs(&self.extra_params);
+            auth.append_to(&mut form);
+            form.finish()
+        };
 
         let mut request = http::Request::new(body);
         *request.method_mut() = Method::POST;
@@ -166,7 +180,7 @@ impl TokenEndpoint {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(value) = self.auth.header() {
+        if let Some(value) = auth.header() {
             headers.insert(header::AUTHORIZATION, value.clone());
         }
 
@@ -293,6 +307,7 @@ pub(crate) struct EndpointSettings {
     pub(crate) auth_method: Option<AuthMethod>,
     pub(crate) transport: Option<Transport>,
     pub(crate) metadata: Option<crate::discovery::ServerMetadata>,
+    pub(crate) assertion: AssertionSettings,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_body: Option<usize>,
     pub(crate) extra_params: Vec<(String, String)>,
@@ -311,14 +326,17 @@ impl EndpointSettings {
             .client_id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config("client_id is required"))?;
+        let assertion = self.assertion.build(&client_id)?;
         let has_secret = self.client_secret.is_some();
         let method = match (self.auth_method, &self.metadata) {
             (Some(method), _) => method,
+            // A key or an assertion source was given: that is the choice.
+            (None, _) if assertion.is_some() => AuthMethod::PrivateKeyJwt,
             (None, Some(metadata)) => metadata.choose_auth_method(has_secret)?,
             (None, None) if has_secret => AuthMethod::ClientSecretBasic,
             (None, None) => AuthMethod::None,
         };
-        let auth = ClientAuth::new(method, client_id.clone(), self.client_secret)?;
+        let auth = ClientAuth::new(method, client_id.clone(), self.client_secret, assertion)?;
         for (name, _) in &self.extra_params {
             if name.is_empty() || RESERVED_PARAMS.contains(&name.as_str()) {
                 return Err(Error::config(format!(
@@ -382,10 +400,64 @@ macro_rules! endpoint_settings {
         }
 
         /// How the client authenticates; defaults to
+        /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt)
+        /// with a key or assertion callback,
         /// [`AuthMethod::ClientSecretBasic`](crate::AuthMethod::ClientSecretBasic)
-        /// with a secret and [`AuthMethod::None`](crate::AuthMethod::None) without.
+        /// with a secret and [`AuthMethod::None`](crate::AuthMethod::None)
+        /// with neither.
         pub fn auth_method(mut self, method: crate::AuthMethod) -> Self {
             self.endpoint.auth_method = Some(method);
+            self
+        }
+
+        /// Authenticates with `private_key_jwt` (RFC 7523 §2.2): every token
+        /// request carries a fresh assertion signed with `key`. Implies
+        /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt);
+        /// replaces a [`client_assertion`](Self::client_assertion) callback.
+        #[cfg(feature = "private-key-jwt")]
+        pub fn private_key_jwt(mut self, key: crate::PrivateKey) -> Self {
+            self.endpoint.assertion.source = Some(crate::endpoint::AssertionSource::Key(key));
+            self
+        }
+
+        /// The `aud` of the signed assertions. Defaults to the token URL;
+        /// some servers want their issuer identifier instead.
+        #[cfg(feature = "private-key-jwt")]
+        pub fn client_assertion_audience(mut self, audience: impl Into<String>) -> Self {
+            self.endpoint.assertion.audience = Some(audience.into());
+            self
+        }
+
+        /// How long a signed assertion is valid (`exp` - `iat`): between 1 s
+        /// and 1 h, 120 s by default.
+        #[cfg(feature = "private-key-jwt")]
+        pub fn client_assertion_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+            self.endpoint.assertion.lifetime = Some(lifetime);
+            self
+        }
+
+        /// Authenticates with a client assertion the application makes:
+        /// `assertion` is called once before every token request, retries
+        /// included, and its answer is sent as `client_assertion` (type
+        /// `jwt-bearer`) beside `client_id`. For a Kubernetes projected
+        /// service-account token, re-read each time because the kubelet
+        /// rotates it:
+        /// `.client_assertion(|| tokio::fs::read_to_string("/var/run/secrets/tokens/oauth"))`.
+        ///
+        /// Surrounding whitespace is trimmed. An error, or an empty string,
+        /// fails the token request with a transient
+        /// [`ErrorKind::ClientAssertion`](crate::ErrorKind::ClientAssertion)
+        /// (the error is its source) without sending it. Implies
+        /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt);
+        /// replaces a key given to `private_key_jwt`.
+        pub fn client_assertion<F, Fut, E>(mut self, assertion: F) -> Self
+        where
+            F: Fn() -> Fut + Send + Sync + 'static,
+            Fut: std::future::Future<Output = Result<String, E>> + Send + 'static,
+            E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            self.endpoint.assertion.source =
+                Some(crate::endpoint::AssertionSource::callback(assertion));
             self
         }
 

@@ -5,7 +5,8 @@
 // accepts requests, then nothing else on stdout. Exits when stdin closes or on
 // SIGTERM. Clients, endpoints and test helpers are listed in README.md.
 
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
@@ -32,7 +33,33 @@ const ccClient = (client_id, client_secret, token_endpoint_auth_method, scope) =
   scope,
 });
 
+// private_key_jwt clients (RFC 7523 §2.2): each registers the public half of
+// a test key from ../keys and the one algorithm it must sign with.
+const publicJwk = (file, kid) => ({
+  ...createPublicKey(readFileSync(new URL(`../keys/${file}`, import.meta.url))).export({ format: 'jwk' }),
+  ...(kid ? { kid } : {}),
+});
+const jwtClient = (client_id, alg, keys) => ({
+  client_id,
+  token_endpoint_auth_method: 'private_key_jwt',
+  token_endpoint_auth_signing_alg: alg,
+  jwks: { keys },
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api.read api.write',
+});
+
+// A workload identity issuer (as a Kubernetes API server mints projected
+// service-account tokens): its key signs the assertions GET
+// /test/assertion hands out, and `jwt-callback` trusts it.
+const workload = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+
 const clients = [
+  jwtClient('jwt-rs256', 'RS256', [publicJwk('rsa.pem', 'rsa-1')]),
+  jwtClient('jwt-ps256', 'PS256', [publicJwk('rsa.pem', 'rsa-1')]),
+  jwtClient('jwt-es256', 'ES256', [publicJwk('ec.pem')]),
+  jwtClient('jwt-callback', 'ES256', [{ ...workload.publicKey.export({ format: 'jwk' }), kid: 'workload' }]),
   ccClient('cc-basic', 'basic-secret', 'client_secret_basic', 'api.read api.write'),
   ccClient('cc-post', 'post-secret', 'client_secret_post', 'api.read api.write'),
   // Every character that needs form-urlencoding in a Basic header. No
@@ -360,6 +387,23 @@ async function openInBrowser(authorizationUrl) {
   return { callback_status: res.status };
 }
 
+// A fresh ES256 client assertion for `clientId`, signed by the workload
+// issuer, for the token endpoint of this server.
+function workloadAssertion(clientId) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const input = `${b64({ alg: 'ES256', typ: 'JWT', kid: 'workload' })}.${b64({
+    iss: clientId,
+    sub: clientId,
+    aud: `${issuer}/token`,
+    jti: randomBytes(16).toString('base64url'),
+    iat: now,
+    exp: now + 60,
+  })}`;
+  const signature = sign('sha256', Buffer.from(input), { key: workload.privateKey, dsaEncoding: 'ieee-p1363' });
+  return `${input}.${signature.toString('base64url')}`;
+}
+
 function json(res, status, body) {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
   res.end(JSON.stringify(body));
@@ -377,6 +421,12 @@ server.on('request', async (req, res) => {
       case 'POST /test/reset':
         stats = newStats();
         return json(res, 200, stats);
+      case 'GET /test/assertion': {
+        const clientId = url.searchParams.get('client_id');
+        if (!clientId) return json(res, 400, { error: 'invalid_request', error_description: 'client_id is required' });
+        res.writeHead(200, { 'content-type': 'application/jwt', 'cache-control': 'no-store' });
+        return res.end(`${workloadAssertion(clientId)}\n`);
+      }
       case 'GET /test/code':
         return json(res, 200, { code: await authorizationCode(url.searchParams) });
       case 'GET /test/browse':
