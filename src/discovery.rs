@@ -42,7 +42,8 @@
 //! send a secret to a server that did not ask for it in that form): with a
 //! secret, `client_secret_basic` when listed, else `client_secret_post`;
 //! without one, `none`. An absent list means `client_secret_basic` (RFC 8414
-//! §2).
+//! §2). A builder given a private key or an assertion callback uses
+//! `private_key_jwt`, whatever the list.
 //!
 //! [`ErrorKind::Discovery`]: crate::ErrorKind::Discovery
 //! [`ErrorKind::Network`]: crate::ErrorKind::Network

@@ -12,10 +12,12 @@
 //! ```text
 //! grant (how to get a token) ─▶ endpoint (one form POST) ─▶ cache (shared, refreshed) ─▶ layer (per request)
 //! ClientCredentials              TokenEndpoint                TokenCache + RefreshPolicy    BearerAuthLayer
-//! RefreshToken                   client auth, bounded body,        │                        BearerAuth<S>
-//! AuthorizationCode              typed RFC 6749 errors             ▼
-//! (OAuthClient makes them;                                    store (between processes)
-//!  or your own TokenSource)                                   TokenStore: FileStore, yours
+//! RefreshToken                   client auth (secret,              │                        BearerAuth<S>
+//! AuthorizationCode               private_key_jwt),                ▼
+//! (OAuthClient makes them;       bounded body, typed errors,  store (between processes)
+//!  or your own TokenSource;      over reqwest or your own     TokenStore: FileStore,
+//!  discovery fills in the        tower service                RedisStore, yours
+//!  endpoint from an issuer)
 //! ```
 //!
 //! ```no_run
@@ -43,8 +45,8 @@
 //! # }
 //! ```
 //!
-//! The module docs of [`layer`], [`cache`], [`store`], [`grant`] and
-//! [`endpoint`] go further, each with an example; [`layer::replay`] sends a
+//! The module docs of [`layer`], [`cache`], [`store`], [`grant`],
+//! [`endpoint`] and [`discovery`] go further, each with an example; [`layer::replay`] sends a
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
 //! The `metrics` feature counts token requests, waits, rejected tokens,
