@@ -14,7 +14,7 @@
 //! | `tower_oauth2_store_saves_total` | counter | `cache` | token states saved to the cache's store |
 //! | `tower_oauth2_store_save_failures_total` | counter | `cache` | saves that failed (each is retried until one succeeds) |
 //! | `tower_oauth2_tokens_adopted_total` | counter | `cache` | tokens taken from a shared store, fetched by another replica |
-//! | `tower_oauth2_token_expires_in_seconds` | gauge | `cache` | seconds the current token had left when it was published; `0` once it is dropped without a replacement |
+//! | `tower_oauth2_token_expiry_timestamp_seconds` | gauge | `cache` | when the current token expires, in Unix seconds; `0` once it is dropped without a replacement. Seconds until it expires: `tower_oauth2_token_expiry_timestamp_seconds - time()` in PromQL |
 //!
 //! `outcome` is one of
 //! - `ok`: a token;
@@ -38,8 +38,9 @@
 //! Everything is emitted where it happens anyway: in the cache's background
 //! task, when a request waits, when a token is rejected, when `Replay`
 //! replays. A request that finds a token does no metrics work at all. The
-//! expiry gauge is set when a token is published, not kept current: alert on
-//! token request failures, or compare it with the time since the last `ok`.
+//! expiry is a timestamp rather than a countdown for that reason: set once
+//! when a token is published, it stays right, and the exporter's side
+//! subtracts the current time (alert when it comes within a few minutes).
 //! Without the feature, nothing here is compiled in.
 
 use std::borrow::Cow;
@@ -117,7 +118,7 @@ mod emit {
     const SAVES: &str = "tower_oauth2_store_saves_total";
     const SAVE_FAILURES: &str = "tower_oauth2_store_save_failures_total";
     const ADOPTED: &str = "tower_oauth2_tokens_adopted_total";
-    const EXPIRES_IN: &str = "tower_oauth2_token_expires_in_seconds";
+    const EXPIRES_AT: &str = "tower_oauth2_token_expiry_timestamp_seconds";
 
     /// A response extension: the rejected token came from this cache, so a
     /// replay counts under its name.
@@ -156,9 +157,9 @@ mod emit {
         describe_counter!(SAVE_FAILURES, Unit::Count, "Token state saves that failed");
         describe_counter!(ADOPTED, Unit::Count, "Tokens adopted from a shared store");
         describe_gauge!(
-            EXPIRES_IN,
+            EXPIRES_AT,
             Unit::Seconds,
-            "Seconds the current token had left when it was published"
+            "When the current token expires, in Unix seconds (0: no token)"
         );
     }
 
@@ -198,9 +199,14 @@ mod emit {
         count(ADOPTED, name);
     }
 
-    /// A token with `left` before it expires is published (zero: dropped).
-    pub(crate) fn expires_in(name: &Name, left: Duration) {
-        gauge!(EXPIRES_IN, "cache" => name.value.clone()).set(left.as_secs_f64());
+    /// A token that expires `left` from now is published (`None`: dropped).
+    pub(crate) fn expires_in(name: &Name, left: Option<Duration>) {
+        let at = left.map_or(0.0, |left| {
+            (crate::clock::wall_now() + left)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64())
+        });
+        gauge!(EXPIRES_AT, "cache" => name.value.clone()).set(at);
     }
 
     /// Marks a rejected answer with its cache's name, for [`replayed`].
@@ -248,7 +254,7 @@ mod emit {
     #[inline(always)]
     pub(crate) fn adopted(_: &Name) {}
     #[inline(always)]
-    pub(crate) fn expires_in(_: &Name, _: Duration) {}
+    pub(crate) fn expires_in(_: &Name, _: Option<Duration>) {}
     #[inline(always)]
     pub(crate) fn rejected_by(_: &mut http::Extensions, _: Option<&crate::TokenCache>) {}
     #[inline(always)]

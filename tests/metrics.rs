@@ -123,6 +123,10 @@ impl TokenStore for FailsOnce {
 }
 
 /// Lets the background task run whatever is due now.
+fn unix_now() -> f64 {
+    std::time::UNIX_EPOCH.elapsed().unwrap().as_secs_f64()
+}
+
 async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -268,12 +272,11 @@ async fn a_scripted_day_is_counted_exactly() {
         recorded.counter("tower_oauth2_tokens_adopted_total", &cache_label),
         0
     );
-    // Set when token-4 was published: its lifetime, less the round trip
-    // (its lifetime counts from when the request was sent).
-    assert_eq!(
-        recorded.gauge("tower_oauth2_token_expires_in_seconds", &cache_label),
-        Some((HOUR - LATENCY).as_secs_f64())
-    );
+    // Set when token-4 was published (exact values: the next test).
+    let expiry = recorded
+        .gauge("tower_oauth2_token_expiry_timestamp_seconds", &cache_label)
+        .unwrap();
+    assert!((expiry - unix_now()).abs() < 86_400.0, "{expiry}");
 
     // The metrics agree with the cache's own counts.
     let stats = cache.stats();
@@ -293,7 +296,7 @@ async fn a_scripted_day_is_counted_exactly() {
             "tower_oauth2_replays_total",
             "tower_oauth2_store_save_failures_total",
             "tower_oauth2_store_saves_total",
-            "tower_oauth2_token_expires_in_seconds",
+            "tower_oauth2_token_expiry_timestamp_seconds",
             "tower_oauth2_token_invalidations_total",
             "tower_oauth2_token_request_duration_seconds",
             "tower_oauth2_token_requests_total",
@@ -359,8 +362,47 @@ async fn an_unnamed_cache_is_default_and_its_expired_token_zeroes_the_gauge() {
         1
     );
     assert_eq!(
-        recorded.gauge("tower_oauth2_token_expires_in_seconds", &default),
+        recorded.gauge("tower_oauth2_token_expiry_timestamp_seconds", &default),
         Some(0.0),
         "dropped without a replacement"
     );
+}
+
+/// The expiry gauge is a Unix timestamp, not a countdown: two caches that
+/// publish at the same instant a minute token and an hour token are 59
+/// minutes apart, and near the wall clock.
+#[tokio::test(start_paused = true)]
+async fn the_expiry_gauge_is_a_timestamp() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let minute_script = Scripted::tokens(Duration::from_secs(60));
+    let hour_script = Scripted::tokens(HOUR);
+    let minute = TokenCache::builder(minute_script.source())
+        .metrics_name("minute")
+        .build();
+    let hour = TokenCache::builder(hour_script.source())
+        .metrics_name("hour")
+        .build();
+    let (a, b) = tokio::join!(minute.token(), hour.token());
+    assert_eq!(a.unwrap().issued_at(), b.unwrap().issued_at());
+    settle().await;
+
+    let recorded = Recorded::take(&snapshotter);
+    let gauge = |name| {
+        recorded
+            .gauge(
+                "tower_oauth2_token_expiry_timestamp_seconds",
+                &[("cache", name)],
+            )
+            .unwrap()
+    };
+    let (minute_expiry, hour_expiry) = (gauge("minute"), gauge("hour"));
+    assert!((hour_expiry - minute_expiry - 3540.0).abs() < 1e-3);
+    // A wall-clock time, not seconds left. The crate's wall clock follows
+    // Tokio's paused clock from wherever the tests of this binary anchored
+    // it, so only within a day of the real one.
+    let ahead = minute_expiry - unix_now();
+    assert!((-86_400.0..86_400.0).contains(&ahead), "{ahead}");
 }

@@ -334,7 +334,7 @@ impl<T: TokenStore> Refresher<T> {
             }
             Phase::Idle | Phase::Wanted => return,
         };
-        metrics::expires_in(&self.metrics, std::time::Duration::ZERO);
+        metrics::expires_in(&self.metrics, None);
         self.publish(slot);
     }
 
@@ -346,7 +346,7 @@ impl<T: TokenStore> Refresher<T> {
     fn published(&self, live: &Live, now: Instant) {
         metrics::expires_in(
             &self.metrics,
-            live.expires_at.saturating_duration_since(now),
+            Some(live.expires_at.saturating_duration_since(now)),
         );
     }
 
