@@ -65,7 +65,7 @@ use url::Url;
 
 use crate::{
     clock::{self, Instant},
-    endpoint::{transport, validate_url, Transport, DEFAULT_MAX_RESPONSE_BYTES},
+    endpoint::{transport, validate_url, HttpService, Transport, DEFAULT_MAX_RESPONSE_BYTES},
     AuthMethod, DiscoveryErrorKind, Error,
 };
 
@@ -387,21 +387,8 @@ impl DiscoveryBuilder {
 
     /// Fetches documents through any tower service, as the grants'
     /// `transport` does; the same rules apply.
-    pub fn transport<S, ReqB, ResB>(mut self, service: S) -> Self
-    where
-        S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
-        ReqB: From<String> + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.transport = Some(Transport::service(service));
+    pub fn transport<B>(mut self, service: impl HttpService<B>) -> Self {
+        self.transport = Some(Transport::new(service));
         self
     }
 

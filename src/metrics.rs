@@ -3,6 +3,12 @@
 //! (`metrics-exporter-prometheus`, an OpenTelemetry bridge, ...). Install
 //! the exporter's recorder; this crate only emits.
 //!
+//! ```ignore
+//! // Cargo.toml: tower-oauth2 = { version = "…", features = ["metrics"] }
+//! metrics_exporter_prometheus::PrometheusBuilder::new().install()?; // serves /metrics
+//! let cache = TokenCache::builder(grant).metrics_name("officernd").build();
+//! ```
+//!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
 //! | `tower_oauth2_token_requests_total` | counter | `cache`, `outcome` | token requests finished, by outcome (below) |

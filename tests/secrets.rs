@@ -59,6 +59,17 @@ fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Every `tracing` event of this thread, at every level, until the guard drops.
+fn capture_traces() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    (logs.clone(), tracing::subscriber::set_default(subscriber))
+}
+
 fn token_body() -> Reply {
     Reply::json(
         200,
@@ -70,13 +81,7 @@ fn token_body() -> Reply {
 
 #[tokio::test]
 async fn no_sentinel_in_debug_display_errors_or_traces() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_traces();
 
     let server = Recorder::start().await;
     let url = server.url("/token");
@@ -185,13 +190,7 @@ fn key_material() -> Vec<String> {
 async fn no_key_or_assertion_in_debug_display_errors_or_traces() {
     use tower_oauth2::{JwsAlgorithm, PrivateKey};
 
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_traces();
 
     let server = Recorder::start().await;
     let url = server.url("/token");

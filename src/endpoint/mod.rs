@@ -51,6 +51,7 @@ pub(crate) use auth::ClientAuth;
 use response::Leniency;
 pub(crate) use response::Refused;
 use transport::Failure;
+pub use transport::HttpService;
 pub(crate) use transport::Transport;
 
 use crate::{clock, Error, Token};
@@ -486,21 +487,8 @@ macro_rules! endpoint_settings {
         /// [`max_response_bytes`](Self::max_response_bytes); the service must
         /// not follow redirects itself. The request body is built from a
         /// `String`, so `String`, `Full<Bytes>` and most body types fit.
-        pub fn transport<S, ReqB, ResB>(mut self, service: S) -> Self
-        where
-            S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>
-                + Clone
-                + Send
-                + Sync
-                + 'static,
-            S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-            S::Future: Send + 'static,
-            ReqB: From<String> + 'static,
-            ResB: http_body::Body + Send + 'static,
-            ResB::Data: Send,
-            ResB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        {
-            self.endpoint.transport = Some(crate::endpoint::Transport::service(service));
+        pub fn transport<B>(mut self, service: impl crate::endpoint::HttpService<B>) -> Self {
+            self.endpoint.transport = Some(crate::endpoint::Transport::new(service));
             self
         }
 

@@ -21,9 +21,45 @@ use crate::Error;
 type Boxed = BoxCloneSyncService<http::Request<String>, http::Response<ResponseBody>, BoxError>;
 type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// A cloneable, type-erased service that sends one request.
+/// A cloneable, type-erased service that sends one request. (`pub` only so
+/// that the sealed [`HttpService`] can name it; this module is private.)
 #[derive(Clone)]
-pub(crate) struct Transport(Boxed);
+pub struct Transport(Boxed);
+
+/// A tower service that can carry token and discovery requests: any
+/// `Service<http::Request<B>>` answering `http::Response<_>` whose body
+/// implements `http_body::Body`, cloneable and `Send + Sync`, where
+/// `B: From<String>` (`String`, `Full<Bytes>`, `reqwest::Body`, axum's
+/// `Body`): a hyper-util client, or a tower stack around one. Implemented for
+/// every such service; nothing to implement.
+pub trait HttpService<B>: sealed::Sealed<B> {}
+
+impl<S: sealed::Sealed<B>, B> HttpService<B> for S {}
+
+mod sealed {
+    pub trait Sealed<B> {
+        fn into_transport(self) -> super::Transport;
+    }
+}
+
+impl<S, ReqB, ResB> sealed::Sealed<ReqB> for S
+where
+    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    ReqB: From<String> + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Into<BoxError>,
+{
+    fn into_transport(self) -> Transport {
+        Transport::service(self)
+    }
+}
 
 /// What came back: status, headers, and at most the allowed number of bytes.
 pub(crate) struct Answer {
@@ -50,9 +86,12 @@ impl From<Error> for Failure {
 }
 
 impl Transport {
-    /// Wraps a user's service. `ReqB: From<String>` covers `String`,
-    /// `Full<Bytes>`, `reqwest::Body` and axum's `Body`.
-    pub(crate) fn service<S, ReqB, ResB>(service: S) -> Self
+    /// Wraps a user's service (see [`HttpService`]).
+    pub(crate) fn new<B>(service: impl HttpService<B>) -> Self {
+        service.into_transport()
+    }
+
+    fn service<S, ReqB, ResB>(service: S) -> Self
     where
         S: Service<http::Request<ReqB>, Response = http::Response<ResB>>
             + Clone
