@@ -56,7 +56,9 @@
 //!   `GET`, a `DELETE`) are remade with `Default`; others are not copied, so
 //!   their request is not replayed. Works for hyper, axum and
 //!   `http-body-util` bodies.
-//! - [`CloneBody`]: any `Clone` body (`String`, `Bytes`, `Full<Bytes>`).
+//! - [`CloneBody`]: any `Clone` body (`String`, `Bytes`, `Full<Bytes>`);
+//!   the whole request is copied with its own `Clone`, the cheapest copy
+//!   (BENCHMARKS.md, section 1), so prefer it where the body is `Clone`.
 //! - a function or closure `Fn(&B) -> Option<B>`: anything else.
 //!
 //! A [`reqwest::Request`] is copied with its own `try_clone` (which refuses
