@@ -36,7 +36,7 @@
 //! [`BearerAuth`] takes [`http::Request<B>`] for any body type `B` (hyper,
 //! axum, tonic's gRPC channel, streaming bodies) and [`reqwest::Request`]
 //! (so a `reqwest::Client` is wrapped like any tower service). With the
-//! `reqwest-middleware` feature, [`BearerAuthMiddleware`] does the same for a
+//! `reqwest-middleware` feature, `BearerAuthMiddleware` does the same for a
 //! `reqwest_middleware::ClientWithMiddleware`.
 //!
 //! # What a request goes through
@@ -87,7 +87,6 @@
 //!
 //! [`allow_origin`]: BearerAuthLayer::allow_origin
 //! [`origin`]: BearerAuthLayer::origin
-//! [`BearerAuthMiddleware`]: crate::BearerAuthMiddleware
 //! [`tower::retry`]: https://docs.rs/tower/latest/tower/retry/index.html
 
 mod future;
