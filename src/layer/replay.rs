@@ -129,6 +129,7 @@ impl<C, P> Replay<C, P> {
     }
 
     /// Whether this is a rejected token not yet replayed.
+    #[inline]
     fn replays<R: AuthResponse, E>(&mut self, result: &Result<R, E>) -> bool {
         let rejected = matches!(result, Ok(response)
             if response.extensions().get::<TokenRejected>().is_some());
@@ -202,10 +203,12 @@ pub struct NoRetry;
 impl<Req, Res, E> Policy<Req, Res, E> for NoRetry {
     type Future = std::future::Ready<()>;
 
+    #[inline]
     fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
         None
     }
 
+    #[inline]
     fn clone_request(&mut self, _: &Req) -> Option<Req> {
         None
     }
@@ -259,6 +262,7 @@ impl<F> std::fmt::Debug for ReplayFuture<F> {
 }
 
 impl<C, P> Replay<C, P> {
+    #[inline]
     fn decide<Req, Res, E>(
         &mut self,
         request: &mut Req,
@@ -281,6 +285,7 @@ impl<C, P> Replay<C, P> {
         Some(ReplayFuture::policy(future))
     }
 
+    #[inline]
     fn copy<Req, Res, E>(
         &mut self,
         request: &Req,
@@ -309,6 +314,7 @@ where
 {
     type Future = ReplayFuture<P::Future>;
 
+    #[inline]
     fn retry(
         &mut self,
         request: &mut Request<B>,
@@ -317,6 +323,7 @@ where
         self.decide(request, result)
     }
 
+    #[inline]
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
         self.copy::<_, Res, E>(request, |copy, request| copy.copy_request(request))
     }
