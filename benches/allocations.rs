@@ -38,12 +38,7 @@ fn count<S>(mut service: S, one: fn(&mut S)) -> (f64, f64) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cache = warm_cache(&runtime);
+    let (_runtime, cache) = warm();
     let (base_allocs, base_bytes) = per_request(static_header());
     println!(
         "allocations per request ({REQUESTS} requests each; the request's own header map included)"

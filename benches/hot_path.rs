@@ -69,12 +69,7 @@ fn variant<S>(
 }
 
 fn hot_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cache = warm_cache(&runtime);
+    let (_runtime, cache) = warm();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     for threads in [1, cores] {
         let name = match threads {
@@ -162,12 +157,7 @@ fn paired_ratio(
 }
 
 fn paired(_: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cache = warm_cache(&runtime);
+    let (runtime, cache) = warm();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("\npaired ratios: median of {ROUNDS} rounds of {SLICE} requests each, taking turns");
     println!(

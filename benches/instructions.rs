@@ -34,12 +34,7 @@ fn main() {
         return;
     };
     let requests: u64 = requests.parse().expect("a request count");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cache = warm_cache(&runtime);
+    let (_runtime, cache) = warm();
     match variant.as_str() {
         "static" => run(static_header(), requests, one),
         "bearer" => run(bearer(&cache), requests, one),

@@ -157,6 +157,18 @@ pub fn static_header() -> tower_http::auth::AddAuthorization<Inner> {
     tower_http::auth::AddAuthorizationLayer::bearer(TOKEN).layer(Inner)
 }
 
+/// A one-worker runtime (the cache's background task runs there, off the
+/// bench threads) and a warm cache on it.
+pub fn warm() -> (tokio::runtime::Runtime, TokenCache) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = warm_cache(&runtime);
+    (runtime, cache)
+}
+
 /// A warm cache (its token fetched) on `runtime`.
 pub fn warm_cache(runtime: &tokio::runtime::Runtime) -> TokenCache {
     runtime.block_on(async {

@@ -57,7 +57,19 @@ where
     ResB::Error: Into<BoxError>,
 {
     fn into_transport(self) -> Transport {
-        Transport::service(self)
+        let service = self
+            .map_request(|request: http::Request<String>| request.map(ReqB::from))
+            .map_response(|response: http::Response<ResB>| {
+                response.map(|body| {
+                    body.map_frame(|frame| {
+                        frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+                    })
+                    .map_err(Into::into)
+                    .boxed_unsync()
+                })
+            })
+            .map_err(Into::into);
+        Transport(BoxCloneSyncService::new(service))
     }
 }
 
@@ -91,35 +103,6 @@ impl Transport {
         service.into_transport()
     }
 
-    fn service<S, ReqB, ResB>(service: S) -> Self
-    where
-        S: Service<http::Request<ReqB>, Response = http::Response<ResB>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        ReqB: From<String> + 'static,
-        ResB: Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
-        let service = service
-            .map_request(|request: http::Request<String>| request.map(ReqB::from))
-            .map_response(|response: http::Response<ResB>| {
-                response.map(|body| {
-                    body.map_frame(|frame| {
-                        frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
-                    })
-                    .map_err(Into::into)
-                    .boxed_unsync()
-                })
-            })
-            .map_err(Into::into);
-        Self(BoxCloneSyncService::new(service))
-    }
-
     /// reqwest's client, which reports where it ended up: a client that was
     /// built to follow redirects is caught here.
     #[cfg(feature = "reqwest")]
@@ -136,7 +119,7 @@ impl Transport {
                 Ok::<_, BoxError>(http::Response::<reqwest::Body>::from(response))
             }
         });
-        Self::service(service)
+        Self::new(service)
     }
 
     /// The default transport: reqwest with rustls, following no redirect.
