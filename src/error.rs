@@ -97,6 +97,11 @@ pub enum StoreErrorKind {
     OtherCredential,
     /// The state could not be written.
     WriteFailed,
+    /// A shared store could not be reached, so a refresh token was not sent:
+    /// without the fleet's lease another replica may be sending it, and a
+    /// server that detects reuse would revoke it. Transient: tried again
+    /// with backoff until the store is back.
+    Unavailable,
 }
 
 /// The `error` code of an OAuth 2.0 error response (RFC 6749 §5.2).
@@ -442,7 +447,10 @@ impl Error {
                 || s == StatusCode::REQUEST_TIMEOUT
         });
         match &self.inner.kind {
-            ErrorKind::Network | ErrorKind::Timeout | ErrorKind::ResponseTooLarge => true,
+            ErrorKind::Network
+            | ErrorKind::Timeout
+            | ErrorKind::ResponseTooLarge
+            | ErrorKind::Store(StoreErrorKind::Unavailable) => true,
             ErrorKind::Source | ErrorKind::ClientAssertion => self.inner.transient,
             ErrorKind::Status => status_transient,
             ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {

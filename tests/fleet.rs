@@ -473,3 +473,76 @@ async fn shutdown_does_not_wait_for_another_replicas_lease() {
         "nothing was fetched without the lease"
     );
 }
+
+/// With Redis down, a rotating refresh token is never sent without the
+/// fleet's lease: the replicas serve their token until it expires, then fail
+/// with `Store(Unavailable)` (a person never has to authorize again), and
+/// refresh again once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_never_lets_two_replicas_send_one_refresh_token() {
+    let mut redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let replicas: Vec<_> = (0..2).map(|_| replica(&server, &redis)).collect();
+    traffic(&replicas, Duration::from_secs(3)).await;
+    let before = server.requests();
+    redis.stop();
+
+    // Three lifetimes without Redis.
+    let end = Instant::now() + Duration::from_secs(6);
+    let (mut served, mut unavailable) = (0, 0);
+    while Instant::now() < end {
+        for cache in &replicas {
+            match cache.token().await {
+                Ok(token) => {
+                    assert!(tokio::time::Instant::now() <= token.expires_at().unwrap());
+                    served += 1;
+                }
+                Err(error) => {
+                    assert_eq!(
+                        error.kind(),
+                        &ErrorKind::Store(StoreErrorKind::Unavailable),
+                        "{error}"
+                    );
+                    assert!(error.is_transient());
+                    unavailable += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        served > 0,
+        "the current tokens were served until they expired"
+    );
+    assert!(unavailable > 0, "expired tokens are not served");
+    // At most the refresh that held the lease when Redis went down.
+    assert!(
+        server.requests() <= before + 1,
+        "{} > {before} + 1",
+        server.requests()
+    );
+
+    redis.restart();
+    for cache in &replicas {
+        let back = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if cache.token().await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            back.is_ok(),
+            "a replica did not recover once Redis was back"
+        );
+    }
+    traffic(&replicas, Duration::from_secs(3)).await;
+    assert_eq!(server.reuses(), 0, "a refresh token was sent twice");
+    assert!(!server.revoked());
+    for cache in &replicas {
+        cache.shutdown().await.unwrap();
+    }
+}

@@ -142,6 +142,9 @@ enum Step {
     /// Another replica is asking and has not stored its token yet: try
     /// again.
     Wait,
+    /// The shared store is unreachable and the source would send a refresh
+    /// token: not without the lease. A failed attempt, retried with backoff.
+    NoLease(Error),
 }
 
 struct Unsaved {
@@ -300,6 +303,15 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
+    /// Leaves the phase for the caller to set; the token it was serving.
+    fn take_live(&mut self) -> Option<Live> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Serving(live) => Some(live),
+            Phase::Failing { live, .. } | Phase::Stopped { live, .. } => live,
+            Phase::Idle | Phase::Wanted => None,
+        }
+    }
+
     fn live(&self) -> Option<&Live> {
         match &self.phase {
             Phase::Serving(live) => Some(live),
@@ -356,9 +368,24 @@ impl<T: TokenStore> Refresher<T> {
         source: &mut S,
         inbox: &mut mpsc::UnboundedReceiver<Message>,
     ) -> std::ops::ControlFlow<()> {
+        let failures = match &self.phase {
+            Phase::Failing { failures, .. } => *failures,
+            _ => 0,
+        };
         match self.coordinate(source).await {
             Step::Fetch => {}
             Step::Adopted => return std::ops::ControlFlow::Continue(()),
+            Step::NoLease(error) => {
+                let live = self.take_live();
+                self.failed(
+                    error,
+                    live,
+                    failures + 1,
+                    clock::now(),
+                    &tracing::Span::current(),
+                );
+                return std::ops::ControlFlow::Continue(());
+            }
             // Between two looks at the store: what requests said meanwhile
             // (a shutdown, say) must not wait for the other replica.
             Step::Wait => loop {
@@ -373,10 +400,6 @@ impl<T: TokenStore> Refresher<T> {
                 }
             },
         }
-        let failures = match &self.phase {
-            Phase::Failing { failures, .. } => *failures,
-            _ => 0,
-        };
         if let Some(shared) = self.shared.upgrade() {
             shared
                 .counters
@@ -433,12 +456,7 @@ impl<T: TokenStore> Refresher<T> {
         // Saved first, then released: the next holder reads it.
         self.release().await;
 
-        let previous = std::mem::replace(&mut self.phase, Phase::Idle);
-        let live = match previous {
-            Phase::Serving(live) => Some(live),
-            Phase::Failing { live, .. } | Phase::Stopped { live, .. } => live,
-            Phase::Idle | Phase::Wanted => None,
-        };
+        let live = self.take_live();
         match fresh {
             Ok(next) => {
                 span.in_scope(|| {
@@ -749,6 +767,20 @@ impl<T: TokenStore> Refresher<T> {
                 };
             }
             Ok(Lease::Unshared) => return Step::Fetch,
+            // Another replica may hold a copy of this refresh token and be
+            // sending it now; two senders get the family revoked by a server
+            // that detects reuse. Serve the current token, wait for the store.
+            Err(error) if source.refresh_token().is_some() => {
+                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "the shared store is unreachable; the refresh token is not sent without the fleet's lease");
+                return Step::NoLease(
+                    Error::store(
+                        crate::StoreErrorKind::Unavailable,
+                        "the shared store is unreachable: the refresh token is sent only under the fleet's lease",
+                    )
+                    .with_source(error),
+                );
+            }
+            // Nothing that another replica could be sending too.
             Err(error) => {
                 tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "the shared store is unreachable; fetching without the fleet's lease");
                 return Step::Fetch;

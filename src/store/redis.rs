@@ -46,9 +46,13 @@ const RELEASE: &str =
 /// holder's token adopt it at once (or after a 50 ms poll at the latest).
 /// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
 /// names the flow, client id, token URL and scopes; never a secret). Redis is
-/// never on a request's path: requests read the cache's in-process copy, and
-/// when Redis is unreachable each replica fetches for itself and keeps
-/// serving its valid token until Redis is back.
+/// never on a request's path: requests read the cache's in-process copy.
+/// When Redis is unreachable, a replica fetches for itself only when it has
+/// no refresh token to send (client credentials): a refresh token is sent
+/// only under the lease, since two replicas sending one rotating refresh
+/// token get it revoked. Such a replica serves its valid token, then fails
+/// with [`StoreErrorKind::Unavailable`](crate::StoreErrorKind::Unavailable)
+/// until Redis is back.
 ///
 /// Without [`encryption_key`](Self::encryption_key) the state is stored in
 /// clear: whoever can read those keys in Redis (its users, its backups, a
