@@ -43,7 +43,9 @@
 //! secret, `client_secret_basic` when listed, else `client_secret_post`;
 //! without one, `none`. An absent list means `client_secret_basic` (RFC 8414
 //! §2). A builder given a private key or an assertion callback uses
-//! `private_key_jwt`, whatever the list.
+//! `private_key_jwt`, whatever the list; a key whose algorithm the document's
+//! `token_endpoint_auth_signing_alg_values_supported` leaves out is refused
+//! by `build` (the server would refuse every assertion it signs).
 //!
 //! [`ErrorKind::Discovery`]: crate::ErrorKind::Discovery
 //! [`ErrorKind::Network`]: crate::ErrorKind::Network
@@ -195,6 +197,23 @@ impl ServerMetadata {
     /// `scopes_supported`, ...).
     pub fn field(&self, name: &str) -> Option<&Value> {
         self.inner.fields.get(name)
+    }
+
+    /// Refuses a client assertion algorithm the server does not list in
+    /// `token_endpoint_auth_signing_alg_values_supported` (it would answer
+    /// `invalid_client` to every token request); no list accepts any.
+    pub(crate) fn check_signing_alg(&self, alg: &str) -> Result<(), Error> {
+        let Some(listed) = self.field("token_endpoint_auth_signing_alg_values_supported") else {
+            return Ok(());
+        };
+        let listed = listed.as_array().map(Vec::as_slice).unwrap_or_default();
+        if listed.iter().any(|a| a.as_str() == Some(alg)) {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "the server does not accept client assertions signed with {alg} \
+             (token_endpoint_auth_signing_alg_values_supported); use a key of a listed algorithm"
+        )))
     }
 
     /// The client authentication a client with (or without) a secret should

@@ -167,3 +167,29 @@ async fn bad_documents_are_typed_errors() {
         assert_eq!(err.kind(), &ErrorKind::Config, "{bad_issuer}");
     }
 }
+
+/// A key of an algorithm the server does not list would be refused with
+/// `invalid_client` on every token request: refused at build time instead.
+#[tokio::test]
+async fn a_key_the_server_does_not_list_is_refused_at_build_time() {
+    use tower_oauth2::{JwsAlgorithm, PrivateKey};
+
+    let server = Recorder::start().await;
+    let mut doc = document(&server, "");
+    doc["token_endpoint_auth_signing_alg_values_supported"] = json!(["ES256", "PS256"]);
+    server.reply([Reply::json(200, &doc.to_string())]);
+    let metadata = Discovery::default().metadata(&server.base).await.unwrap();
+    let build = |key: PrivateKey| {
+        ClientCredentials::builder()
+            .metadata(&metadata)
+            .client_id("my-app")
+            .private_key_jwt(key)
+            .build()
+    };
+    let rsa = include_str!("keys/rsa.pem");
+    let rs256 = build(PrivateKey::from_pem(JwsAlgorithm::Rs256, rsa).unwrap());
+    assert_eq!(rs256.unwrap_err().kind(), &ErrorKind::Config);
+    assert!(build(PrivateKey::from_pem(JwsAlgorithm::Ps256, rsa).unwrap()).is_ok());
+    let ec = include_str!("keys/ec.pem");
+    assert!(build(PrivateKey::from_pem(JwsAlgorithm::Es256, ec).unwrap()).is_ok());
+}

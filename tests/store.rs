@@ -271,6 +271,49 @@ async fn a_new_token_is_saved_before_any_request_gets_it() {
     assert!(!cache.token().await.unwrap().same_as(&token));
 }
 
+/// A token is withdrawn at its expiry even while the cache's task is stuck
+/// in a save that does not return (a store that hangs): no request gets an
+/// expired token; they wait for the new one.
+#[tokio::test(start_paused = true)]
+async fn a_token_expires_on_time_while_a_save_hangs() {
+    let store = Gated::default();
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .store(store.clone())
+        .build();
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    while !store.saving.load(Ordering::SeqCst) {
+        settle().await;
+    }
+    store.gate.notify_one();
+    let token = first.await.unwrap().unwrap();
+    // The refresh's save hangs past the first token's expiry.
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    while !store.saving.load(Ordering::SeqCst) {
+        settle().await;
+    }
+    tokio::time::advance(Duration::from_secs(700)).await;
+    settle().await;
+    assert!(Instant::now() > token.expires_at().unwrap());
+    let late = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    settle().await;
+    assert!(
+        !late.is_finished(),
+        "a request got an answer while the save hangs: {:?}",
+        late.await.unwrap().map(|t| t.same_as(&token))
+    );
+    store.gate.notify_one();
+    let fresh = late.await.unwrap().unwrap();
+    assert!(!fresh.same_as(&token));
+    assert!(Instant::now() < fresh.expires_at().unwrap());
+}
+
 /// A store whose saves fail until `healthy` is set.
 #[derive(Clone, Default)]
 struct Flaky {

@@ -887,9 +887,40 @@ impl<T> Drop for Refresher<T> {
 }
 
 fn publish(shared: &Weak<Shared>, slot: Slot) {
-    if let Some(shared) = shared.upgrade() {
-        shared.slot.store(Arc::new(slot));
-        shared.changed.notify_waiters();
+    let Some(strong) = shared.upgrade() else {
+        return;
+    };
+    let expires_at = match &slot {
+        Slot::Ready(token) => token.expires_at(),
+        Slot::Empty | Slot::Failed(_) => None,
+    };
+    let slot = Arc::new(slot);
+    strong.slot.store(slot.clone());
+    strong.changed.notify_waiters();
+    if let Some(expires_at) = expires_at {
+        tokio::spawn(withdraw_at(expires_at, shared.clone(), slot));
+    }
+}
+
+/// Withdraws a published token at its expiry if it is still out. The task
+/// expires its tokens itself, but only between awaits: a store that does
+/// not answer (Redis down, a slow disk) would otherwise keep an expired
+/// token in the slot until the call returns.
+async fn withdraw_at(expires_at: Instant, shared: Weak<Shared>, published: Arc<Slot>) {
+    tokio::time::sleep_until(expires_at).await;
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    // `published` is held until now, so its address cannot have been reused:
+    // equal pointers mean this very token is still out.
+    let current = shared.slot.load();
+    if Arc::ptr_eq(&current, &published) {
+        let previous = shared
+            .slot
+            .compare_and_swap(&current, Arc::new(Slot::Empty));
+        if Arc::ptr_eq(&previous, &published) {
+            shared.changed.notify_waiters();
+        }
     }
 }
 

@@ -116,6 +116,16 @@ pub(crate) struct Signed {
 }
 
 impl Assertion {
+    /// The JWS algorithm the crate signs with; `None` for a callback's
+    /// assertions, which the crate does not see inside.
+    pub(crate) fn algorithm(&self) -> Option<&'static str> {
+        match self {
+            #[cfg(feature = "private-key-jwt")]
+            Self::Signed(signed) => Some(signed.key.algorithm().as_str()),
+            Self::Callback(_) => None,
+        }
+    }
+
     /// A fresh assertion for one request to `token_url`.
     #[cfg_attr(not(feature = "private-key-jwt"), allow(unused_variables))]
     pub(crate) async fn make(&self, token_url: &Url) -> Result<SecretString, Error> {

@@ -328,6 +328,12 @@ impl EndpointSettings {
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config("client_id is required"))?;
         let assertion = self.assertion.build(&client_id)?;
+        if let (Some(metadata), Some(alg)) = (
+            &self.metadata,
+            assertion.as_ref().and_then(|a| a.algorithm()),
+        ) {
+            metadata.check_signing_alg(alg)?;
+        }
         let has_secret = self.client_secret.is_some();
         let method = match (self.auth_method, &self.metadata) {
             (Some(method), _) => method,
