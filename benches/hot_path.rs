@@ -194,6 +194,22 @@ fn paired(_: &mut Criterion) {
                     timer(bearer_with_replay_cloning(&cache), threads, one_string),
                 ),
             ),
+            // Controls: one variant against itself. What these read is the
+            // method's own error at this thread count.
+            (
+                "A/A retry(cloning)+BA / retry(cloning)+BA",
+                paired_ratio(
+                    timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                    timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "A/A retry(Replay,Clone)+BA / same",
+                paired_ratio(
+                    timer(bearer_with_replay_cloning(&cache), threads, one_string),
+                    timer(bearer_with_replay_cloning(&cache), threads, one_string),
+                ),
+            ),
             (
                 "retry(cloning)+static / static header",
                 paired_ratio(
