@@ -493,6 +493,10 @@ macro_rules! endpoint_settings {
         /// [`max_response_bytes`](Self::max_response_bytes); the service must
         /// not follow redirects itself. The request body is built from a
         /// `String`, so `String`, `Full<Bytes>` and most body types fit.
+        /// The service's errors become the source of an
+        /// [`ErrorKind::Network`](crate::ErrorKind::Network) error: use one
+        /// whose errors never quote the request body (hyper-util's do not),
+        /// since the form may hold the client secret or a refresh token.
         pub fn transport<B>(mut self, service: impl crate::endpoint::HttpService<B>) -> Self {
             self.endpoint.transport = Some(crate::endpoint::Transport::new(service));
             self
