@@ -87,46 +87,34 @@ impl sealed::Request for reqwest::Request {
     }
 }
 
-impl<B> sealed::Response for http::Response<B> {
-    #[inline]
-    fn status(&self) -> StatusCode {
-        self.status()
-    }
+/// Both response types have the same four accessors under the same names.
+macro_rules! response_via_inherent_methods {
+    ($(#[$attr:meta])* impl$(<$b:ident>)? for $ty:ty) => {
+        $(#[$attr])*
+        impl$(<$b>)? sealed::Response for $ty {
+            #[inline]
+            fn status(&self) -> StatusCode {
+                self.status()
+            }
 
-    #[inline]
-    fn headers(&self) -> &HeaderMap {
-        self.headers()
-    }
+            #[inline]
+            fn headers(&self) -> &HeaderMap {
+                self.headers()
+            }
 
-    fn extensions(&self) -> &http::Extensions {
-        self.extensions()
-    }
+            fn extensions(&self) -> &http::Extensions {
+                self.extensions()
+            }
 
-    fn extensions_mut(&mut self) -> &mut http::Extensions {
-        self.extensions_mut()
-    }
+            fn extensions_mut(&mut self) -> &mut http::Extensions {
+                self.extensions_mut()
+            }
+        }
+    };
 }
 
-#[cfg(feature = "reqwest")]
-impl sealed::Response for reqwest::Response {
-    #[inline]
-    fn status(&self) -> StatusCode {
-        self.status()
-    }
-
-    #[inline]
-    fn headers(&self) -> &HeaderMap {
-        self.headers()
-    }
-
-    fn extensions(&self) -> &http::Extensions {
-        self.extensions()
-    }
-
-    fn extensions_mut(&mut self) -> &mut http::Extensions {
-        self.extensions_mut()
-    }
-}
+response_via_inherent_methods!(impl<B> for http::Response<B>);
+response_via_inherent_methods!(#[cfg(feature = "reqwest")] impl for reqwest::Response);
 
 /// Marks `response` when it says the token sent was rejected.
 pub(crate) fn mark_if_rejected<R: sealed::Response>(response: &mut R, plain_401: bool) -> bool {

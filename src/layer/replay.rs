@@ -150,6 +150,7 @@ pub trait CopyBody<B> {
 
     /// A copy of the whole request: the body by [`copy_body`](Self::copy_body),
     /// the rest field by field.
+    #[inline]
     fn copy_request(&self, request: &Request<B>) -> Option<Request<B>> {
         let body = self.copy_body(request.body())?;
         let mut copied = Request::new(body);
@@ -184,6 +185,7 @@ impl<B: Clone> CopyBody<B> for CloneBody {
 
     // The request's own `Clone` builds the head once instead of a default
     // head that is then overwritten: what a plain cloning policy costs.
+    #[inline]
     fn copy_request(&self, request: &Request<B>) -> Option<Request<B>> {
         Some(request.clone())
     }
@@ -285,24 +287,20 @@ impl<C, P> Replay<C, P> {
         Some(ReplayFuture::policy(future))
     }
 
+    /// The wrapped policy's copy (`Ok`), or whether to make one of ours
+    /// (`Err`): one only before the replay. Ours is made by the caller, so
+    /// that the request is built where it is returned, not moved through here.
     #[inline]
-    fn copy<Req, Res, E>(
-        &mut self,
-        request: &Req,
-        ours: impl FnOnce(&C, &Req) -> Option<Req>,
-    ) -> Option<Req>
+    fn wrapped_copy<Req, Res, E>(&mut self, request: &Req) -> Result<Req, bool>
     where
         P: Policy<Req, Res, E>,
     {
         if let Some(copy) = self.policy.clone_request(request) {
             self.policy_copied = true;
-            return Some(copy);
+            return Ok(copy);
         }
         self.policy_copied = false;
-        if self.replayed {
-            return None;
-        }
-        ours(&self.copy, request)
+        Err(!self.replayed)
     }
 }
 
@@ -325,7 +323,11 @@ where
 
     #[inline]
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        self.copy::<_, Res, E>(request, |copy, request| copy.copy_request(request))
+        match self.wrapped_copy::<_, Res, E>(request) {
+            Ok(copy) => Some(copy),
+            Err(true) => self.copy.copy_request(request),
+            Err(false) => None,
+        }
     }
 }
 
@@ -345,7 +347,11 @@ where
     }
 
     fn clone_request(&mut self, request: &reqwest::Request) -> Option<reqwest::Request> {
-        self.copy::<_, reqwest::Response, E>(request, |_, request| request.try_clone())
+        match self.wrapped_copy::<_, reqwest::Response, E>(request) {
+            Ok(copy) => Some(copy),
+            Err(true) => request.try_clone(),
+            Err(false) => None,
+        }
     }
 }
 

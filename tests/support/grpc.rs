@@ -4,11 +4,9 @@
 //! [`super::upstream`]: revoked tokens get `UNAUTHENTICATED`.
 
 use std::{
-    collections::HashSet,
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -34,15 +32,11 @@ pub struct SayReply {
 
 pub const SAY: &str = "/test.Echo/Say";
 
-#[derive(Clone, Default)]
-struct State {
-    seen: Arc<Mutex<Vec<String>>>,
-    revoked: Arc<Mutex<HashSet<String>>>,
-}
+use super::upstream::{Ledger, Verdict};
 
 /// The unary handler.
 #[derive(Clone)]
-struct Say(State);
+struct Say(Ledger);
 
 impl tower::Service<tonic::Request<SayRequest>> for Say {
     type Response = tonic::Response<SayReply>;
@@ -59,8 +53,7 @@ impl tower::Service<tonic::Request<SayRequest>> for Say {
             .get("authorization")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        self.0.seen.lock().unwrap().push(auth.clone());
-        if auth.is_empty() || self.0.revoked.lock().unwrap().contains(&auth) {
+        if self.0.check(&auth) != Verdict::Accepted {
             return std::future::ready(Err(Status::unauthenticated("invalid token")));
         }
         let message = request.into_inner().message;
@@ -73,7 +66,7 @@ impl tower::Service<tonic::Request<SayRequest>> for Say {
 
 /// The service the tonic server routes to.
 #[derive(Clone)]
-struct EchoServer(State);
+struct EchoServer(Ledger);
 
 impl NamedService for EchoServer {
     const NAME: &'static str = "test.Echo";
@@ -103,12 +96,12 @@ impl tower::Service<http::Request<Body>> for EchoServer {
 /// The running gRPC server.
 pub struct GrpcUpstream {
     pub url: String,
-    state: State,
+    state: Ledger,
 }
 
 impl GrpcUpstream {
     pub async fn start() -> Self {
-        let state = State::default();
+        let state = Ledger::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -118,15 +111,11 @@ impl GrpcUpstream {
     }
 
     pub fn revoke(&self, authorization: &str) {
-        self.state
-            .revoked
-            .lock()
-            .unwrap()
-            .insert(authorization.to_owned());
+        self.state.revoke(authorization);
     }
 
     pub fn seen(&self) -> Vec<String> {
-        self.state.seen.lock().unwrap().clone()
+        self.state.seen()
     }
 }
 

@@ -14,22 +14,60 @@ use axum::{
     Router,
 };
 
+/// What a protected test server knows of bearer tokens: every
+/// `Authorization` it was sent, and the revoked ones. The HTTP API here and
+/// the gRPC one in [`super::grpc`] share it.
 #[derive(Clone, Default)]
-struct State {
+pub struct Ledger {
     seen: Arc<Mutex<Vec<String>>>,
     revoked: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What a server answers to one `Authorization`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Missing,
+    Revoked,
+    Accepted,
+}
+
+impl Ledger {
+    /// Records `authorization` ("" when absent) and judges it.
+    pub fn check(&self, authorization: &str) -> Verdict {
+        self.seen.lock().unwrap().push(authorization.to_owned());
+        if authorization.is_empty() {
+            Verdict::Missing
+        } else if self.revoked.lock().unwrap().contains(authorization) {
+            Verdict::Revoked
+        } else {
+            Verdict::Accepted
+        }
+    }
+
+    /// From now on, `authorization` (`Bearer token-2`) is refused.
+    pub fn revoke(&self, authorization: &str) {
+        self.revoked
+            .lock()
+            .unwrap()
+            .insert(authorization.to_owned());
+    }
+
+    /// The `Authorization` of every request so far ("" when absent).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 /// The running API. `url` ends in `/echo`.
 pub struct Upstream {
     pub origin: String,
     pub url: String,
-    state: State,
+    state: Ledger,
 }
 
 impl Upstream {
     pub async fn start() -> Self {
-        let state = State::default();
+        let state = Ledger::default();
         let shared = state.clone();
         let app = Router::new().route(
             "/echo",
@@ -40,26 +78,21 @@ impl Upstream {
                         .get(header::AUTHORIZATION)
                         .map(|h| h.to_str().unwrap().to_owned())
                         .unwrap_or_default();
-                    state.seen.lock().unwrap().push(auth.clone());
-                    if auth.is_empty() {
-                        return (
-                            StatusCode::UNAUTHORIZED,
-                            [(header::WWW_AUTHENTICATE, "Bearer")],
-                            String::new(),
-                        );
-                    }
-                    if state.revoked.lock().unwrap().contains(&auth) {
-                        let challenge = r#"Bearer error="invalid_token""#;
-                        return (
-                            StatusCode::UNAUTHORIZED,
-                            [(header::WWW_AUTHENTICATE, challenge)],
-                            String::new(),
-                        );
-                    }
+                    let challenge = match state.check(&auth) {
+                        Verdict::Missing => "Bearer",
+                        Verdict::Revoked => r#"Bearer error="invalid_token""#,
+                        Verdict::Accepted => {
+                            return (
+                                StatusCode::OK,
+                                [(header::VARY, "authorization")],
+                                format!("{auth} {}", body.len()),
+                            )
+                        }
+                    };
                     (
-                        StatusCode::OK,
-                        [(header::VARY, "authorization")],
-                        format!("{auth} {}", body.len()),
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, challenge)],
+                        String::new(),
                     )
                 }
             }),
@@ -76,15 +109,11 @@ impl Upstream {
 
     /// From now on, `authorization` (`Bearer token-2`) is answered `401 invalid_token`.
     pub fn revoke(&self, authorization: &str) {
-        self.state
-            .revoked
-            .lock()
-            .unwrap()
-            .insert(authorization.to_owned());
+        self.state.revoke(authorization);
     }
 
     /// The `Authorization` header of every request so far ("" when absent).
     pub fn seen(&self) -> Vec<String> {
-        self.state.seen.lock().unwrap().clone()
+        self.state.seen()
     }
 }
