@@ -75,7 +75,11 @@ async fn outage(replicas: &[TokenCache], run: Duration) {
             let asked = tokio::time::Instant::now();
             match cache.token().await {
                 Ok(token) => {
-                    assert!(asked <= token.expires_at().unwrap());
+                    // A timer withdraws a token at its expiry, late by a
+                    // timer tick or a busy core; not by a store call (up to
+                    // its 1 s timeout), which is what this would catch.
+                    let slack = Duration::from_millis(100);
+                    assert!(asked <= token.expires_at().unwrap() + slack);
                     served += 1;
                 }
                 Err(error) => {
