@@ -79,7 +79,12 @@ async fn outage(replicas: &[TokenCache], run: Duration) {
                     // timer tick or a busy core; not by a store call (up to
                     // its 1 s timeout), which is what this would catch.
                     let slack = Duration::from_millis(100);
-                    assert!(asked <= token.expires_at().unwrap() + slack);
+                    let expires_at = token.expires_at().unwrap();
+                    assert!(
+                        asked <= expires_at + slack,
+                        "handed out {:?} after its expiry",
+                        asked - expires_at
+                    );
                     served += 1;
                 }
                 Err(error) => {
