@@ -898,7 +898,11 @@ fn publish(shared: &Weak<Shared>, slot: Slot) {
     strong.slot.store(slot.clone());
     strong.changed.notify_waiters();
     if let Some(expires_at) = expires_at {
-        tokio::spawn(withdraw_at(expires_at, shared.clone(), slot));
+        tokio::spawn(withdraw_at(
+            expires_at,
+            shared.clone(),
+            Arc::downgrade(&slot),
+        ));
     }
 }
 
@@ -906,19 +910,19 @@ fn publish(shared: &Weak<Shared>, slot: Slot) {
 /// expires its tokens itself, but only between awaits: a store that does
 /// not answer (Redis down, a slow disk) would otherwise keep an expired
 /// token in the slot until the call returns.
-async fn withdraw_at(expires_at: Instant, shared: Weak<Shared>, published: Arc<Slot>) {
+async fn withdraw_at(expires_at: Instant, shared: Weak<Shared>, published: Weak<Slot>) {
     tokio::time::sleep_until(expires_at).await;
     let Some(shared) = shared.upgrade() else {
         return;
     };
-    // `published` is held until now, so its address cannot have been reused:
-    // equal pointers mean this very token is still out.
+    // A weak pointer keeps the allocation, so its address cannot have been
+    // reused, and not the token, which is dropped once it is replaced.
     let current = shared.slot.load();
-    if Arc::ptr_eq(&current, &published) {
+    if std::ptr::eq(Arc::as_ptr(&current), published.as_ptr()) {
         let previous = shared
             .slot
             .compare_and_swap(&current, Arc::new(Slot::Empty));
-        if Arc::ptr_eq(&previous, &published) {
+        if std::ptr::eq(Arc::as_ptr(&previous), published.as_ptr()) {
             shared.changed.notify_waiters();
         }
     }
