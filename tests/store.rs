@@ -580,3 +580,88 @@ async fn an_unsaved_state_is_still_saved_after_every_handle_is_gone() {
         "the task ended once saved"
     );
 }
+
+/// A shared store in memory, with the lease of a fleet (no expiry: the test
+/// runs well within any lease's life), whose first `failing` saves fail.
+#[derive(Clone, Default)]
+struct SharedInMemory {
+    state: Arc<Mutex<Option<TokenState>>>,
+    lease: Arc<Mutex<Option<String>>>,
+    failing: Arc<AtomicUsize>,
+}
+
+impl TokenStore for SharedInMemory {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+
+    async fn save(&self, _: &StoreKey, state: &TokenState) -> Result<(), Error> {
+        let failing = &self.failing;
+        if failing.load(Ordering::SeqCst) > 0 {
+            failing.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::store(StoreErrorKind::WriteFailed, "write refused"));
+        }
+        *self.state.lock().unwrap() = Some(state.clone());
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        _: &StoreKey,
+        owner: &str,
+        _: Duration,
+    ) -> Result<tower_oauth2::Lease, Error> {
+        let mut lease = self.lease.lock().unwrap();
+        Ok(match &*lease {
+            Some(_) => tower_oauth2::Lease::Busy,
+            None => {
+                *lease = Some(owner.to_owned());
+                tower_oauth2::Lease::Acquired
+            }
+        })
+    }
+
+    async fn release(&self, _: &StoreKey, owner: &str) -> Result<(), Error> {
+        let mut lease = self.lease.lock().unwrap();
+        if lease.as_deref() == Some(owner) {
+            *lease = None;
+        }
+        Ok(())
+    }
+}
+
+/// A lease holder whose save failed keeps the lease until the save
+/// succeeds: a second replica that took it at once would read the older
+/// state and send the refresh token the holder has already spent.
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_save_failed_keeps_the_lease_until_it_is_saved() {
+    let server = InProcess::new("rt-0", HOUR, 30 * DAY);
+    let store = SharedInMemory::default();
+    store.failing.store(1, Ordering::SeqCst);
+    let first = TokenCache::builder(server.client("rt-0"))
+        .store(store.clone())
+        .build();
+    first.token().await.unwrap();
+    // rt-0 is spent, rt-1 is in memory only: the save failed.
+    assert_eq!(first.stats().save_failures, 1);
+    assert!(store.state.lock().unwrap().is_none());
+
+    // Another replica, configured with rt-0 like every replica.
+    let second = TokenCache::builder(server.client("rt-0"))
+        .store(store.clone())
+        .build();
+    let token = second.token().await.unwrap();
+    assert_eq!(server.reuses(), 0, "a spent refresh token was sent again");
+    assert!(!server.revoked());
+    assert_eq!(
+        server.issued(),
+        1,
+        "the second replica adopted the first's token"
+    );
+    let first_token = first.token().await.unwrap();
+    assert_eq!(
+        token.access_token().expose_secret(),
+        first_token.access_token().expose_secret()
+    );
+    assert!(store.lease.lock().unwrap().is_none(), "released once saved");
+}

@@ -453,7 +453,8 @@ impl<T: TokenStore> Refresher<T> {
             current.as_ref(),
         )
         .await;
-        // Saved first, then released: the next holder reads it.
+        // Saved first, then released: the next holder reads it (kept
+        // instead when the save failed).
         self.release().await;
 
         let live = self.take_live();
@@ -662,6 +663,8 @@ impl<T: TokenStore> Refresher<T> {
             .map(|unsaved| unsaved.state.clone());
         if let Some(state) = state {
             self.save(state).await;
+            // Kept while the state was unsaved; a no-op otherwise.
+            self.release().await;
         }
     }
 
@@ -839,10 +842,17 @@ impl<T: TokenStore> Refresher<T> {
         true
     }
 
+    /// Gives the fleet's lease back, unless a state is still unsaved: the
+    /// next holder would read the older state and send a refresh token this
+    /// replica has already spent. Kept, the lease goes back after the save
+    /// that succeeds, or expires by itself.
     async fn release(&mut self) {
         let Some(persist) = &mut self.store else {
             return;
         };
+        if persist.unsaved.is_some() {
+            return;
+        }
         if std::mem::take(&mut persist.leased) {
             if let Err(error) = persist.store.release(&persist.key, &self.owner).await {
                 // It expires by itself.
