@@ -130,10 +130,10 @@ impl ServerMetadata {
             let raw = value
                 .as_str()
                 .ok_or_else(|| invalid("an endpoint in the metadata document is not a string"))?;
-            validate_url(raw).map(Some).map_err(|error| {
+            validate_url(raw, name).map(Some).map_err(|error| {
                 Error::discovery(
                     DiscoveryErrorKind::InsecureEndpoint,
-                    format!("`{name}` in the metadata document is unusable: {error}"),
+                    format!("in the metadata document: {error}"),
                 )
             })
         };
@@ -288,7 +288,7 @@ impl Discovery {
 
     /// The metadata of `issuer`, from the cache while it is fresh.
     pub async fn metadata(&self, issuer: &str) -> Result<ServerMetadata, Error> {
-        let issuer_url = validate_url(issuer)?;
+        let issuer_url = validate_url(issuer, "issuer URL")?;
         if issuer_url.query().is_some() {
             return Err(Error::config("an issuer URL has no query string"));
         }
@@ -361,8 +361,9 @@ fn is_absent(error: &Error) -> bool {
             StatusCode::NOT_FOUND
                 | StatusCode::BAD_REQUEST
                 | StatusCode::FORBIDDEN
+                | StatusCode::METHOD_NOT_ALLOWED
                 | StatusCode::GONE
-        ) || s == StatusCode::METHOD_NOT_ALLOWED
+        )
     })
 }
 

@@ -269,24 +269,25 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
     )
 }
 
-/// Checks a token URL: absolute, `https` (or `http` to loopback), no fragment,
-/// no credentials in it.
-pub(crate) fn validate_url(raw: &str) -> Result<Url, Error> {
+/// Checks a URL the crate sends credentials or users to (`what` names it in
+/// errors: "token URL", "issuer URL", ...): absolute, `https` (or `http` to
+/// loopback), no fragment, no credentials in it.
+pub(crate) fn validate_url(raw: &str, what: &str) -> Result<Url, Error> {
     let url =
-        Url::parse(raw).map_err(|e| Error::config(format!("token URL is not a valid URL: {e}")))?;
+        Url::parse(raw).map_err(|e| Error::config(format!("{what} is not a valid URL: {e}")))?;
     if url.fragment().is_some() {
-        return Err(Error::config("token URL must not have a #fragment"));
+        return Err(Error::config(format!("{what} must not have a #fragment")));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::config("token URL must not carry credentials"));
+        return Err(Error::config(format!("{what} must not carry credentials")));
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(Error::config(
-            "token URL must use https (plain http is allowed only to loopback hosts)",
-        )),
-        _ => Err(Error::config("token URL must be an https URL")),
+        "http" => Err(Error::config(format!(
+            "{what} must use https (plain http is allowed only to loopback hosts)"
+        ))),
+        _ => Err(Error::config(format!("{what} must be an https URL"))),
     }
 }
 
@@ -322,7 +323,7 @@ impl EndpointSettings {
             (None, Some(metadata)) => metadata.token_endpoint().to_string(),
             (None, None) => return Err(Error::config("token_url is required")),
         };
-        let url = validate_url(&raw_url)?;
+        let url = validate_url(&raw_url, "token URL")?;
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
@@ -560,7 +561,7 @@ mod tests {
             "http://[::1]:9/token",
             "https://example.com/token?tenant=a",
         ] {
-            assert!(validate_url(good).is_ok(), "{good}");
+            assert!(validate_url(good, "token URL").is_ok(), "{good}");
         }
         for bad in [
             "http://example.com/token",
@@ -572,7 +573,7 @@ mod tests {
             "/relative",
         ] {
             assert_eq!(
-                validate_url(bad).unwrap_err().kind(),
+                validate_url(bad, "token URL").unwrap_err().kind(),
                 &crate::ErrorKind::Config,
                 "{bad}"
             );

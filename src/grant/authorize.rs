@@ -174,7 +174,7 @@ impl AuthorizationRequestBuilder {
 
     /// Generates the verifier, challenge and state, and builds the URL.
     pub fn build(self) -> Result<AuthorizationRequest, Error> {
-        let mut url = crate::endpoint::validate_url(&self.authorization_url)?;
+        let mut url = crate::endpoint::validate_url(&self.authorization_url, "authorization URL")?;
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
