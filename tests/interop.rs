@@ -75,9 +75,11 @@ impl Provider {
             // Keep reading, so the server never writes into a closed pipe.
             for _ in lines {}
         });
+        // Seconds normally; a fresh `npm ci` on a loaded 2-core machine has
+        // once taken longer than 30 s to a first READY.
         let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the interop server did not say READY within 30 s");
+            .recv_timeout(Duration::from_secs(90))
+            .expect("the interop server did not say READY within 90 s");
         let port: u16 = line
             .trim()
             .strip_prefix("READY ")
