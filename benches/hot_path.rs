@@ -7,6 +7,8 @@
 //! The pairs hold up when something else loads the machine, which criterion's
 //! back-to-back runs do not. With `REDIS_URL` set (a running `redis-server`),
 //! one more pair compares a cache with a `RedisStore` to one without.
+//! `cargo bench --bench hot_path -- paired` prints the pairs alone (the
+//! filter names none of criterion's benchmarks).
 
 mod common;
 
@@ -191,6 +193,13 @@ fn paired(_: &mut Criterion) {
                 "retry(Replay, CloneBody)+BA / retry(cloning)+BA",
                 paired_ratio(
                     timer(bearer_with_cloning_retry(&cache), threads, one_string),
+                    timer(bearer_with_replay_cloning(&cache), threads, one_string),
+                ),
+            ),
+            (
+                "retry(Replay, CloneBody)+BA / retry(once-401)+BA",
+                paired_ratio(
+                    timer(bearer_with_once_401(&cache), threads, one_string),
                     timer(bearer_with_replay_cloning(&cache), threads, one_string),
                 ),
             ),

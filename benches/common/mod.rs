@@ -239,6 +239,41 @@ impl<B: Clone, Res, E> tower::retry::Policy<Request<B>, Res, E> for Cloning {
     }
 }
 
+/// What a user writes today to replay a rejected request with `tower::retry`:
+/// copies every request as [`Cloning`] does, and retries once after a `401`.
+/// The cheapest policy that looks at the answer.
+#[derive(Clone, Copy, Default)]
+pub struct CloningOnce401 {
+    retried: bool,
+}
+
+impl<B: Clone, ResB, E> tower::retry::Policy<Request<B>, Response<ResB>, E> for CloningOnce401 {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<B>,
+        result: &mut Result<Response<ResB>, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(response) if response.status() == 401 && !self.retried => {
+                self.retried = true;
+                Some(ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        (!self.retried).then(|| request.clone())
+    }
+}
+
+/// `BearerAuth` behind `tower::retry` with [`CloningOnce401`].
+pub fn bearer_with_once_401(cache: &TokenCache) -> Retry<CloningOnce401, BearerAuth<Inner>> {
+    Retry::new(CloningOnce401::default(), bearer(cache))
+}
+
 /// One request through `service`, polled to completion on the spot (every
 /// variant's future is ready at once when the token is fresh).
 #[inline]
@@ -263,9 +298,19 @@ fn one_with<S, B>(service: &mut S, body: B)
 where
     S: Service<Request<B>>,
 {
+    serve(service, Request::new(body))
+}
+
+/// `request` through `service`, polled to completion on the spot: all the
+/// work a variant does for one request, and nothing else.
+#[inline]
+pub fn serve<S, B>(service: &mut S, request: Request<B>)
+where
+    S: Service<Request<B>>,
+{
     let mut cx = Context::from_waker(Waker::noop());
     assert!(service.poll_ready(&mut cx).is_ready());
-    let future = pin!(service.call(Request::new(body)));
+    let future = pin!(service.call(request));
     match future.poll(&mut cx) {
         Poll::Ready(Ok(_)) => {}
         _ => panic!("the bench expects an immediate answer"),
