@@ -366,15 +366,48 @@ async fn a_failing_store_keeps_the_service_running_and_says_so() {
     assert_eq!(store.attempts.load(Ordering::SeqCst), 8);
 }
 
-#[tokio::test]
-async fn shutdown_reports_a_state_it_could_not_save() {
-    let store = Flaky::default();
+/// A cache with one token whose save failed, stopped by `shutdown`.
+async fn shut_down_unsaved(store: &Flaky) -> TokenCache {
     let cache = TokenCache::builder(Scripted::tokens(HOUR).source())
-        .store(store)
+        .policy(RefreshPolicy::new().jitter(0.0))
+        .store(store.clone())
         .build();
     cache.token().await.unwrap();
     let error = cache.shutdown().await.unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::WriteFailed));
+    assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
+    cache
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_reports_an_unsaved_state_until_it_is_saved() {
+    let store = Flaky::default();
+    let cache = shut_down_unsaved(&store).await;
+    let attempts = store.attempts.load(Ordering::SeqCst);
+    assert!(cache.shutdown().await.is_err(), "still unsaved");
+    assert_eq!(
+        store.attempts.load(Ordering::SeqCst),
+        attempts + 1,
+        "tried at once"
+    );
+    store.healthy.store(true, Ordering::SeqCst);
+    cache.shutdown().await.expect("saved now");
+    assert_eq!(store.attempts.load(Ordering::SeqCst), attempts + 2);
+    assert_eq!(cache.stats().saves, 1);
+    assert!(cache.store_error().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_shutdown_the_save_is_still_retried() {
+    let store = Flaky::default();
+    let cache = shut_down_unsaved(&store).await;
+    store.healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(cache.stats().saves, 1, "saved by the task's own backoff");
+    assert!(cache.store_error().is_none());
+    let attempts = store.attempts.load(Ordering::SeqCst);
+    cache.shutdown().await.expect("nothing left to save");
+    assert_eq!(store.attempts.load(Ordering::SeqCst), attempts);
     assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
 }
 

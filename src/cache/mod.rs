@@ -297,6 +297,25 @@ impl TokenCache {
     /// clone stops with it: later requests get [`ErrorKind::Closed`].
     ///
     /// Returns the save's error when the newest state could not be stored.
+    /// The cache is stopped all the same, but the state is not given up: the
+    /// task keeps retrying the save with backoff while the runtime runs, and
+    /// each later call of `shutdown` tries at once and returns `Ok` once it is
+    /// saved. How long to wait before the process exits is yours to choose:
+    ///
+    /// ```no_run
+    /// # async fn stop(cache: tower_oauth2::TokenCache) {
+    /// use std::time::Duration;
+    /// let wait = async {
+    ///     while let Err(error) = cache.shutdown().await {
+    ///         eprintln!("token state not saved yet: {error}");
+    ///         tokio::time::sleep(Duration::from_secs(1)).await;
+    ///     }
+    /// };
+    /// if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+    ///     eprintln!("exiting with the newest token state unsaved");
+    /// }
+    /// # }
+    /// ```
     ///
     /// Without it, a Tokio runtime that shuts down drops the task at its next
     /// `.await`: a token request under way is abandoned. If the server had

@@ -16,7 +16,7 @@
 //! | `Failing` | `Wanted` | note it: the retry is for that request |
 //! | `Failing`, `Stopped` | its token expires, or is `Rejected` | the same, without it: requests get the last error |
 //! | `Stopped` | anything else | nothing: re-authorization is required |
-//! | any | `Shutdown` | end, once the fetch under way (if any) and its save are done |
+//! | any | `Shutdown` | end, once the fetch under way (if any) and its save are done; a failed save is answered, then retried until saved |
 //!
 //! A fetch ends in `Serving` (a token), `Failing` (an error: a token still
 //! valid is kept until it expires, and retries follow the backoff), or
@@ -32,7 +32,9 @@
 //! retried on its own timer, apart from the phases. `invalid_grant` reads the
 //! store once more, and a refresh token rotated meanwhile by another process
 //! is tried at once instead of stopping. `Shutdown` is answered once the
-//! fetch under way (if any) and its save are done.
+//! fetch under way (if any) and its save are done; when that save failed,
+//! requests get `Closed` while the save is retried, and every later
+//! `Shutdown` tries it at once and hears whether it worked.
 
 use std::sync::{atomic::Ordering, Arc, Weak};
 
@@ -197,7 +199,14 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
     task.restore(&mut source).await;
     loop {
         if let Some(done) = task.closing.take() {
-            let _ = done.send(task.flush().await);
+            let flushed = task.flush().await;
+            let saved = flushed.is_ok();
+            let _ = done.send(flushed);
+            if !saved {
+                // Stopped for requests, but the state is not given up.
+                publish(&task.shared, Slot::Failed(Error::closed()));
+                task.save_until_saved(Some(&mut inbox)).await;
+            }
             return;
         }
         let now = clock::now();
@@ -205,7 +214,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         let deadline = match task.next(now) {
             Next::Fetch => {
                 if task.fetch(&mut source, &mut inbox).await.is_break() {
-                    task.save_before_ending().await;
+                    task.save_until_saved(None).await;
                     return;
                 }
                 continue;
@@ -223,7 +232,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
                 Some(message) => task.on_message(message, false),
                 // Every handle is gone.
                 None => {
-                    task.save_before_ending().await;
+                    task.save_until_saved(None).await;
                     return;
                 }
             },
@@ -712,19 +721,41 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
-    /// Every handle is gone: a state that could not be saved yet (a rotated
-    /// refresh token, say) is still retried with backoff until it is saved,
-    /// or until the runtime stops. Nobody is left to ask for it, and losing
-    /// it would mean a person authorizing again.
-    async fn save_before_ending(&mut self) {
+    /// The task is ending, with every handle gone or after a `shutdown`
+    /// whose save failed: a state that could not be saved yet (a rotated
+    /// refresh token, say) is retried with backoff until it is saved, or
+    /// until the runtime stops, since losing it would mean a person
+    /// authorizing again. With the `inbox` (after a `shutdown`), each later
+    /// `shutdown` tries at once and hears whether the state is saved now.
+    async fn save_until_saved(&mut self, mut inbox: Option<&mut mpsc::UnboundedReceiver<Message>>) {
         while let Some(retry_at) = self
             .store
             .as_ref()
             .and_then(|p| p.unsaved.as_ref())
             .map(|unsaved| unsaved.retry_at)
         {
-            tokio::time::sleep_until(retry_at).await;
-            self.retry_save().await;
+            let message = async {
+                match inbox.as_mut() {
+                    Some(inbox) => inbox.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                biased;
+                message = message => message,
+                () = tokio::time::sleep_until(retry_at) => {
+                    self.retry_save().await;
+                    continue;
+                }
+            };
+            match message {
+                Some(Message::Shutdown(done)) => {
+                    let _ = done.send(self.flush().await);
+                }
+                // The cache is closed: nothing else is served.
+                Some(Message::Wanted | Message::Rejected(_)) => {}
+                None => inbox = None,
+            }
         }
         self.release().await;
     }

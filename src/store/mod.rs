@@ -40,7 +40,8 @@
 //!   reported by [`TokenCache::store_error`](crate::TokenCache::store_error),
 //!   and retried with backoff, even after every handle is gone (the task
 //!   stays until the save succeeds). `shutdown` tries once more and reports
-//!   a failure instead of waiting.
+//!   a failure instead of waiting; the save is still retried after that,
+//!   and a later `shutdown` says when it has succeeded.
 //! - **On `invalid_grant`** it reads the store once more before it reports
 //!   that a person must authorize again: another process may have rotated
 //!   the refresh token.
