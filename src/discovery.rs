@@ -34,7 +34,9 @@
 //!
 //! Documents are cached per issuer for [`DiscoveryBuilder::ttl`] (1 h by
 //! default), so every grant of a process built from one issuer costs one
-//! request; clones of a [`Discovery`] share the cache.
+//! request; clones of a [`Discovery`] share the cache. Callers asking for
+//! one issuer at once wait for a single fetch; a failure is not cached, so
+//! the next caller tries again.
 //!
 //! When the grant's builder is given no [`AuthMethod`],
 //! the metadata's `token_endpoint_auth_methods_supported` chooses it from what
@@ -255,8 +257,12 @@ pub struct Discovery {
     timeout: Duration,
     max_body: usize,
     ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, (Instant, ServerMetadata)>>>,
+    cache: Arc<Mutex<HashMap<String, Entry>>>,
 }
+
+/// One issuer's cached document. Callers asking at once take turns on its
+/// lock, so one of them fetches and the others find the document.
+type Entry = Arc<tokio::sync::Mutex<Option<(Instant, ServerMetadata)>>>;
 
 impl Default for Discovery {
     /// reqwest (with the `reqwest` feature), 10 s timeout, 1 MiB, 1 h cache.
@@ -292,8 +298,18 @@ impl Discovery {
         if issuer_url.query().is_some() {
             return Err(Error::config("an issuer URL has no query string"));
         }
-        if let Some(metadata) = self.cached(issuer) {
-            return Ok(metadata);
+        let entry = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(issuer.to_owned())
+            .or_default()
+            .clone();
+        let mut cached = entry.lock().await;
+        if let Some((until, metadata)) = &*cached {
+            if clock::now() < *until {
+                return Ok(metadata.clone());
+            }
         }
         let transport = match &self.transport {
             Some(transport) => transport.clone(),
@@ -311,23 +327,8 @@ impl Discovery {
             body => body?,
         };
         let metadata = ServerMetadata::from_json(issuer, &body)?;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            issuer.to_owned(),
-            (clock::now() + self.ttl, metadata.clone()),
-        );
+        *cached = Some((clock::now() + self.ttl, metadata.clone()));
         Ok(metadata)
-    }
-
-    fn cached(&self, issuer: &str) -> Option<ServerMetadata> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        match cache.get(issuer) {
-            Some((until, metadata)) if clock::now() < *until => Some(metadata.clone()),
-            Some(_) => {
-                cache.remove(issuer);
-                None
-            }
-            None => None,
-        }
     }
 
     async fn fetch(&self, transport: &Transport, url: &Url) -> Result<bytes::Bytes, Error> {

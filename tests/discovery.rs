@@ -193,3 +193,21 @@ async fn a_key_the_server_does_not_list_is_refused_at_build_time() {
     let ec = include_str!("keys/ec.pem");
     assert!(build(PrivateKey::from_pem(JwsAlgorithm::Es256, ec).unwrap()).is_ok());
 }
+
+#[tokio::test]
+async fn callers_asking_at_once_share_one_fetch() {
+    let server = Recorder::start().await;
+    // One answer only: a second fetch would get the recorder's 500.
+    server.reply([Reply::json(200, &document(&server, "/").to_string())]);
+    let discovery = Discovery::default();
+    let issuer = server.url("/");
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (discovery, issuer) = (discovery.clone(), issuer.clone());
+        callers.spawn(async move { discovery.metadata(&issuer).await });
+    }
+    while let Some(answer) = callers.join_next().await {
+        answer.unwrap().expect("every caller gets the document");
+    }
+    assert_eq!(server.requests().len(), 1);
+}
