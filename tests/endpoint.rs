@@ -622,6 +622,23 @@ async fn the_rotating_server_does_revoke_a_reused_refresh_token() {
     );
 }
 
+/// A token URL whose server answers `200` with `Content-Length: 100 MB`,
+/// then sends nothing and keeps the connection open.
+async fn announces_a_huge_body() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0; 4096];
+        let _ = socket.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    url
+}
+
 /// The same guarantees whatever carries the bytes: reqwest (the default) and
 /// a user's hyper-util client given with `transport`.
 #[tokio::test]
@@ -667,6 +684,18 @@ async fn every_transport_keeps_the_endpoint_rules() {
         assert_eq!(large.kind(), &ErrorKind::ResponseTooLarge, "{name}");
         let hang = grant.fetch().await.unwrap_err();
         assert_eq!(hang.kind(), &ErrorKind::Timeout, "{name}");
+
+        // A body announced too large is refused before any of it is read
+        // (this one never comes: reading would end in Timeout).
+        let announced = with_transport(
+            ClientCredentials::builder()
+                .token_url(announces_a_huge_body().await)
+                .client_id("id")
+                .client_secret("s")
+                .timeout(Duration::from_millis(300)),
+        );
+        let err = announced.build().unwrap().fetch().await.unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::ResponseTooLarge, "{name}");
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -826,6 +855,25 @@ async fn the_client_assertion_callback_runs_once_per_request() {
         server.requests().len(),
         2,
         "no request without an assertion"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_assertion_callback_that_hangs_times_out() {
+    let server = Recorder::start().await;
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .timeout(Duration::from_secs(5))
+        .client_assertion(|| std::future::pending::<Result<String, std::io::Error>>())
+        .build()
+        .unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::Timeout);
+    assert!(error.is_transient());
+    assert!(
+        server.requests().is_empty(),
+        "nothing sent without an assertion"
     );
 }
 

@@ -157,7 +157,11 @@ impl TokenEndpoint {
             .find(|(name, _)| *name == "grant_type")
             .map_or("", |(_, value)| *value);
         // Per request: a client assertion is fresh every time, retries too.
-        let auth = match self.auth.for_request(&self.url).await {
+        // A callback that hangs is bounded like the request it is for.
+        let auth = tokio::time::timeout(self.timeout, self.auth.for_request(&self.url))
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout(self.timeout)));
+        let auth = match auth {
             Ok(auth) => auth,
             Err(error) => {
                 tracing::warn!(target: "tower_oauth2", grant_type, %error, "token request not sent");
@@ -503,7 +507,9 @@ macro_rules! endpoint_settings {
             self
         }
 
-        /// Timeout of one token request (default 30 s).
+        /// Timeout of one token request (default 30 s): sending it and
+        /// reading the answer, and apart from that, the
+        /// [`client_assertion`](Self::client_assertion) callback.
         pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.endpoint.timeout = Some(timeout);
             self

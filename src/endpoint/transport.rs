@@ -168,7 +168,13 @@ impl Transport {
             status: parts.status,
             headers: parts.headers,
         };
-        if body.size_hint().lower() > max_body as u64 {
+        // The body's `size_hint` does not survive the frame mapping that
+        // makes every transport's body one type; the header does.
+        let announced = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > max_body as u64) {
             return Err(too_large(parts));
         }
         let mut bytes = Vec::new();
