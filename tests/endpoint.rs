@@ -865,7 +865,7 @@ async fn a_client_assertion_callback_that_hangs_times_out() {
         .token_url(server.url("/token"))
         .client_id("my-app")
         .timeout(Duration::from_secs(5))
-        .client_assertion(|| std::future::pending::<Result<String, std::io::Error>>())
+        .client_assertion(std::future::pending::<Result<String, std::io::Error>>)
         .build()
         .unwrap();
     let error = grant.fetch().await.unwrap_err();
