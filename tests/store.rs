@@ -398,6 +398,31 @@ async fn shutdown_reports_an_unsaved_state_until_it_is_saved() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn two_shutdowns_during_a_fetch_both_hear_how_its_save_went() {
+    for healthy in [false, true] {
+        let store = Flaky::default();
+        store.healthy.store(healthy, Ordering::SeqCst);
+        let script = Scripted::tokens(HOUR).latency(Duration::from_secs(1));
+        let cache = TokenCache::builder(script.source())
+            .store(store.clone())
+            .build();
+        let waiting = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.token().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(script.calls(), 1, "the fetch is under way");
+        // Both arrive while the fetch runs; both wait for it and its save.
+        let (first, second) = tokio::join!(cache.shutdown(), cache.shutdown());
+        assert_eq!(first.is_ok(), healthy, "{first:?}");
+        assert_eq!(second.is_ok(), healthy, "{second:?}");
+        // The waiting request is answered either way (a token or `Closed`).
+        waiting.await.unwrap().ok();
+        assert_eq!(cache.stats().saves, u64::from(healthy));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_a_failed_shutdown_the_save_is_still_retried() {
     let store = Flaky::default();
     let cache = shut_down_unsaved(&store).await;

@@ -300,7 +300,10 @@ impl TokenCache {
     /// The cache is stopped all the same, but the state is not given up: the
     /// task keeps retrying the save with backoff while the runtime runs, and
     /// each later call of `shutdown` tries at once and returns `Ok` once it is
-    /// saved. How long to wait before the process exits is yours to choose:
+    /// saved. Callers asking at once all hear the same answer; if the task
+    /// stopped without answering (a panicking source or store), the answer
+    /// is [`ErrorKind::Closed`]. How long to wait before the process exits is
+    /// yours to choose:
     ///
     /// ```no_run
     /// # async fn stop(cache: tower_oauth2::TokenCache) {
@@ -328,9 +331,12 @@ impl TokenCache {
     pub async fn shutdown(&self) -> Result<(), Error> {
         let (done, finished) = oneshot::channel();
         if self.shared.inbox.send(Message::Shutdown(done)).is_err() {
-            return Ok(());
+            // The task is gone: it ended after saving, unless a save failed
+            // last (and the runtime stopped it before a retry succeeded).
+            return self.store_error().map_or(Ok(()), Err);
         }
-        finished.await.unwrap_or(Ok(()))
+        // No answer: the task stopped mid-way (a panic, the runtime).
+        finished.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
     /// Tells the task a request waits, unless a `Wanted` is already on its way.

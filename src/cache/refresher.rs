@@ -164,7 +164,8 @@ struct Refresher<T> {
     round_trips: RoundTrips,
     store: Option<Persist<T>>,
     /// `Shutdown` was asked: answer here once the fetch under way is done.
-    closing: Option<oneshot::Sender<Result<(), Error>>>,
+    /// Every caller waiting for the answer: two may ask at once.
+    closing: Vec<oneshot::Sender<Result<(), Error>>>,
     /// This task's name in the fleet's lease.
     owner: String,
     /// The `cache` label of the metrics.
@@ -192,17 +193,21 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
             reread: false,
             leased: false,
         }),
-        closing: None,
+        closing: Vec::new(),
         owner: format!("{:032x}", rand::random::<u128>()),
         metrics,
     };
     task.restore(&mut source).await;
     loop {
-        if let Some(done) = task.closing.take() {
+        if !task.closing.is_empty() {
             let flushed = task.flush().await;
             let saved = flushed.is_ok();
-            let _ = done.send(flushed);
-            if !saved {
+            for done in task.closing.drain(..) {
+                let _ = done.send(flushed.clone());
+            }
+            if saved {
+                answer_the_rest(&mut inbox);
+            } else {
                 // Stopped for requests, but the state is not given up.
                 publish(&task.shared, Slot::Failed(Error::closed()));
                 task.save_until_saved(Some(&mut inbox)).await;
@@ -308,7 +313,7 @@ impl<T: TokenStore> Refresher<T> {
                     self.drop_live(fetching);
                 }
             }
-            Message::Shutdown(done) => self.closing = Some(done),
+            Message::Shutdown(done) => self.closing.push(done),
         }
     }
 
@@ -758,6 +763,9 @@ impl<T: TokenStore> Refresher<T> {
             }
         }
         self.release().await;
+        if let Some(inbox) = inbox {
+            answer_the_rest(inbox);
+        }
     }
 
     /// Before the task ends on `shutdown`: one more try at a save that
@@ -916,6 +924,17 @@ impl<T: TokenStore> Refresher<T> {
             persist.stored = state;
         }
         newer
+    }
+}
+
+/// The state is saved and the task ends: a `shutdown` still queued hears
+/// `Ok`, and one sent from now on finds the task gone (which means the same).
+fn answer_the_rest(inbox: &mut mpsc::UnboundedReceiver<Message>) {
+    inbox.close();
+    while let Ok(message) = inbox.try_recv() {
+        if let Message::Shutdown(done) = message {
+            let _ = done.send(Ok(()));
+        }
     }
 }
 
