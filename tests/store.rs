@@ -640,16 +640,21 @@ async fn an_unsaved_state_is_still_saved_after_every_handle_is_gone() {
 }
 
 /// A shared store in memory, with the lease of a fleet (no expiry: the test
-/// runs well within any lease's life), whose first `failing` saves fail.
+/// runs well within any lease's life), whose first `failing` saves fail,
+/// and whose reads fail while `unreadable`.
 #[derive(Clone, Default)]
 struct SharedInMemory {
     state: Arc<Mutex<Option<TokenState>>>,
     lease: Arc<Mutex<Option<String>>>,
     failing: Arc<AtomicUsize>,
+    unreadable: Arc<AtomicBool>,
 }
 
 impl TokenStore for SharedInMemory {
     async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        if self.unreadable.load(Ordering::SeqCst) {
+            return Err(Error::store(StoreErrorKind::Corrupt, "unknown format"));
+        }
         Ok(self.state.lock().unwrap().clone())
     }
 
@@ -722,4 +727,37 @@ async fn a_holder_whose_save_failed_keeps_the_lease_until_it_is_saved() {
         first_token.access_token().expose_secret()
     );
     assert!(store.lease.lock().unwrap().is_none(), "released once saved");
+}
+
+/// A lease holder that cannot read the store does not send the refresh
+/// token it has in memory: another replica may have spent it since.
+#[tokio::test(start_paused = true)]
+async fn a_lease_holder_that_cannot_read_the_store_sends_no_refresh_token() {
+    let server = InProcess::new("rt-0", HOUR, 30 * DAY);
+    let store = SharedInMemory::default();
+    let first = TokenCache::builder(server.client("rt-0"))
+        .store(store.clone())
+        .build();
+    let second = TokenCache::builder(server.client("rt-0"))
+        .store(store.clone())
+        .build();
+    let token = first.token().await.unwrap();
+    second.token().await.unwrap(); // adopted from the store, with rt-1
+    assert_eq!(server.issued(), 1);
+    // The first replica refreshes: rt-1 is spent, rt-2 is stored.
+    first.invalidate(&token);
+    first.token().await.unwrap();
+    assert_eq!(server.issued(), 2);
+    // Now the second replica needs a token and cannot read the store.
+    store.unreadable.store(true, Ordering::SeqCst);
+    let theirs = second.token().await.unwrap();
+    second.invalidate(&theirs);
+    let error = second.token().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::Store(StoreErrorKind::Unavailable));
+    assert_eq!(server.reuses(), 0, "the spent rt-1 was sent");
+    assert!(!server.revoked());
+    assert!(
+        store.lease.lock().unwrap().is_none(),
+        "the lease is given back"
+    );
 }

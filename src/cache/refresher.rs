@@ -168,6 +168,9 @@ struct Refresher<T> {
     closing: Vec<oneshot::Sender<Result<(), Error>>>,
     /// This task's name in the fleet's lease.
     owner: String,
+    /// The last token the server rejected: a shared store may still hold
+    /// it, and adopting it back would serve it again.
+    rejected: Option<Token>,
     /// The `cache` label of the metrics.
     metrics: metrics::Name,
 }
@@ -195,6 +198,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         }),
         closing: Vec::new(),
         owner: format!("{:032x}", rand::random::<u128>()),
+        rejected: None,
         metrics,
     };
     task.restore(&mut source).await;
@@ -310,6 +314,7 @@ impl<T: TokenStore> Refresher<T> {
             Message::Rejected(id) => {
                 if self.live().is_some_and(|live| live.token.id() == id) {
                     tracing::debug!(target: "tower_oauth2", "token rejected by the server");
+                    self.rejected = self.live().map(|live| live.token.clone());
                     self.drop_live(fetching);
                 }
             }
@@ -804,8 +809,8 @@ impl<T: TokenStore> Refresher<T> {
                 // interval; then the store may hold the holder's token.
                 persist.store.changed(&persist.key, PEER_POLL).await;
                 return match self.adopt(source).await {
-                    true => Step::Adopted,
-                    false => Step::Wait,
+                    Ok(true) => Step::Adopted,
+                    Ok(false) | Err(_) => Step::Wait,
                 };
             }
             Ok(Lease::Unshared) => return Step::Fetch,
@@ -829,45 +834,64 @@ impl<T: TokenStore> Refresher<T> {
             }
         }
         match self.adopt(source).await {
-            true => Step::Adopted,
-            false => Step::Fetch,
+            Ok(true) => Step::Adopted,
+            Ok(false) => Step::Fetch,
+            // The lease is ours, but the newest refresh token may be in the
+            // store we cannot read: the one in memory may be spent already.
+            Err(error) if source.refresh_token().is_some() => {
+                self.release().await;
+                Step::NoLease(
+                    Error::store(
+                        crate::StoreErrorKind::Unavailable,
+                        "the shared store cannot be read: the refresh token is sent only after reading the newest one",
+                    )
+                    .with_source(error),
+                )
+            }
+            Err(_) => Step::Fetch,
         }
     }
 
     /// Reads the shared store: hands the newest refresh token to the source
     /// (only a lease holder sends it), and adopts the access token if
     /// another replica fetched it after this one's. Gives the lease back
-    /// when it adopts.
-    async fn adopt<S: TokenSource>(&mut self, source: &mut S) -> bool {
+    /// when it adopts. The store's error when it cannot be read.
+    async fn adopt<S: TokenSource>(&mut self, source: &mut S) -> Result<bool, Error> {
         let Some(persist) = &mut self.store else {
-            return false;
+            return Ok(false);
         };
         let state = match persist.store.load(&persist.key).await {
             Ok(Some(state)) => state,
-            Ok(None) => return false,
+            Ok(None) => return Ok(false),
             Err(error) => {
                 tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "cannot read the shared store");
-                return false;
+                return Err(error);
             }
         };
-        if let Some(stored) = state.refresh_token() {
-            if source.refresh_token().map(expose) != Some(expose(stored)) {
-                source.resume(stored.clone());
+        // A state of ours not saved yet is newer than anything stored.
+        if persist.unsaved.is_none() {
+            if let Some(stored) = state.refresh_token() {
+                if source.refresh_token().map(expose) != Some(expose(stored)) {
+                    source.resume(stored.clone());
+                }
             }
         }
         let token = state.access_token(self.policy.lifetime(None));
         persist.stored = state;
         // Another replica's token, fetched after this one's (the state may
         // hold the very token this task saved: that is no reason to wait).
+        let same = |a: &Token, b: &Token| expose(a.access_token()) == expose(b.access_token());
         let newer = token.filter(|token| {
             self.live().is_none_or(|live| {
-                expose(token.access_token()) != expose(live.token.access_token())
-                    && token.issued_at() > live.token.issued_at()
-            })
+                !same(token, &live.token) && token.issued_at() > live.token.issued_at()
+            }) && self
+                .rejected
+                .as_ref()
+                .is_none_or(|rejected| !same(token, rejected))
         });
         let now = clock::now();
         let Some(live) = newer.and_then(|token| self.schedule(token, now).ok()) else {
-            return false;
+            return Ok(false);
         };
         self.release().await;
         tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
@@ -878,7 +902,7 @@ impl<T: TokenStore> Refresher<T> {
         self.published(&live, now);
         self.publish(Slot::Ready(live.token.clone()));
         self.phase = Phase::Serving(live);
-        true
+        Ok(true)
     }
 
     /// Gives the fleet's lease back, unless a state is still unsaved: the
@@ -906,7 +930,8 @@ impl<T: TokenStore> Refresher<T> {
         let Some(persist) = &mut self.store else {
             return false;
         };
-        if std::mem::replace(&mut persist.reread, true) {
+        // A state of ours not saved yet is newer than anything stored.
+        if persist.unsaved.is_some() || std::mem::replace(&mut persist.reread, true) {
             return false;
         }
         let Ok(Some(state)) = persist.store.load(&persist.key).await else {
