@@ -436,7 +436,11 @@ async fn each_origin_gets_the_token_of_its_own_cache() {
         .origin("https://pubsub.example.com", pubsub.clone())
         .unwrap()
         .layer(upstream::<()>(&seen, |_| ok()));
-    let pubsub_token = pubsub.token().await.unwrap();
+    // Both scripts name their tokens token-1, token-2, ...: move storage on
+    // to token-2, so that a header says which cache it came from.
+    let first = storage.token().await.unwrap();
+    storage.invalidate(&first);
+    storage.token().await.unwrap();
     for uri in [
         "https://storage.example.com/b/1",
         "https://pubsub.example.com/t/1",
@@ -447,14 +451,11 @@ async fn each_origin_gets_the_token_of_its_own_cache() {
         send(&mut client, get(uri)).await.unwrap();
     }
     let headers = seen.headers();
-    assert_eq!(headers[0].as_deref(), Some("Bearer token-1"));
-    assert_eq!(
-        headers[1],
-        Some(pubsub_token.header_value().to_str().unwrap().to_owned())
-    );
+    assert_eq!(headers[0].as_deref(), Some("Bearer token-2"), "storage's");
+    assert_eq!(headers[1].as_deref(), Some("Bearer token-1"), "pubsub's");
     assert_eq!(headers[2..4], [None, None], "no cache for these origins");
-    assert_eq!(headers[4].as_deref(), Some("Bearer token-1"));
-    assert_eq!((storage_script.calls(), pubsub_script.calls()), (1, 1));
+    assert_eq!(headers[4].as_deref(), Some("Bearer token-2"), "storage's");
+    assert_eq!((storage_script.calls(), pubsub_script.calls()), (2, 1));
     // A rejected token is dropped from its own cache only.
     let mut rejecting = BearerAuthLayer::per_origin()
         .origin("https://storage.example.com", storage.clone())
@@ -466,7 +467,7 @@ async fn each_origin_gets_the_token_of_its_own_cache() {
         .await
         .unwrap();
     assert_eq!(pubsub.stats().invalidations, 1);
-    assert_eq!(storage.stats().invalidations, 0);
+    assert_eq!(storage.stats().invalidations, 1, "only the one made above");
     // A default cache serves every origin not listed.
     let mut with_default = BearerAuthLayer::new(storage)
         .origin("https://pubsub.example.com", pubsub)
@@ -477,10 +478,19 @@ async fn each_origin_gets_the_token_of_its_own_cache() {
         .unwrap();
     assert_eq!(
         seen.headers().last().unwrap().as_deref(),
-        Some("Bearer token-1")
+        Some("Bearer token-2"),
+        "storage's"
     );
     assert!(BearerAuthLayer::per_origin()
         .allow_origin("https://api.example.com")
+        .is_err());
+    // `allow_origin` narrows `new`'s cache; a `per_origin` layer has none,
+    // and its first cache must not go to another origin.
+    let (_, other) = hour_tokens();
+    assert!(BearerAuthLayer::per_origin()
+        .origin("https://storage.example.com", other)
+        .unwrap()
+        .allow_origin("https://elsewhere.example.com")
         .is_err());
 }
 

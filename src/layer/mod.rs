@@ -124,6 +124,9 @@ pub struct BearerAuthLayer {
     caches: Vec<Entry>,
     routes: Routes,
     plain_401: bool,
+    /// Whether `caches[0]` is the cache given to `new`, the one
+    /// `allow_origin` narrows down.
+    own_cache: bool,
 }
 
 /// A cache the layer uses, with its index in the [`registry`].
@@ -137,7 +140,10 @@ impl BearerAuthLayer {
     /// Adds tokens from `cache` to every request (see
     /// [`allow_origin`](Self::allow_origin) to narrow that down).
     pub fn new(cache: TokenCache) -> Self {
-        Self::per_origin().with_cache(cache, None)
+        Self {
+            own_cache: true,
+            ..Self::per_origin().with_cache(cache, None)
+        }
     }
 
     /// A layer that adds no token until told which cache serves which
@@ -149,6 +155,7 @@ impl BearerAuthLayer {
             caches: Vec::new(),
             routes: Routes::default(),
             plain_401: true,
+            own_cache: false,
         }
     }
 
@@ -177,7 +184,8 @@ impl BearerAuthLayer {
     /// requests without an absolute URI, are passed on without it.
     pub fn allow_origin(mut self, origin: &str) -> Result<Self, Error> {
         let origin = Origin::parse(origin)?;
-        if self.caches.is_empty() {
+        // A `per_origin` layer's first cache belongs to another origin.
+        if !self.own_cache {
             return Err(Error::config(
                 "allow_origin: this layer has no cache of its own; use origin(origin, cache)",
             ));
