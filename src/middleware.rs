@@ -20,7 +20,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::{
-    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, Entry, Routes},
+    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, Entry, NoBearerAuth},
     TokenCache,
 };
 
@@ -31,14 +31,14 @@ use crate::{
 /// reading of a rejected token (dropped from the cache; the answer marked
 /// [`TokenRejected`](crate::TokenRejected)).
 ///
+/// A request built `with_extension(NoBearerAuth)` is sent without a token.
+///
 /// A token error comes back as `reqwest_middleware::Error::Middleware`
 /// holding a [`tower_oauth2::Error`](crate::Error) (find it with
 /// [`Error::find_in`](crate::Error::find_in)).
 #[derive(Clone, Debug)]
 pub struct BearerAuthMiddleware {
-    caches: Vec<Entry>,
-    routes: Routes,
-    plain_401: bool,
+    layer: BearerAuthLayer,
     replay: bool,
 }
 
@@ -59,11 +59,8 @@ impl BearerAuthMiddleware {
 
 impl From<BearerAuthLayer> for BearerAuthMiddleware {
     fn from(layer: BearerAuthLayer) -> Self {
-        let (caches, routes, plain_401) = layer.parts();
         Self {
-            caches: caches.to_vec(),
-            routes: routes.clone(),
-            plain_401,
+            layer,
             replay: false,
         }
     }
@@ -89,10 +86,12 @@ impl BearerAuthMiddleware {
         };
         request.set_authorization(header);
         let mut response = next.run(request, extensions).await?;
-        let rejected = mark_if_rejected(&mut response, self.plain_401);
+        let (_, _, plain_401) = self.layer.parts();
+        let rejected = mark_if_rejected(&mut response, plain_401);
         if rejected {
             tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
             cache.invalidate_id(token_id);
+            crate::metrics::rejected_by(response.extensions_mut(), Some(cache));
         }
         Ok((response, rejected))
     }
@@ -106,13 +105,16 @@ impl Middleware for BearerAuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        let entry = self
-            .routes
+        let (caches, routes, _) = self.layer.parts();
+        let entry = routes
             .pick(request.target())
-            .and_then(|index| self.caches.get(index));
+            .and_then(|index| caches.get(index));
         let Some(Entry { cache, .. }) = entry else {
             return next.run(request, extensions).await;
         };
+        if extensions.get::<NoBearerAuth>().is_some() {
+            return next.run(request, extensions).await;
+        }
         let copy = if self.replay {
             request.try_clone()
         } else {
@@ -120,7 +122,10 @@ impl Middleware for BearerAuthMiddleware {
         };
         let (response, rejected) = self.send(cache, request, extensions, next.clone()).await?;
         match copy {
-            Some(copy) if rejected => Ok(self.send(cache, copy, extensions, next).await?.0),
+            Some(copy) if rejected => {
+                crate::metrics::replayed(response.extensions());
+                Ok(self.send(cache, copy, extensions, next).await?.0)
+            }
             _ => Ok(response),
         }
     }

@@ -289,6 +289,14 @@ async fn reqwest_middleware_without_replay_drops_the_token_only() {
     assert_eq!(next.text().await.unwrap(), "Bearer token-2 0");
     assert_eq!(upstream.seen(), ["Bearer token-1", "Bearer token-2"]);
     assert_eq!(script.calls(), 2);
+    // A request that opts out leaves without a token.
+    client
+        .get(&upstream.url)
+        .with_extension(tower_oauth2::layer::NoBearerAuth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upstream.seen().last().map(String::as_str), Some(""));
 }
 
 #[tokio::test]

@@ -122,11 +122,11 @@ impl TokenStore for FailsOnce {
     }
 }
 
-/// Lets the background task run whatever is due now.
 fn unix_now() -> f64 {
     std::time::UNIX_EPOCH.elapsed().unwrap().as_secs_f64()
 }
 
+/// Lets the background task run whatever is due now.
 async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -405,4 +405,30 @@ async fn the_expiry_gauge_is_a_timestamp() {
     // it, so only within a day of the real one.
     let ahead = minute_expiry - unix_now();
     assert!((-86_400.0..86_400.0).contains(&ahead), "{ahead}");
+}
+
+#[tokio::test]
+async fn the_reqwest_middleware_counts_what_the_layer_counts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let upstream = support::upstream::Upstream::start().await;
+    let cache = TokenCache::builder(Scripted::tokens(HOUR).source())
+        .metrics_name("api")
+        .build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(tower_oauth2::BearerAuthMiddleware::new(cache.clone()).replay(true))
+        .build();
+    let token = cache.token().await.unwrap();
+    upstream.revoke(token.header_value().to_str().unwrap());
+    let response = client.get(&upstream.url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.seen(), ["Bearer token-1", "Bearer token-2"]);
+    let recorded = Recorded::take(&snapshotter);
+    let api = [("cache", "api")];
+    assert_eq!(
+        recorded.counter("tower_oauth2_token_invalidations_total", &api),
+        1
+    );
+    assert_eq!(recorded.counter("tower_oauth2_replays_total", &api), 1);
 }
