@@ -402,9 +402,15 @@ async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
     };
     // The first replica fetches the first token; the others start from it.
     let mut replicas = vec![spawn(0)];
-    while server.issued() < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Bounded, so a replica that died at start fails the test, not CI's clock.
+    let first_token = async {
+        while server.issued() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), first_token)
+        .await
+        .expect("the first replica fetched no token within 30 s");
     tokio::time::sleep(Duration::from_millis(300)).await;
     replicas.push(spawn(1));
     replicas.push(spawn(2));
@@ -413,13 +419,18 @@ async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
     // takes the lease and waits.
     server.latency(Duration::from_secs(60));
     let mut fetched = [0u64; 3];
-    let holder = loop {
-        let (index, n) = updates.recv().await.unwrap();
-        if n > fetched[index] && server.requests() >= 2 {
-            break index;
+    let holder = async {
+        loop {
+            let (index, n) = updates.recv().await.unwrap();
+            if n > fetched[index] && server.requests() >= 2 {
+                break index;
+            }
+            fetched[index] = fetched[index].max(n);
         }
-        fetched[index] = fetched[index].max(n);
     };
+    let holder = tokio::time::timeout(Duration::from_secs(30), holder)
+        .await
+        .expect("no replica started a refresh within 30 s");
     // SIGKILL while its request is under way.
     replicas[holder].start_kill().unwrap();
     server.latency(Duration::ZERO);

@@ -43,7 +43,9 @@
 //!
 //! - A token is ready (the usual case): the header is inserted (replacing any
 //!   `Authorization` the request had) and the inner service is called at once.
-//!   That costs one atomic load and the header insert; nothing is copied.
+//!   That costs one atomic load, a clone of the header value (a reference
+//!   count, as for any shared `HeaderValue`) and the header insert; the
+//!   request is not copied.
 //! - No token yet (the very first requests, or after an invalidation): the
 //!   request waits for the cache's single fetch, then goes out. `poll_ready`
 //!   only ever reports the inner service's readiness; a token failure comes
