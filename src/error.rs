@@ -52,6 +52,11 @@ pub enum ErrorKind {
     Source,
     /// A [`TokenStore`](crate::TokenStore) could not load or save token state.
     Store(StoreErrorKind),
+    /// The API rejected new tokens soon after they were issued (a stale key
+    /// set at the API, a wrong audience): the next token request waits with
+    /// backoff, so rejections cost token requests that grow with time, not
+    /// with the request rate. Transient.
+    TokenRejected,
     /// The authorization callback is not the answer to the request that was
     /// sent: the `state` does not match, or the `code` is missing.
     Callback,
@@ -102,6 +107,10 @@ pub enum StoreErrorKind {
     /// server that detects reuse would revoke it. Transient: tried again
     /// with backoff until the store is back.
     Unavailable,
+    /// The store did not answer within
+    /// [`RefreshPolicy::store_timeout`](crate::RefreshPolicy::store_timeout).
+    /// Transient: the call is tried again with backoff.
+    TimedOut,
 }
 
 /// The `error` code of an OAuth 2.0 error response (RFC 6749 §5.2).
@@ -290,6 +299,13 @@ impl Error {
         })
     }
 
+    pub(crate) fn token_rejected() -> Self {
+        Self::new(
+            ErrorKind::TokenRejected,
+            "the API rejected new tokens soon after they were issued; the next token request waits",
+        )
+    }
+
     pub(crate) fn closed() -> Self {
         Self::new(
             ErrorKind::Closed,
@@ -450,7 +466,8 @@ impl Error {
             ErrorKind::Network
             | ErrorKind::Timeout
             | ErrorKind::ResponseTooLarge
-            | ErrorKind::Store(StoreErrorKind::Unavailable) => true,
+            | ErrorKind::TokenRejected
+            | ErrorKind::Store(StoreErrorKind::Unavailable | StoreErrorKind::TimedOut) => true,
             ErrorKind::Source | ErrorKind::ClientAssertion => self.inner.transient,
             ErrorKind::Status => status_transient,
             ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {

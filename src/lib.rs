@@ -91,5 +91,5 @@ pub use middleware::BearerAuthMiddleware;
 pub use secrecy;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{FileStore, Lease, StoreKey, TokenState, TokenStore};
+pub use store::{Expect, FileStore, Lease, Saved, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -199,10 +199,11 @@ async fn the_window_between_rotation_and_fsync_is_measured() {
             &self,
             key: &StoreKey,
             state: &TokenState,
-        ) -> Result<(), tower_oauth2::Error> {
-            self.0.save(key, state).await?;
+            expect: tower_oauth2::Expect<'_>,
+        ) -> Result<tower_oauth2::Saved, tower_oauth2::Error> {
+            let saved = self.0.save(key, state, expect).await?;
             self.1.lock().unwrap().push(Instant::now());
-            Ok(())
+            Ok(saved)
         }
     }
     let server = Rotating::start(Some("rt-0"), None).await;

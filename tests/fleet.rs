@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use support::{redis::RedisServer, rotating::Rotating};
 use tower_oauth2::{
-    ErrorKind, Lease, RedisStore, RefreshToken, StoreErrorKind, StoreKey, TokenCache, TokenState,
-    TokenStore,
+    ErrorKind, Expect, Lease, RedisStore, RefreshToken, StoreErrorKind, StoreKey, TokenCache,
+    TokenState, TokenStore,
 };
 
 fn grant(url: &str) -> RefreshToken {
@@ -503,7 +503,10 @@ async fn a_save_wakes_the_replicas_waiting_for_that_credential() {
     let saver = RedisStore::new(&redis.url).unwrap();
     let woken = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            saver.save(&key, &TokenState::default()).await.unwrap();
+            saver
+                .save(&key, &TokenState::default(), Expect::new(0, None))
+                .await
+                .unwrap();
             if waiter.is_finished() {
                 break;
             }

@@ -28,8 +28,8 @@ use support::scripted::{Reply, Scripted};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_oauth2::{
     layer::{replay::CloneBody, Replay},
-    BearerAuthLayer, Error, RefreshPolicy, StoreErrorKind, StoreKey, TokenCache, TokenState,
-    TokenStore,
+    BearerAuthLayer, Error, Expect, RefreshPolicy, Saved, StoreErrorKind, StoreKey, TokenCache,
+    TokenState, TokenStore,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -113,11 +113,11 @@ impl TokenStore for FailsOnce {
         Ok(None)
     }
 
-    async fn save(&self, _: &StoreKey, _: &TokenState) -> Result<(), Error> {
+    async fn save(&self, _: &StoreKey, _: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
         if self.saves.fetch_add(1, Ordering::SeqCst) == 0 {
             Err(Error::store(StoreErrorKind::WriteFailed, "disk full"))
         } else {
-            Ok(())
+            Ok(Saved::Written)
         }
     }
 }

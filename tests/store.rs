@@ -21,8 +21,8 @@ use support::{
 };
 use tokio::{sync::Notify, time::Instant};
 use tower_oauth2::{
-    Error, ErrorKind, FileStore, RefreshPolicy, RefreshToken, StoreErrorKind, StoreKey, TokenCache,
-    TokenState, TokenStore,
+    Error, ErrorKind, Expect, FileStore, RefreshPolicy, RefreshToken, Saved, StoreErrorKind,
+    StoreKey, TokenCache, TokenState, TokenStore,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -75,7 +75,7 @@ async fn a_store_that_cannot_be_read_stops_the_cache_and_is_not_overwritten() {
         ("not utf-8", vec![0xff, 0xfe, b'{'], StoreErrorKind::Corrupt),
         (
             "version 9",
-            good.replace("\"version\":1", "\"version\":9").into_bytes(),
+            good.replace("\"version\":2", "\"version\":9").into_bytes(),
             StoreErrorKind::UnsupportedVersion,
         ),
         (
@@ -98,15 +98,85 @@ async fn a_store_that_cannot_be_read_stops_the_cache_and_is_not_overwritten() {
         assert_eq!(script.calls(), 0, "{name}: no token request");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: overwritten");
     }
-    // A path that cannot be read as a file at all.
-    let script = Scripted::exactly(vec![]);
-    let cache = TokenCache::builder(script.source())
+    // A path that cannot be read as a file: typed, and retried (it may be
+    // a volume not mounted yet) rather than a stop; a credential that
+    // sends a refresh token waits for it and sends nothing meanwhile.
+    let cache = TokenCache::builder(refresh_grant("http://127.0.0.1:9/token", "rt-0"))
         .store(FileStore::new(dir.path()))
         .build();
+    let error = cache.token().await.unwrap_err();
     assert_eq!(
-        cache.token().await.unwrap_err().kind(),
-        &ErrorKind::Store(StoreErrorKind::Unreadable)
+        error.kind(),
+        &ErrorKind::Store(StoreErrorKind::Unreadable),
+        "{error}"
     );
+    assert!(error.next_attempt_at().is_some(), "tried again");
+}
+
+/// A store whose first `failing` loads fail (Redis not up yet when the pod
+/// starts, one timeout, EIO on a file), and which works after that.
+#[derive(Clone, Default)]
+struct LateStore {
+    failing: Arc<AtomicUsize>,
+    loads: Arc<AtomicUsize>,
+    saved: Arc<Mutex<Option<TokenState>>>,
+}
+
+impl TokenStore for LateStore {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) > 0 {
+            self.failing.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::store(
+                StoreErrorKind::Unavailable,
+                "connection refused",
+            ));
+        }
+        Ok(self.saved.lock().unwrap().clone())
+    }
+
+    async fn save(&self, _: &StoreKey, state: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
+        *self.saved.lock().unwrap() = Some(state.clone());
+        Ok(Saved::Written)
+    }
+}
+
+/// A first load that fails is tried again with backoff and never stops the
+/// cache for good: a credential without a refresh token serves at once
+/// without the store, one with a refresh token once the store answers (it
+/// may hold a newer refresh token than the configured one).
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_load_is_retried_and_never_stops_the_cache() {
+    // Client credentials (no refresh token): served without the store.
+    let store = LateStore::default();
+    store.failing.store(5, Ordering::SeqCst);
+    let script = Scripted::tokens(HOUR);
+    let cache = TokenCache::builder(script.source())
+        .store(store.clone())
+        .build();
+    cache.token().await.unwrap();
+    assert_eq!(script.calls(), 1);
+    // The loads go on with backoff until one succeeds.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.loads.load(Ordering::SeqCst), 6);
+
+    // A refresh token: the stored one is newer than the configured one, and
+    // it is the one sent, once the store answers.
+    let server = Rotating::start(Some("rt-1"), None).await;
+    let store = LateStore::default();
+    *store.saved.lock().unwrap() = Some(
+        TokenState::default()
+            .with_refresh_token("rt-1")
+            .with_generation(1),
+    );
+    store.failing.store(3, Ordering::SeqCst);
+    let cache = TokenCache::builder(refresh_grant(&server.url, "rt-0"))
+        .policy(RefreshPolicy::new().wait_for_retry(Duration::from_secs(10)))
+        .store(store.clone())
+        .build();
+    cache.token().await.unwrap();
+    assert_eq!(store.loads.load(Ordering::SeqCst), 4);
+    assert_eq!(server.reuses(), 0);
 }
 
 #[tokio::test]
@@ -213,12 +283,12 @@ impl TokenStore for Gated {
         Ok(None)
     }
 
-    async fn save(&self, _: &StoreKey, state: &TokenState) -> Result<(), Error> {
+    async fn save(&self, _: &StoreKey, state: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
         self.saving.store(true, Ordering::SeqCst);
         self.gate.notified().await;
         self.saved.lock().unwrap().push(state.clone());
         self.saving.store(false, Ordering::SeqCst);
-        Ok(())
+        Ok(Saved::Written)
     }
 }
 
@@ -238,7 +308,8 @@ async fn a_new_token_is_saved_before_any_request_gets_it() {
     }
     // The token has arrived and is being saved: nobody has it yet.
     assert_eq!(script.calls(), 1);
-    tokio::time::advance(Duration::from_secs(5)).await;
+    // Within the store's deadline (2 s by default).
+    tokio::time::advance(Duration::from_secs(1)).await;
     settle().await;
     assert!(
         !waiting.is_finished(),
@@ -271,47 +342,45 @@ async fn a_new_token_is_saved_before_any_request_gets_it() {
     assert!(!cache.token().await.unwrap().same_as(&token));
 }
 
-/// A token is withdrawn at its expiry even while the cache's task is stuck
-/// in a save that does not return (a store that hangs): no request gets an
-/// expired token; they wait for the new one.
+/// A store call that never returns (a hard-mounted NFS, a custom store
+/// that hangs) is cut off at the policy's store deadline: the cold start
+/// gets its token (kept in memory, the save retried), and `shutdown`
+/// returns within the deadline, saying the newest state is not saved.
 #[tokio::test(start_paused = true)]
-async fn a_token_expires_on_time_while_a_save_hangs() {
+async fn a_hung_store_is_cut_off_at_its_deadline() {
     let store = Gated::default();
     let script = Scripted::tokens(HOUR);
+    let deadline = Duration::from_secs(2);
     let cache = TokenCache::builder(script.source())
+        .policy(RefreshPolicy::new().store_timeout(deadline))
         .store(store.clone())
         .build();
-    let first = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.token().await }
-    });
-    while !store.saving.load(Ordering::SeqCst) {
-        settle().await;
-    }
-    store.gate.notify_one();
-    let token = first.await.unwrap().unwrap();
-    // The refresh's save hangs past the first token's expiry.
-    tokio::time::advance(Duration::from_secs(3000)).await;
-    while !store.saving.load(Ordering::SeqCst) {
-        settle().await;
-    }
-    tokio::time::advance(Duration::from_secs(700)).await;
-    settle().await;
-    assert!(Instant::now() > token.expires_at().unwrap());
-    let late = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.token().await }
-    });
-    settle().await;
-    assert!(
-        !late.is_finished(),
-        "a request got an answer while the save hangs: {:?}",
-        late.await.unwrap().map(|t| t.same_as(&token))
+    let started = Instant::now();
+    let token = cache.token().await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        deadline,
+        "served once the save timed out"
     );
-    store.gate.notify_one();
-    let fresh = late.await.unwrap().unwrap();
-    assert!(!fresh.same_as(&token));
-    assert!(Instant::now() < fresh.expires_at().unwrap());
+    assert!(store.saved.lock().unwrap().is_empty());
+    let error = cache.store_error().expect("the save is reported");
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::Store(StoreErrorKind::TimedOut),
+        "{error}"
+    );
+    assert!(error.is_transient());
+    assert!(cache.token().await.unwrap().same_as(&token));
+
+    let started = Instant::now();
+    let error = cache.shutdown().await.unwrap_err();
+    assert!(started.elapsed() <= deadline, "{:?}", started.elapsed());
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::Store(StoreErrorKind::WriteFailed),
+        "{error}"
+    );
+    assert!(error.to_string().contains("not in the store"), "{error}");
 }
 
 /// A store whose saves fail until `healthy` is set.
@@ -326,10 +395,10 @@ impl TokenStore for Flaky {
         Ok(None)
     }
 
-    async fn save(&self, _: &StoreKey, _: &TokenState) -> Result<(), Error> {
+    async fn save(&self, _: &StoreKey, _: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if self.healthy.load(Ordering::SeqCst) {
-            Ok(())
+            Ok(Saved::Written)
         } else {
             Err(Error::store(StoreErrorKind::WriteFailed, "disk full"))
         }
@@ -658,14 +727,14 @@ impl TokenStore for SharedInMemory {
         Ok(self.state.lock().unwrap().clone())
     }
 
-    async fn save(&self, _: &StoreKey, state: &TokenState) -> Result<(), Error> {
+    async fn save(&self, _: &StoreKey, state: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
         let failing = &self.failing;
         if failing.load(Ordering::SeqCst) > 0 {
             failing.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::store(StoreErrorKind::WriteFailed, "write refused"));
         }
         *self.state.lock().unwrap() = Some(state.clone());
-        Ok(())
+        Ok(Saved::Written)
     }
 
     async fn acquire(
@@ -676,6 +745,7 @@ impl TokenStore for SharedInMemory {
     ) -> Result<tower_oauth2::Lease, Error> {
         let mut lease = self.lease.lock().unwrap();
         Ok(match &*lease {
+            Some(holder) if holder == owner => tower_oauth2::Lease::Acquired,
             Some(_) => tower_oauth2::Lease::Busy,
             None => {
                 *lease = Some(owner.to_owned());

@@ -29,7 +29,9 @@
 //! is dropped, the task ends. The task's states are listed in
 //! `src/cache/refresher.rs`.
 
+mod expiry;
 mod policy;
+mod protocol;
 mod refresher;
 
 use std::{
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     store_error: Mutex<Option<Error>>,
     /// The `cache` label of this cache's metrics.
     metrics: metrics::Name,
+    /// The published token's expiry, for the task that withdraws it.
+    expiry: tokio::sync::watch::Sender<Option<expiry::Expiry>>,
 }
 
 /// What requests tell the background task.
@@ -84,6 +88,9 @@ pub(crate) enum Message {
     Wanted,
     /// The server rejected the token with this id (the slot no longer holds it).
     Rejected(u64),
+    /// The token with this id was withdrawn at its expiry (by the wall
+    /// clock, perhaps before the refresher's own timer).
+    Expired(u64),
     /// Finish the token request under way and its save, then stop.
     Shutdown(oneshot::Sender<Result<(), Error>>),
 }
@@ -463,7 +470,9 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
     /// When called outside a Tokio runtime.
     pub fn build(self) -> TokenCache {
         let (inbox, rx) = mpsc::unbounded_channel();
+        let (expiry, published) = tokio::sync::watch::channel(None);
         let shared = Arc::new(Shared {
+            expiry,
             slot: ArcSwap::from_pointee(Slot::Empty),
             changed: Notify::new(),
             counters: Counters::default(),
@@ -481,6 +490,7 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
                 .unwrap_or_else(|| crate::StoreKey::new("custom", "", "", &[]));
             (store, key)
         });
+        tokio::spawn(expiry::run(Arc::downgrade(&shared), published));
         tokio::spawn(refresher::run(
             self.source,
             self.policy,

@@ -21,6 +21,8 @@ use std::time::Duration;
 /// | [`max_backoff`](Self::max_backoff) | 5 min | also the wait after a permanent error |
 /// | [`wait_for_retry`](Self::wait_for_retry) | 250 ms | a request waits for an attempt due this soon instead of failing |
 /// | [`request_timeout`](Self::request_timeout) | 30 s | bounds one fetch from any source |
+/// | [`store_timeout`](Self::store_timeout) | 2 s | bounds every call to the cache's store |
+/// | [`lease_ttl`](Self::lease_ttl) | 6 s | a shared store's lease; renewed every third of it while held |
 ///
 /// # Three moments in a token's life
 ///
@@ -64,6 +66,21 @@ use std::time::Duration;
 /// to tune for a slow token endpoint. With the defaults they are equal, so the
 /// grant's fires first and its error is the one reported.
 ///
+/// # Store calls and the fleet's lease
+///
+/// Every call to a [`TokenStore`](crate::TokenStore) (load, save, lease) is
+/// bounded by [`store_timeout`](Self::store_timeout); a call that does not
+/// answer in time is a transient `Store(TimedOut)` error and is retried with
+/// backoff, so a hung store can hold up neither a refresh nor `shutdown`.
+/// With a shared store, the replica asking the token endpoint holds a lease
+/// of [`lease_ttl`](Self::lease_ttl), renewed every third of it (each renewal
+/// bounded by `store_timeout`) for as long as it is held, through a slow
+/// token request and through failed saves alike. So the lease never lapses
+/// under a live holder that can reach the store, and a killed holder is
+/// replaced within one `lease_ttl`. A holder sends a refresh token only
+/// while at least half of its lease is left. Keep `lease_ttl` above three
+/// times `store_timeout` (the defaults: 6 s and 2 s).
+///
 /// Against the anchors: Go's x/oauth2 refreshes 10 s before expiry, on the
 /// request path, so an endpoint hiccup in those 10 s fails requests (and a
 /// token shorter than 10 s is fetched anew for every request). Duende
@@ -85,6 +102,8 @@ pub struct RefreshPolicy {
     max_backoff: Duration,
     wait_for_retry: Duration,
     request_timeout: Duration,
+    store_timeout: Duration,
+    lease_ttl: Duration,
 }
 
 /// A refresh leaves room for this many round trips of recent token requests.
@@ -103,6 +122,8 @@ impl Default for RefreshPolicy {
             max_backoff: Duration::from_secs(300),
             wait_for_retry: Duration::from_millis(250),
             request_timeout: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(6),
         }
     }
 }
@@ -184,8 +205,30 @@ impl RefreshPolicy {
         self
     }
 
+    /// The longest one call to the cache's store may take (load, save,
+    /// lease). See "Store calls and the fleet's lease" above.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a shared store's lease lasts without a renewal: how soon a
+    /// killed holder is replaced. Renewed every third of it while held.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    pub(crate) fn store_deadline(&self) -> Duration {
+        self.store_timeout
+    }
+
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease_ttl
     }
 
     pub(crate) fn retry_wait(&self) -> Duration {

@@ -41,11 +41,15 @@ use std::sync::{atomic::Ordering, Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use super::{Message, RefreshPolicy, Shared, Slot};
+use super::{
+    expiry::Expiry,
+    protocol::{Before, Protocol, Wrote, AUDIT},
+    Message, RefreshPolicy, Shared, Slot,
+};
 use crate::{
     clock::{self, Instant},
     metrics::{self, Outcome},
-    store::{Lease, StoreKey, TokenState, TokenStore},
+    store::{StoreKey, TokenState, TokenStore},
     token::expose,
     Error, Token, TokenSource,
 };
@@ -82,20 +86,18 @@ enum Phase {
     Stopped { live: Option<Live>, error: Error },
 }
 
-/// The longest a replica waits, while another one holds the fleet's lease,
-/// before it looks at the store again (a store that announces changes wakes
-/// it sooner). Messages wait meanwhile.
-const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// The lease outlives the longest fetch by this much, so it cannot expire
-/// while its holder's request is still running.
-const LEASE_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+/// A token rejected this soon after it was issued says the API refuses
+/// new tokens (a stale key set, a wrong audience): the next one waits with
+/// backoff. One rejected later is replaced at once.
+const REJECTED_SOON: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the task does next.
 enum Next {
     Fetch,
     /// Retry a save that failed.
     Save,
+    /// Load the store again: it could not be read at start.
+    Load,
     /// Wait for a message or this moment, whichever comes first.
     Until(Instant),
     /// Wait for a message.
@@ -120,37 +122,11 @@ impl RoundTrips {
     }
 }
 
-/// A store, and what this task knows of it.
-struct Persist<T> {
-    store: T,
-    key: StoreKey,
-    /// What the store holds, as far as this task knows.
-    stored: TokenState,
-    /// The newest state, not saved yet because the last save failed.
-    unsaved: Option<Unsaved>,
-    /// `invalid_grant` has made the task read the store again since the
-    /// last success: once is enough.
-    reread: bool,
-    /// This task holds the fleet's lease (a shared store only).
-    leased: bool,
-}
-
-/// What the fleet says before a fetch.
-enum Step {
-    /// Ask the token endpoint (holding the lease, or with no fleet).
-    Fetch,
-    /// Another replica stored a newer token: it is now this one's.
-    Adopted,
-    /// Another replica is asking and has not stored its token yet: try
-    /// again.
-    Wait,
-    /// The shared store is unreachable and the source would send a refresh
-    /// token: not without the lease. A failed attempt, retried with backoff.
-    NoLease(Error),
-}
-
-struct Unsaved {
-    state: TokenState,
+/// The first load failed in a way that may pass (I/O, a timeout, Redis not
+/// up yet): it is tried again with backoff.
+struct Loading {
+    /// The source would send a refresh token: it waits for the load.
+    blocks: bool,
     failures: u32,
     retry_at: Instant,
 }
@@ -162,12 +138,14 @@ struct Refresher<T> {
     shared: Weak<Shared>,
     phase: Phase,
     round_trips: RoundTrips,
-    store: Option<Persist<T>>,
+    store: Option<Protocol<T>>,
+    /// The store has not been read yet (a credential that needs it waits).
+    loading: Option<Loading>,
+    /// Tokens rejected one after the other, each soon after it was issued.
+    rejections: u32,
     /// `Shutdown` was asked: answer here once the fetch under way is done.
     /// Every caller waiting for the answer: two may ask at once.
     closing: Vec<oneshot::Sender<Result<(), Error>>>,
-    /// This task's name in the fleet's lease.
-    owner: String,
     /// The last token the server rejected: a shared store may still hold
     /// it, and adopting it back would serve it again.
     rejected: Option<Token>,
@@ -184,20 +162,14 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
     metrics: metrics::Name,
 ) {
     let mut task = Refresher {
-        policy,
+        policy: policy.clone(),
         shared,
         phase: Phase::Idle,
         round_trips: RoundTrips::default(),
-        store: store.map(|(store, key)| Persist {
-            store,
-            key,
-            stored: TokenState::default(),
-            unsaved: None,
-            reread: false,
-            leased: false,
-        }),
+        store: store.map(|(store, key)| Protocol::new(store, key, &policy)),
+        loading: None,
+        rejections: 0,
         closing: Vec::new(),
-        owner: format!("{:032x}", rand::random::<u128>()),
         rejected: None,
         metrics,
     };
@@ -229,12 +201,24 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
                 continue;
             }
             Next::Save => {
-                task.retry_save().await;
+                task.retry_save(&mut source).await;
+                continue;
+            }
+            Next::Load => {
+                task.restore(&mut source).await;
                 continue;
             }
             Next::Until(deadline) => Some(deadline),
             Next::Message => None,
         };
+        // A shared store is looked at while nothing else is due: another
+        // replica's token is adopted the moment it appears, and a store that
+        // came back older than this task's state is repaired.
+        let audit = task
+            .store
+            .as_ref()
+            .filter(|p| p.shared())
+            .map(|p| p.changed(AUDIT));
         tokio::select! {
             biased;
             message = inbox.recv() => match message {
@@ -246,20 +230,32 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
                 }
             },
             () = sleep_until(deadline) => {}
+            () = async { audit.unwrap().await }, if audit.is_some() => task.audit(&mut source).await,
         }
     }
 }
 
 impl<T: TokenStore> Refresher<T> {
     fn next(&self, now: Instant) -> Next {
-        let next = self.next_for_phase(now);
-        let Some(unsaved) = self.store.as_ref().and_then(|p| p.unsaved.as_ref()) else {
+        let next = match &self.loading {
+            Some(loading) if loading.retry_at <= now => return Next::Load,
+            // A credential that sends a refresh token waits for the store:
+            // the newest one may be there.
+            Some(loading) if loading.blocks => return Next::Until(loading.retry_at),
+            Some(loading) => match self.next_for_phase(now) {
+                Next::Until(deadline) => Next::Until(deadline.min(loading.retry_at)),
+                Next::Message => Next::Until(loading.retry_at),
+                next => next,
+            },
+            None => self.next_for_phase(now),
+        };
+        let Some(retry_at) = self.store.as_ref().and_then(Protocol::retry_at) else {
             return next;
         };
         match next {
-            _ if unsaved.retry_at <= now => Next::Save,
-            Next::Until(deadline) => Next::Until(deadline.min(unsaved.retry_at)),
-            Next::Message => Next::Until(unsaved.retry_at),
+            _ if retry_at <= now => Next::Save,
+            Next::Until(deadline) => Next::Until(deadline.min(retry_at)),
+            Next::Message => Next::Until(retry_at),
             fetch => fetch,
         }
     }
@@ -312,9 +308,42 @@ impl<T: TokenStore> Refresher<T> {
                 }
             }
             Message::Rejected(id) => {
+                let Some(token) = self
+                    .live()
+                    .filter(|live| live.token.id() == id)
+                    .map(|live| live.token.clone())
+                else {
+                    return;
+                };
+                tracing::debug!(target: "tower_oauth2", "token rejected by the server");
+                let now = clock::now();
+                let age = now.saturating_duration_since(token.issued_at());
+                let soon = REJECTED_SOON.min(self.policy.lifetime(token.expires_in()) / 2);
+                self.rejections = if age < soon { self.rejections + 1 } else { 1 };
+                self.rejected = Some(token);
+                let serving = matches!(self.phase, Phase::Serving(_));
+                self.drop_live(fetching);
+                // The first rejection is replaced at once; new tokens
+                // rejected one after the other wait with backoff, so an API
+                // that refuses every token costs token requests that grow
+                // with time, not with the request rate.
+                if serving && !fetching && self.rejections > 1 {
+                    let failures = self.rejections - 1;
+                    let retry_at = now + self.policy.backoff(failures, true, None, rand::random());
+                    let error = Error::token_rejected().with_next_attempt(Some(retry_at));
+                    self.publish(Slot::Failed(error.clone()));
+                    self.phase = Phase::Failing {
+                        live: None,
+                        error,
+                        failures,
+                        retry_at,
+                        wanted: true,
+                    };
+                }
+            }
+            Message::Expired(id) => {
                 if self.live().is_some_and(|live| live.token.id() == id) {
-                    tracing::debug!(target: "tower_oauth2", "token rejected by the server");
-                    self.rejected = self.live().map(|live| live.token.clone());
+                    tracing::debug!(target: "tower_oauth2", "token expired by the wall clock");
                     self.drop_live(fetching);
                 }
             }
@@ -391,10 +420,26 @@ impl<T: TokenStore> Refresher<T> {
             Phase::Failing { failures, .. } => *failures,
             _ => 0,
         };
-        match self.coordinate(source).await {
-            Step::Fetch => {}
-            Step::Adopted => return std::ops::ControlFlow::Continue(()),
-            Step::NoLease(error) => {
+        let before = match &mut self.store {
+            Some(protocol) => {
+                protocol
+                    .before_fetch(source.refresh_token().is_some())
+                    .await
+            }
+            None => Before::Fetch(None),
+        };
+        match before {
+            Before::Fetch(newer) => {
+                if newer.is_some_and(|state| self.take_state(state, source)) {
+                    self.release().await;
+                    return std::ops::ControlFlow::Continue(());
+                }
+            }
+            Before::Wait(Some(state)) => {
+                self.take_state(state, source);
+                return std::ops::ControlFlow::Continue(());
+            }
+            Before::NoLease(error) => {
                 let live = self.take_live();
                 self.failed(
                     error,
@@ -407,7 +452,7 @@ impl<T: TokenStore> Refresher<T> {
             }
             // Between two looks at the store: what requests said meanwhile
             // (a shutdown, say) must not wait for the other replica.
-            Step::Wait => loop {
+            Before::Wait(_) => loop {
                 match inbox.try_recv() {
                     Ok(message) => self.on_message(message, false),
                     Err(mpsc::error::TryRecvError::Empty) => {
@@ -465,9 +510,11 @@ impl<T: TokenStore> Refresher<T> {
         // store before the token that came with it serves any request.
         let new = fresh.as_ref().ok().map(|next| next.token.clone());
         let current = self.live().map(|live| live.token.clone());
+        let sent_now = source.refresh_token().cloned();
         self.persist(
+            source,
             sent.as_ref(),
-            source.refresh_token(),
+            sent_now.as_ref(),
             new.as_ref(),
             current.as_ref(),
         )
@@ -499,13 +546,16 @@ impl<T: TokenStore> Refresher<T> {
                     metrics::refreshed_ahead(&self.metrics);
                 }
                 self.published(&next, now);
-                if let Some(persist) = &mut self.store {
-                    persist.reread = false;
+                if let Some(protocol) = &mut self.store {
+                    protocol.succeeded();
                 }
                 self.publish(Slot::Ready(next.token.clone()));
                 self.phase = Phase::Serving(next);
             }
-            Err(error) if error.is_reauthorization_required() && self.reread(source).await => {
+            Err(error)
+                if error.is_reauthorization_required()
+                    && self.reread(source, sent.as_ref()).await =>
+            {
                 // Another process rotated the refresh token: try it at once.
                 span.in_scope(|| {
                     tracing::info!(target: "tower_oauth2", "refresh token rejected; the store holds a newer one")
@@ -616,36 +666,113 @@ impl<T: TokenStore> Refresher<T> {
     }
 }
 
-/// The store's part.
+/// The store's part: the protocol answers, this task publishes.
 impl<T: TokenStore> Refresher<T> {
-    /// Loads what an earlier run stored, before anything else happens.
+    /// Loads what an earlier run stored, before anything else happens. A
+    /// load that may pass is tried again with backoff; meanwhile a source
+    /// that sends no refresh token (client credentials) serves without it.
     async fn restore<S: TokenSource>(&mut self, source: &mut S) {
-        let Some(persist) = &mut self.store else {
+        let Some(protocol) = &mut self.store else {
             return;
         };
-        let state = match persist.store.load(&persist.key).await {
-            Ok(Some(state)) => state,
-            Ok(None) => return,
+        let state = match protocol.start().await {
+            Ok(state) => {
+                if self.loading.take().is_some() {
+                    tracing::info!(target: "tower_oauth2", key = %protocol.key(), "token store read");
+                }
+                state
+            }
+            Err(error) if !permanent(&error) => {
+                let failures = self.loading.as_ref().map_or(0, |l| l.failures) + 1;
+                let delay = self.policy.backoff(failures, true, None, rand::random());
+                let blocks = source.refresh_token().is_some();
+                tracing::warn!(target: "tower_oauth2", %error, key = %protocol.key(), retry_in = ?delay, "cannot load the token store; trying again");
+                let retry_at = clock::now() + delay;
+                let error = error.with_next_attempt(Some(retry_at));
+                if blocks && self.live().is_none() {
+                    self.publish(Slot::Failed(error.clone()));
+                }
+                self.loading = Some(Loading {
+                    blocks,
+                    failures,
+                    retry_at,
+                });
+                return;
+            }
             Err(error) => {
                 // Nothing is fetched, so nothing is written over the store
                 // until a person has looked at it.
-                tracing::error!(target: "tower_oauth2", %error, key = %persist.key, "cannot load the token store; the cache is stopped");
+                tracing::error!(target: "tower_oauth2", %error, key = %protocol.key(), "cannot use the token store; the cache is stopped");
+                self.loading = None;
                 self.publish(Slot::Failed(error.clone()));
                 self.phase = Phase::Stopped { live: None, error };
                 return;
             }
         };
-        if let Some(refresh_token) = state.refresh_token() {
-            source.resume(refresh_token.clone());
+        if let Some(state) = state {
+            if self.take_state(state, source) {
+                tracing::debug!(target: "tower_oauth2", "token loaded from the store");
+            }
         }
-        let token = state.access_token(self.policy.lifetime(None));
-        persist.stored = state;
+        // A request that waited for the load now waits for a fetch.
+        if matches!(self.phase, Phase::Idle)
+            && self
+                .shared
+                .upgrade()
+                .is_some_and(|s| s.wanted.load(Ordering::Acquire))
+        {
+            self.phase = Phase::Wanted;
+        }
+    }
+
+    /// Continues from `state`, read from the store and newer than anything
+    /// this task had: its refresh token goes to the source; its access token
+    /// is served when it is valid, newer than the current one and not the
+    /// one the server rejected. Whether it serves that token.
+    fn take_state<S: TokenSource>(&mut self, state: TokenState, source: &mut S) -> bool {
+        if let Some(stored) = state.refresh_token() {
+            if source.refresh_token().map(expose) != Some(expose(stored)) {
+                source.resume(stored.clone());
+            }
+        }
+        let same = |a: &Token, b: &Token| expose(a.access_token()) == expose(b.access_token());
+        let token = state
+            .access_token(self.policy.lifetime(None))
+            .filter(|token| {
+                self.live().is_none_or(|live| {
+                    !same(token, &live.token) && token.issued_at() > live.token.issued_at()
+                }) && self
+                    .rejected
+                    .as_ref()
+                    .is_none_or(|rejected| !same(token, rejected))
+            });
         let now = clock::now();
-        if let Some(live) = token.and_then(|token| self.schedule(token, now).ok()) {
-            tracing::debug!(target: "tower_oauth2", "token loaded from the store");
-            self.published(&live, now);
-            self.publish(Slot::Ready(live.token.clone()));
-            self.phase = Phase::Serving(live);
+        let Some(live) = token.and_then(|token| self.schedule(token, now).ok()) else {
+            return false;
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            shared.counters.adopted.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::adopted(&self.metrics);
+        self.published(&live, now);
+        self.publish(Slot::Ready(live.token.clone()));
+        // A token from the store is not the answer to a request: a failure
+        // count or a stop is over.
+        self.phase = Phase::Serving(live);
+        true
+    }
+
+    /// Between fetches, with a shared store: adopts what another replica
+    /// stored, repairs a store found behind.
+    async fn audit<S: TokenSource>(&mut self, source: &mut S) {
+        let Some(protocol) = &mut self.store else {
+            return;
+        };
+        if let Some(state) = protocol.audit().await {
+            if self.take_state(state, source) {
+                tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
+                self.release().await;
+            }
         }
     }
 
@@ -653,72 +780,50 @@ impl<T: TokenStore> Refresher<T> {
     /// whose answer still rotated the refresh token (`sent` is the one the
     /// fetch started with). A failure that changed nothing saves nothing: the
     /// store may hold a newer state from another process.
-    async fn persist(
+    async fn persist<S: TokenSource>(
         &mut self,
+        source: &mut S,
         sent: Option<&SecretString>,
         refresh_token: Option<&SecretString>,
         new: Option<&Token>,
         current: Option<&Token>,
     ) {
-        let Some(persist) = &self.store else {
+        let Some(protocol) = &mut self.store else {
             return;
         };
         let rotated = refresh_token.map(expose) != sent.map(expose);
         if new.is_none() && !rotated {
             return;
         }
-        let state = TokenState::of(new.or(current), refresh_token);
-        if state.same_as(&persist.stored) && persist.unsaved.is_none() {
-            return;
-        }
-        self.save(state).await;
+        let wrote = protocol
+            .save(TokenState::of(new.or(current), refresh_token))
+            .await;
+        self.record(wrote, source);
     }
 
-    async fn retry_save(&mut self) {
-        let state = self
-            .store
-            .as_ref()
-            .and_then(|p| p.unsaved.as_ref())
-            .map(|unsaved| unsaved.state.clone());
-        if let Some(state) = state {
-            self.save(state).await;
-            // Kept while the state was unsaved; a no-op otherwise.
-            self.release().await;
-        }
-    }
-
-    /// One save; on failure the state waits in `unsaved` for a retry.
-    async fn save(&mut self, state: TokenState) {
-        let Some(persist) = &mut self.store else {
+    async fn retry_save<S: TokenSource>(&mut self, source: &mut S) {
+        let Some(protocol) = &mut self.store else {
             return;
         };
-        let result = persist.store.save(&persist.key, &state).await;
+        if let Some(wrote) = protocol.retry_save().await {
+            self.record(wrote, source);
+        }
+        // Kept while the state was unsaved; a no-op otherwise.
+        self.release().await;
+    }
+
+    /// Counts a save and acts on what it found.
+    fn record<S: TokenSource>(&mut self, wrote: Wrote, source: &mut S) {
         let shared = self.shared.upgrade();
-        match result {
-            Ok(()) => {
-                persist.stored = state;
-                persist.unsaved = None;
+        match wrote {
+            Wrote::Saved => {
                 if let Some(shared) = &shared {
                     shared.counters.saves.fetch_add(1, Ordering::Relaxed);
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 metrics::saved(&self.metrics);
             }
-            Err(error) => {
-                let failures = persist.unsaved.as_ref().map_or(1, |u| u.failures + 1);
-                let delay = self.policy.backoff(failures, true, None, rand::random());
-                tracing::error!(
-                    target: "tower_oauth2",
-                    %error,
-                    key = %persist.key,
-                    retry_in = ?delay,
-                    "cannot save the token state; the token stays in use and the save is retried"
-                );
-                persist.unsaved = Some(Unsaved {
-                    state,
-                    failures,
-                    retry_at: clock::now() + delay,
-                });
+            Wrote::Failed(error) => {
                 if let Some(shared) = &shared {
                     shared
                         .counters
@@ -727,6 +832,16 @@ impl<T: TokenStore> Refresher<T> {
                     *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
                 }
                 metrics::save_failed(&self.metrics);
+            }
+            // Another writer's state is newer: its refresh token is the one
+            // to send next. The token just fetched still serves.
+            Wrote::Superseded(state) => {
+                if let Some(shared) = &shared {
+                    *shared.store_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                if let Some(stored) = state.refresh_token() {
+                    source.resume(stored.clone());
+                }
             }
         }
     }
@@ -738,12 +853,7 @@ impl<T: TokenStore> Refresher<T> {
     /// authorizing again. With the `inbox` (after a `shutdown`), each later
     /// `shutdown` tries at once and hears whether the state is saved now.
     async fn save_until_saved(&mut self, mut inbox: Option<&mut mpsc::UnboundedReceiver<Message>>) {
-        while let Some(retry_at) = self
-            .store
-            .as_ref()
-            .and_then(|p| p.unsaved.as_ref())
-            .map(|unsaved| unsaved.retry_at)
-        {
+        while let Some(retry_at) = self.store.as_ref().and_then(Protocol::retry_at) {
             let message = async {
                 match inbox.as_mut() {
                     Some(inbox) => inbox.recv().await,
@@ -754,7 +864,11 @@ impl<T: TokenStore> Refresher<T> {
                 biased;
                 message = message => message,
                 () = tokio::time::sleep_until(retry_at) => {
-                    self.retry_save().await;
+                    if let Some(protocol) = &mut self.store {
+                        if let Some(wrote) = protocol.retry_save().await {
+                            self.count_only(wrote);
+                        }
+                    }
                     continue;
                 }
             };
@@ -763,7 +877,7 @@ impl<T: TokenStore> Refresher<T> {
                     let _ = done.send(self.flush().await);
                 }
                 // The cache is closed: nothing else is served.
-                Some(Message::Wanted | Message::Rejected(_)) => {}
+                Some(Message::Wanted | Message::Rejected(_) | Message::Expired(_)) => {}
                 None => inbox = None,
             }
         }
@@ -773,182 +887,81 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
+    /// [`record`](Self::record) without a source (the task is ending).
+    fn count_only(&mut self, wrote: Wrote) {
+        let mut none = NoSource;
+        self.record(wrote, &mut none);
+    }
+
     /// Before the task ends on `shutdown`: one more try at a save that
-    /// failed; the caller hears whether it worked and decides.
+    /// failed (bounded by the store's deadline); the caller hears whether it
+    /// worked, and what was not saved.
     async fn flush(&mut self) -> Result<(), Error> {
-        self.retry_save().await;
+        if let Some(protocol) = &mut self.store {
+            if let Some(wrote) = protocol.retry_save().await {
+                self.count_only(wrote);
+            }
+        }
         self.release().await;
-        match self.store.as_ref().and_then(|p| p.unsaved.as_ref()) {
+        match self.store.as_ref().and_then(Protocol::unsaved_error) {
             None => Ok(()),
-            Some(_) => Err(self
-                .shared
-                .upgrade()
-                .and_then(|shared| shared.store_error.lock().ok()?.clone())
-                .unwrap_or_else(|| {
-                    Error::store(
-                        crate::StoreErrorKind::WriteFailed,
-                        "the newest token state could not be saved",
-                    )
-                })),
+            Some(error) => Err(Error::store(
+                crate::StoreErrorKind::WriteFailed,
+                "the newest token state (with the newest refresh token) is not in the store yet; it is kept in memory and the save is retried",
+            )
+            .with_source(error)),
         }
     }
 
-    /// Before a fetch, with a shared store: take the fleet's lease, read what
-    /// the others stored meanwhile, and adopt a newer token instead of
-    /// fetching. The holder also takes over the newest refresh token, so
-    /// only the holder ever sends it, and always the newest one.
-    async fn coordinate<S: TokenSource>(&mut self, source: &mut S) -> Step {
-        let Some(persist) = &mut self.store else {
-            return Step::Fetch;
-        };
-        let ttl = self.policy.timeout() + LEASE_SLACK;
-        match persist.store.acquire(&persist.key, &self.owner, ttl).await {
-            Ok(Lease::Acquired) => persist.leased = true,
-            Ok(Lease::Busy) => {
-                // Woken as soon as the holder has saved, or after the poll
-                // interval; then the store may hold the holder's token.
-                persist.store.changed(&persist.key, PEER_POLL).await;
-                return match self.adopt(source).await {
-                    Ok(true) => Step::Adopted,
-                    Ok(false) | Err(_) => Step::Wait,
-                };
-            }
-            Ok(Lease::Unshared) => return Step::Fetch,
-            // Another replica may hold a copy of this refresh token and be
-            // sending it now; two senders get the family revoked by a server
-            // that detects reuse. Serve the current token, wait for the store.
-            Err(error) if source.refresh_token().is_some() => {
-                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "the shared store is unreachable; the refresh token is not sent without the fleet's lease");
-                return Step::NoLease(
-                    Error::store(
-                        crate::StoreErrorKind::Unavailable,
-                        "the shared store is unreachable: the refresh token is sent only under the fleet's lease",
-                    )
-                    .with_source(error),
-                );
-            }
-            // Nothing that another replica could be sending too.
-            Err(error) => {
-                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "the shared store is unreachable; fetching without the fleet's lease");
-                return Step::Fetch;
-            }
-        }
-        match self.adopt(source).await {
-            Ok(true) => Step::Adopted,
-            Ok(false) => Step::Fetch,
-            // The lease is ours, but the newest refresh token may be in the
-            // store we cannot read: the one in memory may be spent already.
-            Err(error) if source.refresh_token().is_some() => {
-                self.release().await;
-                Step::NoLease(
-                    Error::store(
-                        crate::StoreErrorKind::Unavailable,
-                        "the shared store cannot be read: the refresh token is sent only after reading the newest one",
-                    )
-                    .with_source(error),
-                )
-            }
-            Err(_) => Step::Fetch,
-        }
-    }
-
-    /// Reads the shared store: hands the newest refresh token to the source
-    /// (only a lease holder sends it), and adopts the access token if
-    /// another replica fetched it after this one's. Gives the lease back
-    /// when it adopts. The store's error when it cannot be read.
-    async fn adopt<S: TokenSource>(&mut self, source: &mut S) -> Result<bool, Error> {
-        let Some(persist) = &mut self.store else {
-            return Ok(false);
-        };
-        let state = match persist.store.load(&persist.key).await {
-            Ok(Some(state)) => state,
-            Ok(None) => return Ok(false),
-            Err(error) => {
-                tracing::warn!(target: "tower_oauth2", %error, key = %persist.key, "cannot read the shared store");
-                return Err(error);
-            }
-        };
-        // A state of ours not saved yet is newer than anything stored.
-        if persist.unsaved.is_none() {
-            if let Some(stored) = state.refresh_token() {
-                if source.refresh_token().map(expose) != Some(expose(stored)) {
-                    source.resume(stored.clone());
-                }
-            }
-        }
-        let token = state.access_token(self.policy.lifetime(None));
-        persist.stored = state;
-        // Another replica's token, fetched after this one's (the state may
-        // hold the very token this task saved: that is no reason to wait).
-        let same = |a: &Token, b: &Token| expose(a.access_token()) == expose(b.access_token());
-        let newer = token.filter(|token| {
-            self.live().is_none_or(|live| {
-                !same(token, &live.token) && token.issued_at() > live.token.issued_at()
-            }) && self
-                .rejected
-                .as_ref()
-                .is_none_or(|rejected| !same(token, rejected))
-        });
-        let now = clock::now();
-        let Some(live) = newer.and_then(|token| self.schedule(token, now).ok()) else {
-            return Ok(false);
-        };
-        self.release().await;
-        tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
-        if let Some(shared) = self.shared.upgrade() {
-            shared.counters.adopted.fetch_add(1, Ordering::Relaxed);
-        }
-        metrics::adopted(&self.metrics);
-        self.published(&live, now);
-        self.publish(Slot::Ready(live.token.clone()));
-        self.phase = Phase::Serving(live);
-        Ok(true)
-    }
-
-    /// Gives the fleet's lease back, unless a state is still unsaved: the
-    /// next holder would read the older state and send a refresh token this
-    /// replica has already spent. Kept, the lease goes back after the save
-    /// that succeeds, or expires by itself.
+    /// Gives the fleet's lease back, unless a state is still unsaved.
     async fn release(&mut self) {
-        let Some(persist) = &mut self.store else {
-            return;
-        };
-        if persist.unsaved.is_some() {
-            return;
-        }
-        if std::mem::take(&mut persist.leased) {
-            if let Err(error) = persist.store.release(&persist.key, &self.owner).await {
-                // It expires by itself.
-                tracing::warn!(target: "tower_oauth2", %error, "cannot release the fleet's lease");
-            }
+        if let Some(protocol) = &mut self.store {
+            protocol.release().await;
         }
     }
 
-    /// After `invalid_grant`: whether the store holds a refresh token other
-    /// than the one just refused, now handed to the source.
-    async fn reread<S: TokenSource>(&mut self, source: &mut S) -> bool {
-        let Some(persist) = &mut self.store else {
+    /// After `invalid_grant` for `sent`: whether the store holds a refresh
+    /// token other than the one just refused, now handed to the source.
+    async fn reread<S: TokenSource>(
+        &mut self,
+        source: &mut S,
+        sent: Option<&SecretString>,
+    ) -> bool {
+        let Some(protocol) = &mut self.store else {
             return false;
         };
-        // A state of ours not saved yet is newer than anything stored.
-        if persist.unsaved.is_some() || std::mem::replace(&mut persist.reread, true) {
-            return false;
-        }
-        let Ok(Some(state)) = persist.store.load(&persist.key).await else {
-            return false;
-        };
-        let newer = match (state.refresh_token(), source.refresh_token()) {
-            (Some(stored), Some(sent)) => expose(stored) != expose(sent),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if newer {
-            if let Some(refresh_token) = state.refresh_token() {
-                source.resume(refresh_token.clone());
+        match protocol.reread(sent).await {
+            Some(state) => {
+                if let Some(refresh_token) = state.refresh_token() {
+                    source.resume(refresh_token.clone());
+                }
+                true
             }
-            persist.stored = state;
+            None => false,
         }
-        newer
+    }
+}
+
+/// Store errors a retry cannot mend: the store holds something the cache
+/// must not write over until a person has looked.
+fn permanent(error: &Error) -> bool {
+    use crate::{ErrorKind, StoreErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Store(
+            StoreErrorKind::Corrupt
+                | StoreErrorKind::UnsupportedVersion
+                | StoreErrorKind::OtherCredential
+        ) | ErrorKind::Config
+    )
+}
+
+/// The source of a task that is ending: nothing resumes from it.
+struct NoSource;
+
+impl TokenSource for NoSource {
+    async fn fetch(&mut self) -> Result<Token, Error> {
+        Err(Error::closed())
     }
 }
 
@@ -975,42 +988,16 @@ fn publish(shared: &Weak<Shared>, slot: Slot) {
     let Some(strong) = shared.upgrade() else {
         return;
     };
-    let expires_at = match &slot {
-        Slot::Ready(token) => token.expires_at(),
+    let ready = match &slot {
+        Slot::Ready(token) => token.expires_at().map(|at| (at, token.id())),
         Slot::Empty | Slot::Failed(_) => None,
     };
     let slot = Arc::new(slot);
     strong.slot.store(slot.clone());
     strong.changed.notify_waiters();
-    if let Some(expires_at) = expires_at {
-        tokio::spawn(withdraw_at(
-            expires_at,
-            shared.clone(),
-            Arc::downgrade(&slot),
-        ));
-    }
-}
-
-/// Withdraws a published token at its expiry if it is still out. The task
-/// expires its tokens itself, but only between awaits: a store that does
-/// not answer (Redis down, a slow disk) would otherwise keep an expired
-/// token in the slot until the call returns.
-async fn withdraw_at(expires_at: Instant, shared: Weak<Shared>, published: Weak<Slot>) {
-    tokio::time::sleep_until(expires_at).await;
-    let Some(shared) = shared.upgrade() else {
-        return;
-    };
-    // A weak pointer keeps the allocation, so its address cannot have been
-    // reused, and not the token, which is dropped once it is replaced.
-    let current = shared.slot.load();
-    if std::ptr::eq(Arc::as_ptr(&current), published.as_ptr()) {
-        let previous = shared
-            .slot
-            .compare_and_swap(&current, Arc::new(Slot::Empty));
-        if std::ptr::eq(Arc::as_ptr(&previous), published.as_ptr()) {
-            shared.changed.notify_waiters();
-        }
-    }
+    strong
+        .expiry
+        .send_replace(ready.map(|(at, id)| Expiry::new(at, id, &slot)));
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{StoreKey, TokenState, TokenStore};
+use super::{Expect, Saved, StoreKey, TokenState, TokenStore};
 use crate::{token::expose, Error, StoreErrorKind};
 
 /// Keeps one credential's [`TokenState`] in a file.
@@ -60,17 +60,44 @@ impl TokenStore for FileStore {
         .await
     }
 
-    async fn save(&self, key: &StoreKey, state: &TokenState) -> Result<(), Error> {
+    async fn save(
+        &self,
+        key: &StoreKey,
+        state: &TokenState,
+        expect: Expect<'_>,
+    ) -> Result<Saved, Error> {
         let path = self.path.clone();
         let document = state.encode(key);
+        let key = key.clone();
+        let generation = expect.generation;
         blocking(move || {
-            replace(&path, expose(&document).as_bytes()).map_err(|e| {
+            let write_failed = |e: io::Error| {
                 Error::store(
                     StoreErrorKind::WriteFailed,
                     format!("cannot write the token store {}", path.display()),
                 )
                 .with_source(e)
-            })
+            };
+            let current = match fs::read(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(write_failed(e)),
+                Ok(bytes) => Some(bytes),
+            };
+            let held = match &current {
+                None => 0,
+                Some(bytes) => TokenState::decode(&key, &String::from_utf8_lossy(bytes))
+                    .map(|state| state.generation())
+                    // A store that cannot be read is only replaced by a state
+                    // that expected nothing there (the cache never does).
+                    .unwrap_or(u64::MAX),
+            };
+            if held != generation {
+                let current = current
+                    .and_then(|b| TokenState::decode(&key, &String::from_utf8_lossy(&b)).ok());
+                return Ok(Saved::Conflict(current));
+            }
+            replace(&path, expose(&document).as_bytes()).map_err(write_failed)?;
+            Ok(Saved::Written)
         })
         .await
     }

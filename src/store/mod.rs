@@ -68,35 +68,63 @@ use crate::{
     Error, StoreErrorKind, Token,
 };
 
-/// The format version [`TokenState::encode`] writes and
-/// [`TokenState::decode`] reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The format version [`TokenState::encode`] writes. Version 1 (no
+/// generation) is still read, as generation 0.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Loads and saves a credential's [`TokenState`]. Implement it for the
-/// storage you have (a database, a secret manager); [`FileStore`] ships with
-/// the crate.
+/// storage you have (a database, a secret manager); [`FileStore`] and
+/// `RedisStore` ship with the crate.
 ///
-/// The cache calls it from its background task only, one call at a time,
-/// never on a request's path. Errors should be typed
-/// ([`Error::store`]) and must not carry a token.
+/// The cache calls it from its background task only (and, for a shared
+/// store, from the task that keeps its lease alive), never on a request's
+/// path, and bounds every call by
+/// [`RefreshPolicy::store_timeout`](crate::RefreshPolicy::store_timeout).
+/// Errors should be typed ([`Error::store`]) and must not carry a token.
+///
+/// # The contract: generations and fencing
+///
+/// Every state has a [`generation`](TokenState::generation) that only grows
+/// (0 is "nothing stored"). A [`save`](Self::save) is conditional: the store
+/// writes the state only if it still holds the generation the writer expects
+/// and, for a shared store, only while the writer holds the lease; both
+/// checks and the write happen atomically (one transaction, one script, one
+/// conditional update). Otherwise it writes nothing and answers
+/// [`Saved::Conflict`] with what it holds, or [`Saved::NotLeaseHolder`].
+/// A paused writer whose lease lapsed, or a late save, is refused this way
+/// instead of overwriting a newer state: a lease alone cannot stop a writer
+/// that wakes up after it expired, a check at the store can.
+///
+/// For Postgres: `UPDATE … SET state = $1, generation = $2 WHERE key = $3
+/// AND generation = $4` (an `INSERT … ON CONFLICT DO NOTHING` for
+/// generation 0), with the lease in a row of its own checked in the same
+/// transaction.
 pub trait TokenStore: Send + Sync + 'static {
-    /// The state stored under `key`, or `None` when there is none yet.
+    /// The state stored under `key`, with its generation, or `None` when
+    /// there is none yet.
     fn load(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<TokenState>, Error>> + Send;
 
-    /// Replaces the state stored under `key`. When this returns `Ok`, the
-    /// state must survive a crash of the process.
+    /// Stores `state` (whose generation is higher than `expect.generation`)
+    /// under `key` if the store still holds `expect.generation` (0: nothing)
+    /// and, when `expect.owner` is set, that owner holds the lease. When
+    /// this returns [`Saved::Written`], the state must survive a crash of
+    /// the process.
     fn save(
         &self,
         key: &StoreKey,
         state: &TokenState,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        expect: Expect<'_>,
+    ) -> impl Future<Output = Result<Saved, Error>> + Send;
 
     /// For a store shared by several processes: takes the lease on `key`
-    /// for `owner`, for `ttl`, unless another owner holds it. Only the
-    /// holder asks the token endpoint; the others wait and adopt what it
+    /// for `owner`, for `ttl`, unless another owner holds it. An owner that
+    /// already holds it gets [`Lease::Acquired`] again with a new `ttl`: that
+    /// is how the cache renews it, and how a call whose answer was lost
+    /// (a timeout after the store applied it) is recognised as its own. Only
+    /// the holder asks the token endpoint; the others wait and adopt what it
     /// stores. The default, for a store of one process, is
     /// [`Lease::Unshared`].
     fn acquire(
@@ -126,6 +154,38 @@ pub trait TokenStore: Send + Sync + 'static {
         let _ = (key, owner);
         async { Ok(()) }
     }
+}
+
+/// What a [`TokenStore::save`] must find before it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Expect<'a> {
+    /// The generation the store must still hold (0: nothing stored).
+    pub generation: u64,
+    /// The owner that must hold the lease, for a shared store; `None` when
+    /// the writer holds none (a store of one process).
+    pub owner: Option<&'a str>,
+}
+
+impl<'a> Expect<'a> {
+    /// Expects `generation`, and the lease held by `owner` if given.
+    pub fn new(generation: u64, owner: Option<&'a str>) -> Self {
+        Self { generation, owner }
+    }
+}
+
+/// The answer to [`TokenStore::save`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Saved {
+    /// The state is stored.
+    Written,
+    /// The store holds another generation than the one expected: nothing
+    /// was written. Carries what it holds (`None`: nothing).
+    Conflict(Option<TokenState>),
+    /// The writer does not hold the lease (it expired, or another owner took
+    /// it): nothing was written.
+    NotLeaseHolder,
 }
 
 /// The answer to [`TokenStore::acquire`].
@@ -178,6 +238,7 @@ impl std::fmt::Display for StoreKey {
 /// it lives. `Debug` shows no secret.
 #[derive(Clone, Default)]
 pub struct TokenState {
+    generation: u64,
     refresh_token: Option<SecretString>,
     access: Option<StoredAccess>,
 }
@@ -193,6 +254,7 @@ struct StoredAccess {
 impl std::fmt::Debug for TokenState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenState")
+            .field("generation", &self.generation)
             .field(
                 "refresh_token",
                 &self.refresh_token.as_ref().map(|_| "[REDACTED]"),
@@ -210,6 +272,7 @@ impl TokenState {
         let now = clock::now();
         let wall = clock::wall_now();
         Self {
+            generation: 0,
             refresh_token: refresh_token.cloned(),
             access: token.map(|token| StoredAccess {
                 token: token.access_token().clone(),
@@ -218,6 +281,25 @@ impl TokenState {
                 scopes: token.scopes().to_vec(),
             }),
         }
+    }
+
+    /// Its generation: grows with every write, 0 for nothing stored (or a
+    /// state written before generations existed).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The same state as generation `generation`.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// The same state with `refresh_token` (to seed a store with a refresh
+    /// token obtained elsewhere).
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(SecretString::from(refresh_token.into()));
+        self
     }
 
     /// The refresh token, if any.
@@ -277,6 +359,7 @@ impl TokenState {
         });
         let document = json!({
             "version": FORMAT_VERSION,
+            "generation": self.generation,
             "key": key.as_str(),
             "refresh_token": self.refresh_token.as_ref().map(expose),
             "access_token": access,
@@ -297,8 +380,12 @@ impl TokenState {
                 "the stored token state is not a JSON object (empty or truncated?)",
             ));
         };
-        match document.get("version").and_then(Value::as_u64) {
-            Some(FORMAT_VERSION) => {}
+        let generation = match document.get("version").and_then(Value::as_u64) {
+            Some(1) => 0,
+            Some(FORMAT_VERSION) => document
+                .get("generation")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| corrupt("the stored token state has no generation"))?,
             Some(_) => {
                 return Err(Error::store(
                     StoreErrorKind::UnsupportedVersion,
@@ -306,7 +393,7 @@ impl TokenState {
                 ))
             }
             None => return Err(corrupt("the stored token state has no version")),
-        }
+        };
         if document.get("key").and_then(Value::as_str) != Some(key.as_str()) {
             return Err(Error::store(
                 StoreErrorKind::OtherCredential,
@@ -358,6 +445,7 @@ impl TokenState {
             Some(_) => return Err(corrupt("bad access_token")),
         };
         Ok(Self {
+            generation,
             refresh_token,
             access,
         })
@@ -379,8 +467,8 @@ impl TokenStore for NoStore {
         Ok(None)
     }
 
-    async fn save(&self, _: &StoreKey, _: &TokenState) -> Result<(), Error> {
-        Ok(())
+    async fn save(&self, _: &StoreKey, _: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
+        Ok(Saved::Written)
     }
 }
 
@@ -427,7 +515,7 @@ mod tests {
         assert_eq!(kind(&good[..good.len() / 2]), StoreErrorKind::Corrupt);
         assert_eq!(kind("[]"), StoreErrorKind::Corrupt);
         assert_eq!(
-            kind(&good.replace("\"version\":1", "\"version\":2")),
+            kind(&good.replace("\"version\":2", "\"version\":3")),
             StoreErrorKind::UnsupportedVersion
         );
         let other = StoreKey::new("refresh_token", "other", "https://a.example/token", &[]);

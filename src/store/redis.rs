@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
-use super::{Lease, StoreKey, TokenState, TokenStore};
+use super::{Expect, Lease, Saved, StoreKey, TokenState, TokenStore};
 use crate::{token::expose, Error, StoreErrorKind};
 
 /// Marks an encrypted value: `enc1:` + base64(nonce ‖ ciphertext).
@@ -25,6 +25,41 @@ const ENCRYPTED: &str = "enc1:";
 /// Releases the lease only for its owner.
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Takes the lease, or renews it for the owner that holds it (so a `SET`
+/// applied whose answer was lost is recognised as its own). A new holder is
+/// announced on the `changed` channel: the other replicas look at the store
+/// at once, and repair it if they hold a newer state than it does.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], 0)
+return 1
+";
+
+/// The fenced save: writes only over the generation the writer read, and
+/// only while it holds the lease when it says it does. Answers
+/// `{2}` written, `{1}` not the lease holder, `{0, current}` a conflict.
+const SAVE: &str = r"
+local current = redis.call('GET', KEYS[1])
+local generation = 0
+if current then
+  generation = tonumber(string.match(current, '^g(%d+):') or '0')
+end
+if generation ~= tonumber(ARGV[1]) then
+  if current then return {0, current} end
+  return {0}
+end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return {1} end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 1)
+return {2}
+";
 
 /// Keeps token state in Redis, shared by every replica of a service, and
 /// gives one replica at a time the right to ask the token endpoint (a lease:
@@ -42,8 +77,20 @@ const RELEASE: &str =
 /// # }
 /// ```
 ///
-/// A save publishes on `…:changed`, so replicas waiting for the lease
-/// holder's token adopt it at once (or after a 50 ms poll at the latest).
+/// A save is one Lua script: it writes only over the generation its writer
+/// read and only while the writer holds the lease, so a holder that paused
+/// past its lease, or a save that lands late, is refused instead of
+/// overwriting a newer state (see [`TokenStore`]'s contract). A value is
+/// `g<generation>:` and the document. The lease is short and renewed while
+/// held; taking it and saving publish on `…:changed`, so the other replicas
+/// look at the store at once (adopting a new token, or repairing a store
+/// that came back older than what they hold).
+///
+/// Durability: for a rotating refresh token, a Redis that loses its last
+/// writes (no persistence, or snapshots only) can lose the newest refresh
+/// token when it restarts while no replica holds it. Run it with
+/// `appendonly yes` (`appendfsync everysec` loses at most a second); the
+/// store logs a warning once when Redis says it keeps no append-only file.
 /// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
 /// names the flow, client id, token URL and scopes; never a secret). Redis is
 /// never on a request's path: requests read the cache's in-process copy.
@@ -64,6 +111,7 @@ pub struct RedisStore {
     namespace: String,
     cipher: Option<ChaCha20Poly1305>,
     watch: Arc<Watch>,
+    durability_checked: Arc<OnceLock<()>>,
 }
 
 /// Who waits for which credential's `changed` channel, and the subscriber
@@ -180,6 +228,7 @@ impl RedisStore {
             namespace: "tower-oauth2".to_owned(),
             cipher: None,
             watch,
+            durability_checked: Arc::default(),
         })
     }
 
@@ -249,13 +298,62 @@ impl RedisStore {
 }
 
 fn unreachable(what: &'static str, error: redis::RedisError) -> Error {
-    let kind = if what == "save" {
+    let kind = if error.is_timeout() {
+        StoreErrorKind::TimedOut
+    } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
+    {
+        StoreErrorKind::Unavailable
+    } else if what == "save" {
         StoreErrorKind::WriteFailed
     } else {
         StoreErrorKind::Unreadable
     };
     // Redis errors name commands and addresses, never values.
     Error::store(kind, format!("Redis {what} failed")).with_source(error.to_string())
+}
+
+impl RedisStore {
+    /// The stored value for `state`: its generation, then the (sealed) document.
+    fn value(&self, key: &StoreKey, state: &TokenState) -> String {
+        let sealed = self.seal(key, expose(&state.encode(key)));
+        format!("g{}:{sealed}", state.generation())
+    }
+
+    /// Reads a stored value; one written before generations is generation 0.
+    fn read(&self, key: &StoreKey, stored: &str) -> Result<TokenState, Error> {
+        let (generation, rest) = match stored
+            .strip_prefix('g')
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(n, rest)| Some((n.parse::<u64>().ok()?, rest)))
+        {
+            Some((generation, rest)) => (generation, rest),
+            None => (0, stored),
+        };
+        Ok(TokenState::decode(key, &self.open(key, rest)?)?.with_generation(generation))
+    }
+
+    /// Once per store: warns when Redis keeps no append-only file, where a
+    /// restart can bring back an older refresh token than the newest one.
+    async fn check_durability(&self) {
+        if self.durability_checked.set(()).is_err() {
+            return;
+        }
+        let mut connection = self.connection.clone();
+        // Managed services often refuse CONFIG: then nothing can be said.
+        let answer: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(&mut connection)
+            .await;
+        if let Ok(answer) = answer {
+            if answer.get(1).is_some_and(|v| v == "no") {
+                tracing::warn!(
+                    target: "tower_oauth2",
+                    "Redis keeps no append-only file (appendonly no): a restart can lose the newest rotated refresh token; set appendonly yes"
+                );
+            }
+        }
+    }
 }
 
 impl TokenStore for RedisStore {
@@ -266,29 +364,47 @@ impl TokenStore for RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(|e| unreachable("load", e))?;
-        match stored {
-            None => Ok(None),
-            Some(stored) => TokenState::decode(key, &self.open(key, &stored)?).map(Some),
-        }
+        self.check_durability().await;
+        stored.map(|stored| self.read(key, &stored)).transpose()
     }
 
-    async fn save(&self, key: &StoreKey, state: &TokenState) -> Result<(), Error> {
-        let value = self.seal(key, expose(&state.encode(key)));
+    async fn save(
+        &self,
+        key: &StoreKey,
+        state: &TokenState,
+        expect: Expect<'_>,
+    ) -> Result<Saved, Error> {
         let mut connection = self.connection.clone();
-        redis::cmd("SET")
+        let answer: Vec<redis::Value> = redis::cmd("EVAL")
+            .arg(SAVE)
+            .arg(2)
             .arg(self.key(key, "state"))
-            .arg(value)
-            .query_async::<()>(&mut connection)
+            .arg(self.key(key, "lease"))
+            .arg(expect.generation)
+            .arg(expect.owner.unwrap_or(""))
+            .arg(self.value(key, state))
+            .arg(self.key(key, "changed"))
+            .query_async(&mut connection)
             .await
             .map_err(|e| unreachable("save", e))?;
-        // Wakes the replicas waiting for this credential; they would look
-        // after their poll interval anyway.
-        let _ = redis::cmd("PUBLISH")
-            .arg(self.key(key, "changed"))
-            .arg(1)
-            .query_async::<i64>(&mut connection)
-            .await;
-        Ok(())
+        match answer.as_slice() {
+            [redis::Value::Int(2)] => Ok(Saved::Written),
+            [redis::Value::Int(1)] => Ok(Saved::NotLeaseHolder),
+            [redis::Value::Int(0)] => Ok(Saved::Conflict(None)),
+            [redis::Value::Int(0), redis::Value::BulkString(current)] => {
+                let current = std::str::from_utf8(current).map_err(|_| {
+                    Error::store(
+                        StoreErrorKind::Corrupt,
+                        "the stored token state is not text",
+                    )
+                })?;
+                Ok(Saved::Conflict(Some(self.read(key, current)?)))
+            }
+            _ => Err(Error::store(
+                StoreErrorKind::WriteFailed,
+                "Redis answered the save script with something unexpected",
+            )),
+        }
     }
 
     async fn changed(&self, key: &StoreKey, within: Duration) {
@@ -303,16 +419,17 @@ impl TokenStore for RedisStore {
     async fn acquire(&self, key: &StoreKey, owner: &str, ttl: Duration) -> Result<Lease, Error> {
         let mut connection = self.connection.clone();
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let set: Option<String> = redis::cmd("SET")
+        let held: i64 = redis::cmd("EVAL")
+            .arg(ACQUIRE)
+            .arg(1)
             .arg(self.key(key, "lease"))
             .arg(owner)
-            .arg("NX")
-            .arg("PX")
             .arg(millis)
+            .arg(self.key(key, "changed"))
             .query_async(&mut connection)
             .await
             .map_err(|e| unreachable("lease", e))?;
-        Ok(if set.is_some() {
+        Ok(if held == 1 {
             Lease::Acquired
         } else {
             Lease::Busy
