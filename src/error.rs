@@ -102,6 +102,11 @@ pub enum StoreErrorKind {
     OtherCredential,
     /// The state could not be written.
     WriteFailed,
+    /// The store cannot be written where it is: its directory is missing or
+    /// not writable. Reported by the load at start, before any token is
+    /// fetched (a rotated refresh token would otherwise live only in
+    /// memory), and by a save that finds it so.
+    Unwritable,
     /// A shared store could not be reached, so a refresh token was not sent:
     /// without the fleet's lease another replica may be sending it, and a
     /// server that detects reuse would revoke it. Transient: tried again

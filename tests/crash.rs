@@ -35,6 +35,13 @@ fn grant(url: &str, refresh_token: &str) -> RefreshToken {
         .unwrap()
 }
 
+/// A policy whose backoff after a token rejected soon after it was issued
+/// stays within the wait a request gives the next attempt: these tests
+/// invalidate every token at once to force refreshes.
+fn quick_rejections() -> tower_oauth2::RefreshPolicy {
+    tower_oauth2::RefreshPolicy::new().max_backoff(Duration::from_millis(20))
+}
+
 /// The child: refreshes every `PACE` until killed; on SIGTERM shuts the cache
 /// down cleanly and exits.
 #[tokio::test]
@@ -42,7 +49,10 @@ fn grant(url: &str, refresh_token: &str) -> RefreshToken {
 async fn child_process() {
     let env = |name: &str| std::env::var(name).expect(name);
     let (url, file) = (env("CRASH_URL"), env("CRASH_FILE"));
+    // Each round invalidates the token it just got: rejections one after
+    // the other back off, so keep that backoff short here.
     let cache = TokenCache::builder(grant(&url, &env("CRASH_REFRESH_TOKEN")))
+        .policy(quick_rejections())
         .store(FileStore::new(file))
         .build();
     let mut term =
@@ -211,6 +221,7 @@ async fn the_window_between_rotation_and_fsync_is_measured() {
     let saved = std::sync::Arc::default();
     let store = Timed(FileStore::new(dir.path().join("state.json")), saved);
     let cache = TokenCache::builder(grant(&server.url, "rt-0"))
+        .policy(quick_rejections())
         .store(store.clone())
         .build();
     let mut token = cache.token().await.unwrap();

@@ -85,7 +85,10 @@ pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Opt
             }
         }
         // Once per token: wait for the next one.
-        let same = published.borrow().as_ref().is_some_and(|e| e.id == expiry.id);
+        let same = published
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| e.id == expiry.id);
         if same && published.changed().await.is_err() {
             return;
         }

@@ -952,6 +952,7 @@ fn permanent(error: &Error) -> bool {
             StoreErrorKind::Corrupt
                 | StoreErrorKind::UnsupportedVersion
                 | StoreErrorKind::OtherCredential
+                | StoreErrorKind::Unwritable
         ) | ErrorKind::Config
     )
 }
