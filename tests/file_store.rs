@@ -13,7 +13,7 @@ use std::{
 use secrecy::ExposeSecret;
 use support::scripted::Scripted;
 use tower_oauth2::{
-    ErrorKind, FileStore, StoreErrorKind, StoreKey, TokenCache, TokenState, TokenStore,
+    ErrorKind, Expect, FileStore, StoreErrorKind, StoreKey, TokenCache, TokenState, TokenStore,
 };
 
 fn key() -> StoreKey {
@@ -61,7 +61,7 @@ async fn a_symlinked_store_is_written_through_to_its_target() {
     fs::create_dir(&app).unwrap();
     let target = volume.join("state.json");
     FileStore::new(&target)
-        .save(&key(), &state("rt-1"))
+        .save(&key(), &state("rt-1"), Expect::new(0, None))
         .await
         .unwrap();
 
@@ -69,7 +69,7 @@ async fn a_symlinked_store_is_written_through_to_its_target() {
     let link = app.join("state.json");
     symlink(&target, &link).unwrap();
     FileStore::new(&link)
-        .save(&key(), &state("rt-2"))
+        .save(&key(), &state("rt-2"), Expect::new(0, None))
         .await
         .unwrap();
     assert!(
@@ -90,7 +90,7 @@ async fn a_symlinked_store_is_written_through_to_its_target() {
     let chain = app.join("chain.json");
     symlink("relative.json", &chain).unwrap();
     FileStore::new(&chain)
-        .save(&key(), &state("rt-3"))
+        .save(&key(), &state("rt-3"), Expect::new(0, None))
         .await
         .unwrap();
     assert!(fs::symlink_metadata(&chain).unwrap().is_symlink());
@@ -114,8 +114,12 @@ async fn a_symlinked_store_is_written_through_to_its_target() {
 #[ignore = "the child process of the bind mount test, started by it"]
 async fn bind_mount_child() {
     let path = std::env::var("FILE_STORE_MOUNTED").expect("FILE_STORE_MOUNTED");
-    match FileStore::new(path).save(&key(), &state("rt-2")).await {
-        Ok(()) => println!("SAVED"),
+    match FileStore::new(path)
+        .save(&key(), &state("rt-2"), Expect::new(0, None))
+        .await
+    {
+        Ok(tower_oauth2::Saved::Written) => println!("SAVED"),
+        Ok(other) => panic!("the save was refused: {other:?}"),
         Err(e) => panic!("the save failed: {e}"),
     }
 }
@@ -137,7 +141,7 @@ fn a_single_file_bind_mount_is_written_in_place() {
         .unwrap();
     runtime.block_on(async {
         FileStore::new(&source)
-            .save(&key(), &state("rt-1"))
+            .save(&key(), &state("rt-1"), Expect::new(0, None))
             .await
             .unwrap();
     });
@@ -190,7 +194,10 @@ async fn stale_temporary_files_are_removed_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let store = FileStore::new(&path);
-    store.save(&key(), &state("rt-1")).await.unwrap();
+    store
+        .save(&key(), &state("rt-1"), Expect::new(0, None))
+        .await
+        .unwrap();
     // Left by processes that crashed during a save: they hold tokens.
     for stale in [".state.json.999999-3.tmp", ".state.json.1-0.tmp"] {
         fs::write(dir.path().join(stale), "SENTINEL-LEFTOVER").unwrap();
@@ -231,7 +238,7 @@ async fn a_save_never_writes_through_a_link_planted_at_a_temporary_name() {
     }
     let path = dir.join("state.json");
     FileStore::new(&path)
-        .save(&key(), &state("SENTINEL-RT"))
+        .save(&key(), &state("SENTINEL-RT"), Expect::new(0, None))
         .await
         .unwrap();
     assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");

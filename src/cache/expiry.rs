@@ -7,29 +7,22 @@
 //! through a `watch` channel, so replaced tokens leave no timer behind (a
 //! token rejected again and again used to leave one sleeping task each).
 //!
-//! It also reads the wall clock at least every [`WALL_CHECK`]: Tokio's
+//! It also reads the wall clock at least every [`clock::WALL_RECHECK`]: Tokio's
 //! clock does not move while the machine is suspended, so a token whose
 //! wall-clock expiry passed during a suspension would otherwise be served
 //! until the monotonic expiry, late by the suspension.
 
-use std::{
-    sync::{Arc, Weak},
-    time::{Duration, SystemTime},
-};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::watch;
 
 use super::{Message, Shared, Slot};
-use crate::clock::{self, Instant};
-
-/// The longest the task goes without reading the wall clock.
-pub(super) const WALL_CHECK: Duration = Duration::from_secs(5);
+use crate::clock::{self, Deadline, Instant};
 
 /// The token that is out, and when it must go.
 #[derive(Clone)]
 pub(super) struct Expiry {
-    at: Instant,
-    wall_at: SystemTime,
+    deadline: Deadline,
     id: u64,
     /// A weak pointer keeps the allocation, so its address cannot have been
     /// reused, and not the token, which is dropped once it is replaced.
@@ -39,10 +32,8 @@ pub(super) struct Expiry {
 impl Expiry {
     /// For the token `id` published in `slot`, expiring at `at`.
     pub(super) fn new(at: Instant, id: u64, slot: &Arc<Slot>) -> Self {
-        let now = clock::now();
         Self {
-            at,
-            wall_at: clock::wall_now() + at.saturating_duration_since(now),
+            deadline: Deadline::at(at),
             id,
             slot: Arc::downgrade(slot),
         }
@@ -55,7 +46,7 @@ pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Opt
         let current = published.borrow_and_update().clone();
         let wake = current
             .as_ref()
-            .map(|e| e.at.min(clock::now() + WALL_CHECK));
+            .map(|e| e.deadline.instant().min(clock::now() + clock::WALL_RECHECK));
         tokio::select! {
             changed = published.changed() => match changed {
                 Ok(()) => continue,
@@ -69,7 +60,7 @@ pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Opt
             } => {}
         }
         let Some(expiry) = current else { continue };
-        if clock::now() < expiry.at && clock::wall_now() < expiry.wall_at {
+        if !expiry.deadline.passed() {
             continue;
         }
         let Some(shared) = shared.upgrade() else {
@@ -92,5 +83,44 @@ pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Opt
         if same && published.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use crate::{Error, Token, TokenCache, TokenSource};
+
+    struct Counting(Arc<AtomicUsize>);
+
+    impl TokenSource for Counting {
+        async fn fetch(&mut self) -> Result<Token, Error> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Token::builder(format!("token-{n}"))
+                .expires_in(Duration::from_secs(3600))
+                .build()
+        }
+    }
+
+    use super::*;
+
+    /// The machine slept through the token's expiry: Tokio's clock did not
+    /// move, the wall clock did. The token is withdrawn within one wall
+    /// check of waking, and the next request gets a new one.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_whose_wall_expiry_passed_during_a_suspension_is_withdrawn() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = TokenCache::new(Counting(calls.clone()));
+        let first = cache.token().await.unwrap();
+        clock::step_wall_clock(2 * 3600);
+        tokio::time::sleep(clock::WALL_RECHECK + Duration::from_secs(1)).await;
+        let second = cache.token().await.unwrap();
+        assert!(!second.same_as(&first), "the expired token was served");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        clock::step_wall_clock(-2 * 3600);
     }
 }

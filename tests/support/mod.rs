@@ -14,9 +14,12 @@
 //! - [`redis`]: a real `redis-server` on a free loopback port (fleet tests).
 //! - [`child`]: this test binary as a child process, running one ignored
 //!   test (crash and fleet tests).
+//! - [`faketime`]: a system clock the test steps under a child process
+//!   (clock tests).
 #![allow(dead_code)]
 
 pub mod child;
+pub mod faketime;
 pub mod grpc;
 pub mod recorder;
 pub mod redis;
