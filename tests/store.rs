@@ -29,7 +29,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn custom_key() -> StoreKey {
-    // What a cache uses for a source that names no key (the scripted one).
+    // The key the scripted source names.
     StoreKey::new("custom", "", "", &[])
 }
 

@@ -50,7 +50,7 @@ pub use policy::RefreshPolicy;
 
 use crate::{
     clock, metrics,
-    store::{NoStore, TokenStore},
+    store::{NoStore, StoreKey, TokenStore},
     Error, Token, TokenSource,
 };
 
@@ -164,6 +164,7 @@ impl TokenCache {
             source,
             policy: RefreshPolicy::default(),
             store: None,
+            store_key: None,
             metrics_name: metrics::Name::default(),
         }
     }
@@ -424,6 +425,7 @@ pub struct CacheBuilder<S, T> {
     source: S,
     policy: RefreshPolicy,
     store: Option<T>,
+    store_key: Option<StoreKey>,
     metrics_name: metrics::Name,
 }
 
@@ -442,8 +444,19 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
             source: self.source,
             policy: self.policy,
             store: Some(store),
+            store_key: self.store_key,
             metrics_name: self.metrics_name,
         }
+    }
+
+    /// Names the credential in the store, instead of the key the source
+    /// names ([`TokenSource::store_key`]). A source of your own that names
+    /// none needs one: without it, a cache with a store stays empty and
+    /// every request gets an [`ErrorKind::Config`](crate::ErrorKind::Config)
+    /// error (two such sources would otherwise read each other's tokens).
+    pub fn store_key(mut self, key: StoreKey) -> Self {
+        self.store_key = Some(key);
+        self
     }
 
     /// Names this cache in its metrics (the `cache` label; `"default"`
@@ -474,13 +487,21 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
             metrics: self.metrics_name.clone(),
         });
         metrics::describe();
-        let store = self.store.map(|store| {
-            let key = self
-                .source
-                .store_key()
-                .unwrap_or_else(|| crate::StoreKey::new("custom", "", "", &[]));
-            (store, key)
-        });
+        let key = self.store_key.or_else(|| self.source.store_key());
+        let store = match (self.store, key) {
+            (Some(store), Some(key)) => Some((store, key)),
+            (None, _) => None,
+            (Some(_), None) => {
+                // No task: nothing is fetched, and the store is never touched.
+                let error = Error::config(
+                    "a cache with a store needs a store key: this token source names none; \
+                     give one with CacheBuilder::store_key",
+                );
+                tracing::error!(target: "tower_oauth2", %error, "the cache will not start");
+                shared.slot.store(Arc::new(Slot::Failed(error)));
+                return TokenCache { shared };
+            }
+        };
         tokio::spawn(refresher::run(
             self.source,
             self.policy,

@@ -106,6 +106,19 @@ impl AuthorizationCode {
     pub fn current_refresh_token(&self) -> Option<&SecretString> {
         self.rotation.refresh_token.as_ref()
     }
+
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    ///
+    /// For the grants of an [`OAuthClient`](crate::OAuthClient): the same
+    /// partition on its `authorization_code` and `refresh_token` grants.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.rotation.partition = Some(partition.into());
+        self
+    }
 }
 
 impl TokenSource for AuthorizationCode {
@@ -139,6 +152,7 @@ pub struct AuthorizationCodeBuilder {
     code_verifier: Option<SecretString>,
     param_name: Option<String>,
     on_rotate: Option<crate::grant::refresh_token::RotationHook>,
+    partition: Option<String>,
 }
 
 impl fmt::Debug for AuthorizationCodeBuilder {
@@ -188,6 +202,16 @@ impl AuthorizationCodeBuilder {
         self
     }
 
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<AuthorizationCode, Error> {
         let code = self
@@ -204,19 +228,21 @@ impl AuthorizationCodeBuilder {
                 ));
             }
         }
+        let mut rotation = Rotation::new(
+            self.endpoint,
+            self.scopes,
+            None,
+            self.param_name,
+            self.on_rotate,
+        )?;
+        rotation.partition = self.partition;
         Ok(AuthorizationCode {
             exchange: Some(CodeExchange {
                 code,
                 redirect_uri: self.redirect_uri,
                 code_verifier: self.code_verifier,
             }),
-            rotation: Rotation::new(
-                self.endpoint,
-                self.scopes,
-                None,
-                self.param_name,
-                self.on_rotate,
-            )?,
+            rotation,
         })
     }
 }

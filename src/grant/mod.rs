@@ -50,9 +50,13 @@ pub trait TokenSource: Send + 'static {
     /// Fetches a new token.
     fn fetch(&mut self) -> impl Future<Output = Result<Token, Error>> + Send;
 
-    /// The name of this credential in a [`TokenStore`](crate::TokenStore).
-    /// The grants name theirs; `None` (the default) makes a cache with a
-    /// store use the key `custom`.
+    /// The name of this credential in a [`TokenStore`](crate::TokenStore):
+    /// everything that decides which token `fetch` gets (build it with
+    /// [`StoreKey::builder`]). The grants name theirs. With `None` (the
+    /// default), a cache with a store needs
+    /// [`CacheBuilder::store_key`](crate::CacheBuilder::store_key), or
+    /// answers every request with an
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) error.
     fn store_key(&self) -> Option<StoreKey> {
         None
     }

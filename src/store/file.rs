@@ -15,10 +15,12 @@ use crate::{token::expose, Error, StoreErrorKind};
 ///   over the old one and `fsync`s the directory: after a crash the file
 ///   holds the old state or the new one, never a mix.
 /// - On Unix the file is created with permissions `0600` (owner only).
-/// - The content is a JSON document with a format version and the
-///   [`StoreKey`] of the credential; a file that is empty, truncated, of
-///   another version or for another credential is a typed error, and the
-///   cache then writes nothing over it.
+/// - The content is a JSON document with a format version, the
+///   [`StoreKey`] of the credential and its readable parts; a file that is
+///   empty, truncated, of another version or for another credential is a
+///   typed error (for another credential, saying what differs), and the
+///   cache then writes nothing over it. A file an earlier release wrote
+///   under [`StoreKey::legacy`] is read.
 ///
 /// The file holds the refresh and access tokens in clear: whoever can read
 /// it can act as the application. Put it where only the service's user can.

@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
 use super::{Lease, StoreKey, TokenState, TokenStore};
-use crate::{token::expose, Error, StoreErrorKind};
+use crate::{token::expose, Error, ErrorKind, StoreErrorKind};
 
 /// Marks an encrypted value: `enc1:` + base64(nonce ‖ ciphertext).
 const ENCRYPTED: &str = "enc1:";
@@ -44,9 +44,16 @@ const RELEASE: &str =
 ///
 /// A save publishes on `…:changed`, so replicas waiting for the lease
 /// holder's token adopt it at once (or after a 50 ms poll at the latest).
-/// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
-/// names the flow, client id, token URL and scopes; never a secret). Redis is
-/// never on a request's path: requests read the cache's in-process copy.
+/// Keys are `tower-oauth2:<store key>:state` and `…:lease`, where the
+/// [`StoreKey`] names the flow, client id, token URL and scopes, and carries
+/// a digest of the audience, resources, extra parameters and partition;
+/// never a secret. A state that an earlier release saved under its shorter
+/// key ([`StoreKey::legacy`]) is read when nothing is stored under the new
+/// one, and the next save writes the new one; the old one is left as it
+/// is. Replicas of the earlier release take their lease under the old key:
+/// with a rotating refresh token, stop them all before the new ones start.
+/// Redis is never on a request's path: requests read the cache's
+/// in-process copy.
 /// When Redis is unreachable, a replica fetches for itself only when it has
 /// no refresh token to send (client credentials): a refresh token is sent
 /// only under the lease, since two replicas sending one rotating refresh
@@ -198,7 +205,11 @@ impl RedisStore {
     }
 
     fn key(&self, key: &StoreKey, what: &str) -> String {
-        format!("{}:{}:{what}", self.namespace, key.as_str())
+        self.name(key.as_str(), what)
+    }
+
+    fn name(&self, key: &str, what: &str) -> String {
+        format!("{}:{key}:{what}", self.namespace)
     }
 
     fn seal(&self, key: &StoreKey, text: &str) -> String {
@@ -219,7 +230,9 @@ impl RedisStore {
         format!("{ENCRYPTED}{}", STANDARD.encode(bytes))
     }
 
-    fn open(&self, key: &StoreKey, stored: &str) -> Result<String, Error> {
+    /// Opens a value sealed under the store key `key` (as text: a legacy
+    /// key's too).
+    fn open(&self, key: &str, stored: &str) -> Result<String, Error> {
         let corrupt = |what: &'static str| Error::store(StoreErrorKind::Corrupt, what);
         match (&self.cipher, stored.strip_prefix(ENCRYPTED)) {
             (None, None) => Ok(stored.to_owned()),
@@ -237,7 +250,7 @@ impl RedisStore {
                 let (nonce, sealed) = bytes.split_at(12);
                 let payload = Payload {
                     msg: sealed,
-                    aad: key.as_str().as_bytes(),
+                    aad: key.as_bytes(),
                 };
                 let text = cipher
                     .decrypt(Nonce::from_slice(nonce), payload)
@@ -266,9 +279,28 @@ impl TokenStore for RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(|e| unreachable("load", e))?;
-        match stored {
-            None => Ok(None),
-            Some(stored) => TokenState::decode(key, &self.open(key, &stored)?).map(Some),
+        if let Some(stored) = stored {
+            return TokenState::decode(key, &self.open(key.as_str(), &stored)?).map(Some);
+        }
+        // Saved by an earlier release, sealed under that key.
+        let Some(legacy) = key.legacy().filter(|legacy| *legacy != key.as_str()) else {
+            return Ok(None);
+        };
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.name(legacy, "state"))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| unreachable("load", e))?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        match TokenState::decode(key, &self.open(legacy, &stored)?) {
+            // This release's state of another credential whose key is
+            // spelled like this one's legacy key: not ours, and not an error.
+            Err(error) if error.kind() == &ErrorKind::Store(StoreErrorKind::OtherCredential) => {
+                Ok(None)
+            }
+            decoded => decoded.map(Some),
         }
     }
 
