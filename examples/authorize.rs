@@ -179,7 +179,14 @@ async fn receive_callback(listener: &TcpListener) -> Result<String, BoxError> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let settings = Settings::from_env()?;
-    if !settings.store.exists() {
+    // The cache says whether a person must authorize: nothing stored yet,
+    // or the stored grant was refused.
+    let stored = TokenCache::builder(client(&settings)?.refresh_token(None))
+        .store(FileStore::new(&settings.store))
+        .build();
+    let required = stored.authorization_required().await?;
+    stored.shutdown().await?;
+    if required {
         authorize_once(&settings, |url| {
             println!("Open this URL in a browser to authorize the application:\n\n  {url}\n");
         })

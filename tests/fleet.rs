@@ -49,7 +49,13 @@ async fn traffic(replicas: &[TokenCache], run: Duration) -> usize {
                 let mut served = 0;
                 while Instant::now() < end {
                     let token = cache.token().await.expect("no request fails");
-                    assert!(tokio::time::Instant::now() <= token.expires_at().unwrap());
+                    let (now, expires_at) =
+                        (tokio::time::Instant::now(), token.expires_at().unwrap());
+                    assert!(
+                        now <= expires_at,
+                        "handed out {:?} after its expiry",
+                        now - expires_at
+                    );
                     served += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -254,7 +260,12 @@ async fn tokens_at_rest_are_encrypted_and_keys_hold_no_secret() {
             .await
             .unwrap_or(None);
         if let Some(value) = value {
-            assert!(value.starts_with("enc1:"), "{key} is not sealed");
+            // `g<generation>:`, then the sealed document.
+            let sealed = value.split_once(':').map_or("", |(_, rest)| rest);
+            assert!(
+                value.starts_with('g') && sealed.starts_with("enc1:"),
+                "{key} is not sealed"
+            );
             assert!(!value.contains(&access) && !value.contains("rt-1"));
         }
     }
@@ -327,9 +338,11 @@ async fn four_replica_processes_share_each_token() {
     assert_eq!(fetched, issued);
     assert_eq!(server.reuses(), 0);
     assert!(!server.revoked());
-    // One process alone: 11 to 17 in 8 s (plus the processes' staggered starts).
+    // One process alone: 11 to 17 in 8 s, less the first 1.5 s, when a
+    // process that has just started sends no refresh token (the others may
+    // hold a newer one than the store: see `cache::protocol`).
     assert!(
-        (9..=18).contains(&issued),
+        (7..=18).contains(&issued),
         "{issued} token requests for 4 processes"
     );
 }

@@ -22,14 +22,14 @@ use support::{
 use tokio::{sync::Notify, time::Instant};
 use tower_oauth2::{
     Error, ErrorKind, Expect, FileStore, RefreshPolicy, RefreshToken, Saved, StoreErrorKind,
-    StoreKey, TokenCache, TokenState, TokenStore,
+    StoreKey, TokenCache, TokenSource as _, TokenState, TokenStore,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn custom_key() -> StoreKey {
-    // What a cache uses for a source that names no key (the scripted one).
+    // The key the scripted source names.
     StoreKey::new("custom", "", "", &[])
 }
 
@@ -830,4 +830,102 @@ async fn a_lease_holder_that_cannot_read_the_store_sends_no_refresh_token() {
         store.lease.lock().unwrap().is_none(),
         "the lease is given back"
     );
+}
+
+fn code_grant(url: &str, code: &str) -> tower_oauth2::AuthorizationCode {
+    tower_oauth2::AuthorizationCode::builder()
+        .token_url(url)
+        .client_id("app")
+        .client_secret("secret")
+        .code(code)
+        .build()
+        .unwrap()
+}
+
+/// The store holds the refresh token of an older authorization, now dead,
+/// and the application is given a fresh authorization code: the code is
+/// exchanged (it used to be dropped for the dead refresh token, which a
+/// person then had to replace again and again). A restart with the code
+/// already exchanged does not send it again.
+#[tokio::test]
+async fn a_fresh_authorization_code_wins_over_an_older_stored_refresh_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let server = Rotating::start(None, Some("code-1")).await;
+    let first = TokenCache::builder(code_grant(&server.url, "code-1"))
+        .store(FileStore::new(&path))
+        .build();
+    first.token().await.unwrap();
+    first.shutdown().await.unwrap();
+    // The same code at the next start: exchanged already, not sent again.
+    let again = TokenCache::builder(code_grant(&server.url, "code-1"))
+        .store(FileStore::new(&path))
+        .build();
+    again.token().await.unwrap();
+    again.shutdown().await.unwrap();
+    assert_eq!(
+        server.issued(),
+        1,
+        "the stored token served; no second exchange"
+    );
+
+    // The grant dies; a person authorizes again.
+    server.new_authorization("code-2");
+    let fresh = TokenCache::builder(code_grant(&server.url, "code-2"))
+        .store(FileStore::new(&path))
+        .build();
+    let token = fresh.token().await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "at-2");
+    fresh.shutdown().await.unwrap();
+    assert_eq!(
+        stored_refresh_token(
+            &FileStore::new(&path),
+            &code_grant(&server.url, "x").store_key().unwrap()
+        )
+        .await
+        .as_deref(),
+        Some("rt-2")
+    );
+    assert_eq!(server.reuses(), 0);
+}
+
+/// An application asks the cache whether a person must authorize, instead
+/// of checking for the store's file: yes with nothing stored, no once a
+/// grant is stored, yes again once the server refused it.
+#[tokio::test]
+async fn the_cache_says_whether_a_person_must_authorize() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let server = Rotating::start(None, Some("code-1")).await;
+    let from_store = |url: &str| {
+        RefreshToken::builder()
+            .token_url(url)
+            .client_id("app")
+            .client_secret("secret")
+            .build()
+            .unwrap()
+    };
+    let cache = TokenCache::builder(from_store(&server.url))
+        .store(FileStore::new(&path))
+        .build();
+    assert!(cache.authorization_required().await.unwrap());
+    cache.shutdown().await.unwrap();
+
+    let first = TokenCache::builder(code_grant(&server.url, "code-1"))
+        .store(FileStore::new(&path))
+        .build();
+    assert!(!first.authorization_required().await.unwrap());
+    first.token().await.unwrap();
+    first.shutdown().await.unwrap();
+
+    let cache = TokenCache::builder(from_store(&server.url))
+        .store(FileStore::new(&path))
+        .build();
+    assert!(!cache.authorization_required().await.unwrap());
+    // The grant is revoked: the next refresh is refused.
+    server.new_authorization("code-2");
+    cache.invalidate(&cache.token().await.unwrap());
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_reauthorization_required(), "{error}");
+    assert!(cache.authorization_required().await.unwrap());
 }

@@ -184,7 +184,10 @@ pub fn warm_redis_cache(runtime: &tokio::runtime::Runtime, url: &str) -> TokenCa
         let store = tower_oauth2::RedisStore::new(url)
             .unwrap()
             .namespace("hot-path-bench");
-        let cache = TokenCache::builder(Static).store(store).build();
+        let cache = TokenCache::builder(Static)
+            .store(store)
+            .store_key(tower_oauth2::StoreKey::new("bench", "static", "", &[]))
+            .build();
         cache.token().await.unwrap();
         cache
     })

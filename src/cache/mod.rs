@@ -52,7 +52,7 @@ pub use policy::RefreshPolicy;
 
 use crate::{
     clock, metrics,
-    store::{NoStore, TokenStore},
+    store::{NoStore, StoreKey, TokenStore},
     Error, Token, TokenSource,
 };
 
@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     store_error: Mutex<Option<Error>>,
     /// The `cache` label of this cache's metrics.
     metrics: metrics::Name,
+    /// Whether a person must authorize, once the store has been read.
+    authorization: tokio::sync::watch::Sender<Option<Result<bool, Error>>>,
     /// The published token's expiry, for the task that withdraws it.
     expiry: tokio::sync::watch::Sender<Option<expiry::Expiry>>,
 }
@@ -171,6 +173,7 @@ impl TokenCache {
             source,
             policy: RefreshPolicy::default(),
             store: None,
+            store_key: None,
             metrics_name: metrics::Name::default(),
         }
     }
@@ -209,6 +212,33 @@ impl TokenCache {
             }
             self.want()?;
             notified.await;
+        }
+    }
+
+    /// Whether a person must authorize before this cache can get a token:
+    /// its grant holds neither a code nor a refresh token (none configured,
+    /// none in the store), or the server refused the grant
+    /// ([`ErrorKind::ReauthorizationRequired`]). Waits until the cache has
+    /// read its store; the store's error when it could not (it is tried
+    /// again: ask again later). Replaces a check for the store's file:
+    ///
+    /// ```no_run
+    /// # async fn run(cache: tower_oauth2::TokenCache) -> Result<(), tower_oauth2::Error> {
+    /// if cache.authorization_required().await? {
+    ///     // Send the person to the authorization URL; exchange the code
+    ///     // with an `AuthorizationCode` grant over the same store.
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`ErrorKind::ReauthorizationRequired`]: crate::ErrorKind::ReauthorizationRequired
+    pub async fn authorization_required(&self) -> Result<bool, Error> {
+        let mut answers = self.shared.authorization.subscribe();
+        let answer = answers.wait_for(Option::is_some).await;
+        match answer.as_deref() {
+            Ok(Some(answer)) => answer.clone(),
+            _ => Err(Error::closed()),
         }
     }
 
@@ -431,6 +461,7 @@ pub struct CacheBuilder<S, T> {
     source: S,
     policy: RefreshPolicy,
     store: Option<T>,
+    store_key: Option<StoreKey>,
     metrics_name: metrics::Name,
 }
 
@@ -449,8 +480,19 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
             source: self.source,
             policy: self.policy,
             store: Some(store),
+            store_key: self.store_key,
             metrics_name: self.metrics_name,
         }
+    }
+
+    /// Names the credential in the store, instead of the key the source
+    /// names ([`TokenSource::store_key`]). A source of your own that names
+    /// none needs one: without it, a cache with a store stays empty and
+    /// every request gets an [`ErrorKind::Config`](crate::ErrorKind::Config)
+    /// error (two such sources would otherwise read each other's tokens).
+    pub fn store_key(mut self, key: StoreKey) -> Self {
+        self.store_key = Some(key);
+        self
     }
 
     /// Names this cache in its metrics (the `cache` label; `"default"`
@@ -472,6 +514,7 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
         let (inbox, rx) = mpsc::unbounded_channel();
         let (expiry, published) = tokio::sync::watch::channel(None);
         let shared = Arc::new(Shared {
+            authorization: tokio::sync::watch::Sender::new(None),
             expiry,
             slot: ArcSwap::from_pointee(Slot::Empty),
             changed: Notify::new(),
@@ -483,13 +526,22 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
             metrics: self.metrics_name.clone(),
         });
         metrics::describe();
-        let store = self.store.map(|store| {
-            let key = self
-                .source
-                .store_key()
-                .unwrap_or_else(|| crate::StoreKey::new("custom", "", "", &[]));
-            (store, key)
-        });
+        let key = self.store_key.or_else(|| self.source.store_key());
+        let store = match (self.store, key) {
+            (Some(store), Some(key)) => Some((store, key)),
+            (None, _) => None,
+            (Some(_), None) => {
+                // No task: nothing is fetched, and the store is never touched.
+                let error = Error::config(
+                    "a cache with a store needs a store key: this token source names none; \
+                     give one with CacheBuilder::store_key",
+                );
+                tracing::error!(target: "tower_oauth2", %error, "the cache will not start");
+                shared.authorization.send_replace(Some(Err(error.clone())));
+                shared.slot.store(Arc::new(Slot::Failed(error)));
+                return TokenCache { shared };
+            }
+        };
         tokio::spawn(expiry::run(Arc::downgrade(&shared), published));
         tokio::spawn(refresher::run(
             self.source,

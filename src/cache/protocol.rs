@@ -25,9 +25,12 @@
 //!   holder sends a refresh token only with at least half of it left.
 //! - **A fresh process vouches first.** A process that has just started
 //!   cannot tell an empty or old store from a new one. Before it first
-//!   sends a refresh token under the lease, it waits [`VOUCH`] for the
-//!   other replicas (woken when it takes the lease, and looking anyway every
-//!   [`AUDIT`]) to write back anything newer, and reads the store again.
+//!   sends a refresh token under the lease, it lets [`VOUCH`] pass since its
+//!   start, so the other replicas (woken when it takes the lease, and
+//!   looking anyway every [`AUDIT`]) can write back anything newer, and
+//!   reads the store again. A process running longer than that has watched
+//!   the store itself: one that went behind since is caught by its own
+//!   generations.
 //! - **Bounded calls.** Every store call has a deadline; a call that misses
 //!   it is a transient `Store(TimedOut)` error.
 
@@ -53,11 +56,11 @@ use crate::{
 /// nothing else: to adopt what another replica stored, and to repair a
 /// store that came back older than what it holds. A store that announces
 /// changes ([`TokenStore::changed`]) wakes it sooner.
-pub(super) const AUDIT: Duration = Duration::from_secs(2);
+pub(super) const AUDIT: Duration = Duration::from_secs(1);
 
 /// How long a freshly started process gives the others to write back a
 /// newer state before it first sends a refresh token.
-pub(super) const VOUCH: Duration = Duration::from_millis(2_500);
+pub(super) const VOUCH: Duration = Duration::from_millis(1_500);
 
 /// The longest a replica waits, while another one holds the lease, before
 /// it looks at the store again (a store that announces changes wakes it
@@ -132,9 +135,9 @@ pub(super) struct Protocol<T> {
     lease: Option<Held>,
     /// The store answered with a lease once: it is shared by a fleet.
     shared: bool,
-    /// This process has given the others their chance to write back a
-    /// newer state.
-    vouched: bool,
+    /// When this task started watching the store: from [`VOUCH`] later on,
+    /// the others have had their chance to write back a newer state.
+    started: Instant,
     /// `invalid_grant` made the task read the store again since the last
     /// success: once is enough.
     reread: bool,
@@ -154,7 +157,7 @@ impl<T: TokenStore> Protocol<T> {
             unsaved: None,
             lease: None,
             shared: false,
-            vouched: false,
+            started: clock::now(),
             reread: false,
         }
     }
@@ -281,9 +284,8 @@ impl<T: TokenStore> Protocol<T> {
                 }
             }
         }
-        if sends_refresh_token && !self.vouched {
-            self.vouched = true;
-            let until = clock::now() + VOUCH;
+        if sends_refresh_token {
+            let until = self.started + VOUCH;
             while clock::now() < until {
                 self.changed(until - clock::now()).await;
             }
@@ -360,8 +362,14 @@ impl<T: TokenStore> Protocol<T> {
         }
     }
 
-    /// Saves `state`, the task's newest, above every generation seen.
+    /// Saves `state`, the task's newest, above every generation seen. Its
+    /// refresh token continues the newest state's authorization unless the
+    /// source named another.
     pub(super) async fn save(&mut self, state: TokenState) -> Wrote {
+        let state = match state.origin() {
+            Some(_) => state,
+            None => state.with_origin(self.newest.origin().map(str::to_owned)),
+        };
         let generation = self.newest.generation().max(self.stored) + 1;
         self.write(state.with_generation(generation), None).await
     }
@@ -724,7 +732,6 @@ mod tests {
         let store = Arc::new(Memory::default());
         let mut paused = protocol(&store);
         paused.start().await.unwrap();
-        paused.vouched = true;
         assert!(matches!(
             paused.before_fetch(true).await,
             Before::Fetch(None)
@@ -734,7 +741,6 @@ mod tests {
         tokio::time::sleep(RefreshPolicy::default().lease() * 2).await;
         let mut next = protocol(&store);
         next.start().await.unwrap();
-        next.vouched = true;
         assert!(matches!(next.before_fetch(true).await, Before::Fetch(None)));
         assert!(matches!(next.save(state("rt-next")).await, Wrote::Saved));
         // The paused holder wakes with an answer of its own: refused, and it
@@ -770,7 +776,6 @@ mod tests {
         let store = Arc::new(Memory::default());
         let mut a = protocol(&store);
         a.start().await.unwrap();
-        a.vouched = true;
         assert!(matches!(a.before_fetch(true).await, Before::Fetch(None)));
         // Held for ten times its time to live (a slow fetch, failing saves).
         tokio::time::sleep(RefreshPolicy::default().lease() * 10).await;

@@ -551,6 +551,7 @@ impl<T: TokenStore> Refresher<T> {
                 }
                 self.publish(Slot::Ready(next.token.clone()));
                 self.phase = Phase::Serving(next);
+                self.tell(Ok(false));
             }
             Err(error)
                 if error.is_reauthorization_required()
@@ -605,6 +606,7 @@ impl<T: TokenStore> Refresher<T> {
             if !serving {
                 self.publish(Slot::Failed(error.clone()));
             }
+            self.tell(Ok(true));
             self.phase = Phase::Stopped { live, error };
             return;
         }
@@ -673,6 +675,7 @@ impl<T: TokenStore> Refresher<T> {
     /// that sends no refresh token (client credentials) serves without it.
     async fn restore<S: TokenSource>(&mut self, source: &mut S) {
         let Some(protocol) = &mut self.store else {
+            self.tell(Ok(source.needs_authorization()));
             return;
         };
         let state = match protocol.start().await {
@@ -692,6 +695,7 @@ impl<T: TokenStore> Refresher<T> {
                 if blocks && self.live().is_none() {
                     self.publish(Slot::Failed(error.clone()));
                 }
+                self.tell(Err(error.clone()));
                 self.loading = Some(Loading {
                     blocks,
                     failures,
@@ -704,6 +708,7 @@ impl<T: TokenStore> Refresher<T> {
                 // until a person has looked at it.
                 tracing::error!(target: "tower_oauth2", %error, key = %protocol.key(), "cannot use the token store; the cache is stopped");
                 self.loading = None;
+                self.tell(Err(error.clone()));
                 self.publish(Slot::Failed(error.clone()));
                 self.phase = Phase::Stopped { live: None, error };
                 return;
@@ -714,6 +719,7 @@ impl<T: TokenStore> Refresher<T> {
                 tracing::debug!(target: "tower_oauth2", "token loaded from the store");
             }
         }
+        self.tell(Ok(source.needs_authorization()));
         // A request that waited for the load now waits for a fetch.
         if matches!(self.phase, Phase::Idle)
             && self
@@ -730,6 +736,19 @@ impl<T: TokenStore> Refresher<T> {
     /// is served when it is valid, newer than the current one and not the
     /// one the server rejected. Whether it serves that token.
     fn take_state<S: TokenSource>(&mut self, state: TokenState, source: &mut S) -> bool {
+        // A code not exchanged yet, of another authorization than the one
+        // the store's refresh token descends from: the code is the newer
+        // authorization (the stored token may be dead), so it wins.
+        let origin = source.origin();
+        if source.refresh_token().is_none()
+            && !source.needs_authorization()
+            && origin.is_some()
+            && state.origin().is_some()
+            && state.origin() != origin.as_deref()
+        {
+            tracing::info!(target: "tower_oauth2", "the grant has a new authorization; the stored state of an older one is not resumed");
+            return false;
+        }
         if let Some(stored) = state.refresh_token() {
             if source.refresh_token().map(expose) != Some(expose(stored)) {
                 source.resume(stored.clone());
@@ -759,7 +778,15 @@ impl<T: TokenStore> Refresher<T> {
         // A token from the store is not the answer to a request: a failure
         // count or a stop is over.
         self.phase = Phase::Serving(live);
+        self.tell(Ok(false));
         true
+    }
+
+    /// Answers [`TokenCache::authorization_required`](super::TokenCache::authorization_required).
+    fn tell(&self, answer: Result<bool, Error>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.authorization.send_replace(Some(answer));
+        }
     }
 
     /// Between fetches, with a shared store: adopts what another replica
@@ -796,7 +823,7 @@ impl<T: TokenStore> Refresher<T> {
             return;
         }
         let wrote = protocol
-            .save(TokenState::of(new.or(current), refresh_token))
+            .save(TokenState::of(new.or(current), refresh_token).with_origin(source.origin()))
             .await;
         self.record(wrote, source);
     }
@@ -981,6 +1008,14 @@ impl<T> Drop for Refresher<T> {
     /// The task is gone (a panicking source, a runtime shutting down): tell
     /// every waiter now rather than leave them waiting for ever.
     fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.authorization.send_if_modified(|answer| {
+                answer.is_none() && {
+                    *answer = Some(Err(Error::closed()));
+                    true
+                }
+            });
+        }
         publish(&self.shared, Slot::Failed(Error::closed()));
     }
 }

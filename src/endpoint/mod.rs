@@ -117,9 +117,17 @@ impl TokenEndpoint {
         &self.client_id
     }
 
-    /// The store key of `flow` with `scopes` at this endpoint.
-    pub(crate) fn store_key(&self, flow: &str, scopes: &[String]) -> crate::StoreKey {
-        crate::StoreKey::new(flow, &self.client_id, self.url.as_str(), scopes)
+    /// The store key of `flow` with `scopes` at this endpoint, with its
+    /// extra parameters: the grant adds what else it sends.
+    pub(crate) fn store_key(&self, flow: &str, scopes: &[String]) -> crate::store::StoreKeyBuilder {
+        let mut key = crate::StoreKey::builder(flow)
+            .client_id(&self.client_id)
+            .token_url(self.url.as_str())
+            .scopes(scopes);
+        for (name, value) in &self.extra_params {
+            key = key.param(name, value);
+        }
+        key
     }
 
     /// Sends one token request with `params` (plus the client authentication

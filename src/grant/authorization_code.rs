@@ -34,6 +34,8 @@ use crate::{
 /// ```
 pub struct AuthorizationCode {
     pub(crate) exchange: Option<CodeExchange>,
+    /// A digest of the code: names the authorization in the store.
+    pub(crate) origin: String,
     pub(crate) rotation: Rotation,
 }
 
@@ -106,6 +108,19 @@ impl AuthorizationCode {
     pub fn current_refresh_token(&self) -> Option<&SecretString> {
         self.rotation.refresh_token.as_ref()
     }
+
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    ///
+    /// For the grants of an [`OAuthClient`](crate::OAuthClient): the same
+    /// partition on its `authorization_code` and `refresh_token` grants.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.rotation.partition = Some(partition.into());
+        self
+    }
 }
 
 impl TokenSource for AuthorizationCode {
@@ -121,12 +136,28 @@ impl TokenSource for AuthorizationCode {
         self.rotation.refresh_token.as_ref()
     }
 
-    /// A stored refresh token means the code was exchanged by an earlier
-    /// run: it is not sent again (codes are single use).
+    /// A stored refresh token of this code's authorization (the cache
+    /// checks [`origin`](TokenSource::origin)) means the code was exchanged
+    /// by an earlier run: it is not sent again (codes are single use).
     fn resume(&mut self, refresh_token: SecretString) {
         self.exchange = None;
         self.rotation.refresh_token = Some(refresh_token);
     }
+
+    fn origin(&self) -> Option<String> {
+        Some(self.origin.clone())
+    }
+
+    fn needs_authorization(&self) -> bool {
+        self.exchange.is_none() && self.rotation.refresh_token.is_none()
+    }
+}
+
+/// Names the authorization a code starts: a digest, never the code.
+pub(crate) fn origin_of(code: &SecretString) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(format!("authorization_code:{}", expose(code)).as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Builds an [`AuthorizationCode`] grant. Made by [`AuthorizationCode::builder`].
@@ -139,6 +170,7 @@ pub struct AuthorizationCodeBuilder {
     code_verifier: Option<SecretString>,
     param_name: Option<String>,
     on_rotate: Option<crate::grant::refresh_token::RotationHook>,
+    partition: Option<String>,
 }
 
 impl fmt::Debug for AuthorizationCodeBuilder {
@@ -188,6 +220,16 @@ impl AuthorizationCodeBuilder {
         self
     }
 
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<AuthorizationCode, Error> {
         let code = self
@@ -204,19 +246,22 @@ impl AuthorizationCodeBuilder {
                 ));
             }
         }
+        let mut rotation = Rotation::new(
+            self.endpoint,
+            self.scopes,
+            None,
+            self.param_name,
+            self.on_rotate,
+        )?;
+        rotation.partition = self.partition;
         Ok(AuthorizationCode {
+            origin: origin_of(&code),
             exchange: Some(CodeExchange {
                 code,
                 redirect_uri: self.redirect_uri,
                 code_verifier: self.code_verifier,
             }),
-            rotation: Rotation::new(
-                self.endpoint,
-                self.scopes,
-                None,
-                self.param_name,
-                self.on_rotate,
-            )?,
+            rotation,
         })
     }
 }

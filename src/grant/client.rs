@@ -90,6 +90,7 @@ impl OAuthClient {
         code: SecretString,
     ) -> AuthorizationCode {
         AuthorizationCode {
+            origin: super::authorization_code::origin_of(&code),
             exchange: Some(CodeExchange {
                 code,
                 redirect_uri: request.redirect_uri().map(str::to_owned),

@@ -26,6 +26,7 @@ pub struct ClientCredentials {
     scope_param: Option<String>,
     resources: Vec<String>,
     audience: Option<String>,
+    partition: Option<String>,
 }
 
 impl ClientCredentials {
@@ -42,7 +43,18 @@ impl ClientCredentials {
             scope_param,
             resources: Vec::new(),
             audience: None,
+            partition: None,
         }
+    }
+
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
     }
 
     /// Requests a token.
@@ -67,7 +79,17 @@ impl TokenSource for ClientCredentials {
     }
 
     fn store_key(&self) -> Option<crate::StoreKey> {
-        Some(self.endpoint.store_key("client_credentials", &self.scopes))
+        let mut key = self.endpoint.store_key("client_credentials", &self.scopes);
+        if let Some(audience) = &self.audience {
+            key = key.audience(audience);
+        }
+        for resource in &self.resources {
+            key = key.resource(resource);
+        }
+        if let Some(partition) = &self.partition {
+            key = key.partition(partition);
+        }
+        Some(key.build())
     }
 }
 
@@ -78,6 +100,7 @@ pub struct ClientCredentialsBuilder {
     scopes: Vec<String>,
     resources: Vec<String>,
     audience: Option<String>,
+    partition: Option<String>,
 }
 
 impl std::fmt::Debug for ClientCredentialsBuilder {
@@ -105,12 +128,23 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<ClientCredentials, Error> {
         check_scopes(&self.scopes)?;
         let mut grant = ClientCredentials::new(self.endpoint.build()?, self.scopes);
         grant.resources = self.resources;
         grant.audience = self.audience;
+        grant.partition = self.partition;
         Ok(grant)
     }
 }

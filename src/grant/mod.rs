@@ -50,9 +50,13 @@ pub trait TokenSource: Send + 'static {
     /// Fetches a new token.
     fn fetch(&mut self) -> impl Future<Output = Result<Token, Error>> + Send;
 
-    /// The name of this credential in a [`TokenStore`](crate::TokenStore).
-    /// The grants name theirs; `None` (the default) makes a cache with a
-    /// store use the key `custom`.
+    /// The name of this credential in a [`TokenStore`](crate::TokenStore):
+    /// everything that decides which token `fetch` gets (build it with
+    /// [`StoreKey::builder`]). The grants name theirs. With `None` (the
+    /// default), a cache with a store needs
+    /// [`CacheBuilder::store_key`](crate::CacheBuilder::store_key), or
+    /// answers every request with an
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) error.
     fn store_key(&self) -> Option<StoreKey> {
         None
     }
@@ -68,6 +72,23 @@ pub trait TokenSource: Send + 'static {
     /// the one the source was built with. The default ignores it.
     fn resume(&mut self, refresh_token: SecretString) {
         let _ = refresh_token;
+    }
+
+    /// Names the authorization this source's refresh tokens descend from
+    /// (for [`AuthorizationCode`], a digest of its code), saved with the
+    /// state. A stored state of another origin is older than the
+    /// authorization this source was given: its refresh token is not
+    /// resumed, and the source's own is used. `None` (the default): the
+    /// stored refresh token is always resumed.
+    fn origin(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether this source has nothing to ask the server with (no code, no
+    /// refresh token): a person must authorize first. See
+    /// [`TokenCache::authorization_required`](crate::TokenCache::authorization_required).
+    fn needs_authorization(&self) -> bool {
+        false
     }
 }
 

@@ -68,6 +68,19 @@ impl RefreshToken {
     pub fn current_refresh_token(&self) -> Option<&SecretString> {
         self.rotation.refresh_token.as_ref()
     }
+
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    ///
+    /// For the grants of an [`OAuthClient`](crate::OAuthClient):
+    /// `client.refresh_token(None).store_partition("user-42")`.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.rotation.partition = Some(partition.into());
+        self
+    }
 }
 
 impl TokenSource for RefreshToken {
@@ -86,6 +99,10 @@ impl TokenSource for RefreshToken {
     fn resume(&mut self, refresh_token: SecretString) {
         self.rotation.refresh_token = Some(refresh_token);
     }
+
+    fn needs_authorization(&self) -> bool {
+        self.rotation.refresh_token.is_none()
+    }
 }
 
 /// The refresh half shared by [`RefreshToken`] and
@@ -98,6 +115,8 @@ pub(crate) struct Rotation {
     pub(crate) param_name: String,
     pub(crate) scopes: Vec<String>,
     pub(crate) on_rotate: Option<RotationHook>,
+    /// Keeps this grant's stored state apart (one per end user, say).
+    pub(crate) partition: Option<String>,
 }
 
 impl Rotation {
@@ -142,7 +161,12 @@ impl Rotation {
 
     /// The key both refresh grants store their state under.
     pub(crate) fn store_key(&self) -> crate::StoreKey {
-        self.endpoint.store_key("refresh_token", &self.scopes)
+        let key = self.endpoint.store_key("refresh_token", &self.scopes);
+        match &self.partition {
+            Some(partition) => key.partition(partition),
+            None => key,
+        }
+        .build()
     }
 
     /// Replaces the refresh token with one the server just issued.
@@ -162,6 +186,7 @@ pub struct RefreshTokenBuilder {
     refresh_token: Option<SecretString>,
     param_name: Option<String>,
     on_rotate: Option<RotationHook>,
+    partition: Option<String>,
 }
 
 impl fmt::Debug for RefreshTokenBuilder {
@@ -186,6 +211,16 @@ impl RefreshTokenBuilder {
         self
     }
 
+    /// Keeps this grant's stored state apart from that of other grants of
+    /// the same client: one partition per end user (`"user-42"`), say, so
+    /// their refresh tokens do not overwrite each other in a shared
+    /// [`TokenStore`](crate::TokenStore). It goes into the
+    /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<RefreshToken, Error> {
         if self
@@ -195,15 +230,15 @@ impl RefreshTokenBuilder {
         {
             return Err(Error::config("refresh_token must not be empty"));
         }
-        Ok(RefreshToken {
-            rotation: Rotation::new(
-                self.endpoint,
-                self.scopes,
-                self.refresh_token,
-                self.param_name,
-                self.on_rotate,
-            )?,
-        })
+        let mut rotation = Rotation::new(
+            self.endpoint,
+            self.scopes,
+            self.refresh_token,
+            self.param_name,
+            self.on_rotate,
+        )?;
+        rotation.partition = self.partition;
+        Ok(RefreshToken { rotation })
     }
 }
 
@@ -228,6 +263,7 @@ impl Rotation {
             param_name,
             scopes,
             on_rotate,
+            partition: None,
         })
     }
 }

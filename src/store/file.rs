@@ -49,11 +49,13 @@ use crate::{token::expose, Error, StoreErrorKind};
 ///   rotated refresh token would live only in memory. [`FileStore::open`]
 ///   checks the same thing at once, for a service that wants to fail at
 ///   boot.
-/// - The content is a JSON document with a format version and the
-///   [`StoreKey`] of the credential; a file that is empty, truncated, of
-///   another version or for another credential is a typed error, and the
+/// - The content is a JSON document with a format version, a generation,
+///   the [`StoreKey`] of the credential and its readable parts; a file that
+///   is empty, truncated, of another version or for another credential is a
+///   typed error (for another credential, saying what differs), and the
 ///   cache then writes nothing over it. Errors name the path, never the
-///   content.
+///   content. A file an earlier release wrote under [`StoreKey::legacy`] is
+///   read.
 ///
 /// The file holds the refresh and access tokens in clear: whoever can read
 /// it can act as the application. Put it where only the service's user can.

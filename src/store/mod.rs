@@ -25,6 +25,16 @@
 //! # }
 //! ```
 //!
+//! Each credential's state is stored under its [`StoreKey`]: the flow,
+//! token URL, client id, scopes, audience, resources, extra parameters and
+//! an optional partition (`store_partition` on the grants: one refresh
+//! token per end user), in one canonical spelling and without secrets. Two
+//! caches share state only when all of these are equal. A custom
+//! [`TokenSource`](crate::TokenSource) names its key, or the cache is given
+//! one with [`CacheBuilder::store_key`](crate::CacheBuilder::store_key).
+//! State saved by an earlier release under its shorter key is still found
+//! (see [`StoreKey::legacy`]).
+//!
 //! What the cache does with a store:
 //! - **At start** it loads the state: a stored access token that is still
 //!   valid is handed out at once (no token request); a stored refresh token
@@ -47,6 +57,7 @@
 //!   the refresh token.
 
 mod file;
+mod key;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -61,6 +72,7 @@ use serde_json::{json, Value};
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use file::FileStore;
+pub use key::{StoreKey, StoreKeyBuilder};
 
 use crate::{
     clock::{self, Instant},
@@ -200,45 +212,14 @@ pub enum Lease {
     Unshared,
 }
 
-/// Names a credential in a store: the flow, the client id, the token URL and
-/// the scopes. Never a secret.
-///
-/// `RefreshToken` and `AuthorizationCode` grants of one client share a key
-/// (flow `refresh_token`): the code exchange of the first start and the
-/// refreshes of every later start read and write the same state.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StoreKey(String);
-
-impl StoreKey {
-    /// The key of `flow` (`client_credentials`, `refresh_token`, or a name
-    /// of your own) for `client_id` at `token_url`, with `scopes`.
-    pub fn new(flow: &str, client_id: &str, token_url: &str, scopes: &[String]) -> Self {
-        let mut key = format!("{flow}:{client_id}@{token_url}");
-        if !scopes.is_empty() {
-            key.push(' ');
-            key.push_str(&scopes.join(" "));
-        }
-        Self(key)
-    }
-
-    /// The key as text, e.g. `refresh_token:my-app@https://auth.example.com/token api.read`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for StoreKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// What a credential needs to resume after a restart: its newest refresh
 /// token, and its current access token with when it was issued and how long
 /// it lives. `Debug` shows no secret.
 #[derive(Clone, Default)]
 pub struct TokenState {
     generation: u64,
+    /// The authorization the refresh token descends from (a digest).
+    origin: Option<String>,
     refresh_token: Option<SecretString>,
     access: Option<StoredAccess>,
 }
@@ -273,6 +254,7 @@ impl TokenState {
         let wall = clock::wall_now();
         Self {
             generation: 0,
+            origin: None,
             refresh_token: refresh_token.cloned(),
             access: token.map(|token| StoredAccess {
                 token: token.access_token().clone(),
@@ -299,6 +281,18 @@ impl TokenState {
     /// token obtained elsewhere).
     pub fn with_refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
         self.refresh_token = Some(SecretString::from(refresh_token.into()));
+        self
+    }
+
+    /// The authorization its refresh token descends from, as named by
+    /// [`TokenSource::origin`](crate::TokenSource::origin).
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The same state, from the authorization named `origin`.
+    pub fn with_origin(mut self, origin: Option<String>) -> Self {
+        self.origin = origin;
         self
     }
 
@@ -360,7 +354,9 @@ impl TokenState {
         let document = json!({
             "version": FORMAT_VERSION,
             "generation": self.generation,
+            "origin": self.origin,
             "key": key.as_str(),
+            "credential": key.credential(),
             "refresh_token": self.refresh_token.as_ref().map(expose),
             "access_token": access,
         });
@@ -372,7 +368,10 @@ impl TokenState {
     /// Errors ([`ErrorKind::Store`](crate::ErrorKind::Store)): `Corrupt` for
     /// anything that is not such a document (empty, truncated),
     /// `UnsupportedVersion` for another format version, `OtherCredential`
-    /// when it was written for another key.
+    /// (saying what differs) when it was written for another credential. A
+    /// document of an earlier release, written under
+    /// [`StoreKey::legacy`], is read; its access token only when that key
+    /// named the credential completely.
     pub fn decode(key: &StoreKey, text: &str) -> Result<Self, Error> {
         let corrupt = |what: &'static str| Error::store(StoreErrorKind::Corrupt, what);
         let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text) else {
@@ -394,12 +393,7 @@ impl TokenState {
             }
             None => return Err(corrupt("the stored token state has no version")),
         };
-        if document.get("key").and_then(Value::as_str) != Some(key.as_str()) {
-            return Err(Error::store(
-                StoreErrorKind::OtherCredential,
-                "the stored token state belongs to another credential",
-            ));
-        }
+        let recognised = key.recognise(&document)?;
         let secret = |value: Option<&Value>, what: &'static str| match value {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(SecretString::from(s.clone()))),
@@ -444,8 +438,15 @@ impl TokenState {
             }
             Some(_) => return Err(corrupt("bad access_token")),
         };
+        let access = access.filter(|_| recognised.access);
+        let origin = match document.get("origin") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(origin)) => Some(origin.clone()),
+            Some(_) => return Err(corrupt("bad origin")),
+        };
         Ok(Self {
             generation,
+            origin,
             refresh_token,
             access,
         })
@@ -522,14 +523,6 @@ mod tests {
         assert_eq!(
             TokenState::decode(&other, &good).unwrap_err().kind(),
             &ErrorKind::Store(StoreErrorKind::OtherCredential)
-        );
-    }
-
-    #[test]
-    fn keys_name_the_credential() {
-        assert_eq!(
-            key().as_str(),
-            "refresh_token:app@https://a.example/token x"
         );
     }
 }

@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 
 use super::{Expect, Lease, Saved, StoreKey, TokenState, TokenStore};
-use crate::{token::expose, Error, StoreErrorKind};
+use crate::{token::expose, Error, ErrorKind, StoreErrorKind};
 
 /// Marks an encrypted value: `enc1:` + base64(nonce ‖ ciphertext).
 const ENCRYPTED: &str = "enc1:";
@@ -91,9 +91,17 @@ return {2}
 /// token when it restarts while no replica holds it. Run it with
 /// `appendonly yes` (`appendfsync everysec` loses at most a second); the
 /// store logs a warning once when Redis says it keeps no append-only file.
-/// Keys are `tower-oauth2:<store key>:state` and `…:lease` (the store key
-/// names the flow, client id, token URL and scopes; never a secret). Redis is
-/// never on a request's path: requests read the cache's in-process copy.
+///
+/// Keys are `tower-oauth2:<store key>:state` and `…:lease`, where the
+/// [`StoreKey`] names the flow, client id, token URL and scopes, and carries
+/// a digest of the audience, resources, extra parameters and partition;
+/// never a secret. A state that an earlier release saved under its shorter
+/// key ([`StoreKey::legacy`]) is read when nothing is stored under the new
+/// one, and the next save writes the new one; the old one is left as it
+/// is. Replicas of the earlier release take their lease under the old key:
+/// with a rotating refresh token, stop them all before the new ones start.
+/// Redis is never on a request's path: requests read the cache's
+/// in-process copy.
 /// When Redis is unreachable, a replica fetches for itself only when it has
 /// no refresh token to send (client credentials): a refresh token is sent
 /// only under the lease, since two replicas sending one rotating refresh
@@ -247,7 +255,11 @@ impl RedisStore {
     }
 
     fn key(&self, key: &StoreKey, what: &str) -> String {
-        format!("{}:{}:{what}", self.namespace, key.as_str())
+        self.name(key.as_str(), what)
+    }
+
+    fn name(&self, key: &str, what: &str) -> String {
+        format!("{}:{key}:{what}", self.namespace)
     }
 
     fn seal(&self, key: &StoreKey, text: &str) -> String {
@@ -268,7 +280,9 @@ impl RedisStore {
         format!("{ENCRYPTED}{}", STANDARD.encode(bytes))
     }
 
-    fn open(&self, key: &StoreKey, stored: &str) -> Result<String, Error> {
+    /// Opens a value sealed under the store key `key` (as text: a legacy
+    /// key's too).
+    fn open(&self, key: &str, stored: &str) -> Result<String, Error> {
         let corrupt = |what: &'static str| Error::store(StoreErrorKind::Corrupt, what);
         match (&self.cipher, stored.strip_prefix(ENCRYPTED)) {
             (None, None) => Ok(stored.to_owned()),
@@ -286,7 +300,7 @@ impl RedisStore {
                 let (nonce, sealed) = bytes.split_at(12);
                 let payload = Payload {
                     msg: sealed,
-                    aad: key.as_str().as_bytes(),
+                    aad: key.as_bytes(),
                 };
                 let text = cipher
                     .decrypt(Nonce::from_slice(nonce), payload)
@@ -319,8 +333,9 @@ impl RedisStore {
         format!("g{}:{sealed}", state.generation())
     }
 
-    /// Reads a stored value; one written before generations is generation 0.
-    fn read(&self, key: &StoreKey, stored: &str) -> Result<TokenState, Error> {
+    /// Reads a value stored under `name` (the key's text, or its legacy
+    /// text); one written before generations is generation 0.
+    fn read(&self, key: &StoreKey, name: &str, stored: &str) -> Result<TokenState, Error> {
         let (generation, rest) = match stored
             .strip_prefix('g')
             .and_then(|rest| rest.split_once(':'))
@@ -329,7 +344,7 @@ impl RedisStore {
             Some((generation, rest)) => (generation, rest),
             None => (0, stored),
         };
-        Ok(TokenState::decode(key, &self.open(key, rest)?)?.with_generation(generation))
+        Ok(TokenState::decode(key, &self.open(name, rest)?)?.with_generation(generation))
     }
 
     /// Once per store: warns when Redis keeps no append-only file, where a
@@ -365,7 +380,29 @@ impl TokenStore for RedisStore {
             .await
             .map_err(|e| unreachable("load", e))?;
         self.check_durability().await;
-        stored.map(|stored| self.read(key, &stored)).transpose()
+        if let Some(stored) = stored {
+            return self.read(key, key.as_str(), &stored).map(Some);
+        }
+        // Saved by an earlier release, sealed under that key.
+        let Some(legacy) = key.legacy().filter(|legacy| *legacy != key.as_str()) else {
+            return Ok(None);
+        };
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.name(legacy, "state"))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| unreachable("load", e))?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        match self.read(key, legacy, &stored) {
+            // This release's state of another credential whose key is
+            // spelled like this one's legacy key: not ours, and not an error.
+            Err(error) if error.kind() == &ErrorKind::Store(StoreErrorKind::OtherCredential) => {
+                Ok(None)
+            }
+            decoded => decoded.map(Some),
+        }
     }
 
     async fn save(
@@ -398,7 +435,11 @@ impl TokenStore for RedisStore {
                         "the stored token state is not text",
                     )
                 })?;
-                Ok(Saved::Conflict(Some(self.read(key, current)?)))
+                Ok(Saved::Conflict(Some(self.read(
+                    key,
+                    key.as_str(),
+                    current,
+                )?)))
             }
             _ => Err(Error::store(
                 StoreErrorKind::WriteFailed,

@@ -239,6 +239,15 @@ impl Rotating {
             .copied()
     }
 
+    /// The grant ends (revoked, expired) and a person authorizes again with
+    /// a redirect that brings the one-time `code`: the old refresh tokens
+    /// are dead, the code starts a new family.
+    pub fn new_authorization(&self, code: &str) {
+        let mut family = self.family.lock().unwrap();
+        family.current = None;
+        family.code = Some(code.to_owned());
+    }
+
     /// A person authorizes again: a new family starting with `refresh_token`.
     pub fn reauthorize(&self, refresh_token: &str) {
         let mut family = self.family.lock().unwrap();

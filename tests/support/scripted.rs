@@ -12,7 +12,7 @@ use std::{
 };
 
 use tokio::time::{sleep, Instant};
-use tower_oauth2::{Error, Token, TokenSource};
+use tower_oauth2::{Error, StoreKey, Token, TokenSource};
 
 /// What the scripted source answers to its n-th call (1-based).
 pub enum Reply {
@@ -95,6 +95,11 @@ impl TokenSource for Source {
             }
             Reply::Fail(error) => Err(error),
         }
+    }
+
+    /// A cache with a store needs one; every script names the same.
+    fn store_key(&self) -> Option<StoreKey> {
+        Some(StoreKey::new("custom", "", "", &[]))
     }
 }
 
