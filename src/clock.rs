@@ -96,14 +96,12 @@ pub(crate) fn wall_deadline_passed(wall_expiry: SystemTime) -> bool {
 /// The wall side catches a suspension; a wall clock stepped forward makes
 /// it pass early (one more token request), one stepped back changes nothing
 /// (the monotonic side still holds).
-#[allow(dead_code)] // For the refresher's expiry timer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadline {
     at: Instant,
     wall: SystemTime,
 }
 
-#[allow(dead_code)] // For the refresher's expiry timer.
 impl Deadline {
     /// The deadline `at` on the monotonic clock, dated on the wall clock now.
     pub(crate) fn at(at: Instant) -> Deadline {
@@ -119,6 +117,7 @@ impl Deadline {
     }
 
     /// The wall-clock side.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn wall(&self) -> SystemTime {
         self.wall
     }
@@ -130,6 +129,7 @@ impl Deadline {
 
     /// Sleeps until it has passed, waking at least every [`WALL_RECHECK`]
     /// to look at the wall clock. Cancel-safe: it holds no state of its own.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn sleep(&self) {
         while !self.passed() {
             let step = now() + WALL_RECHECK;

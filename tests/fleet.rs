@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use support::{redis::RedisServer, rotating::Rotating};
 use tower_oauth2::{
-    ErrorKind, Expect, Lease, RedisStore, RefreshToken, StoreErrorKind, StoreKey, TokenCache,
-    TokenState, TokenStore,
+    ErrorKind, Expect, Lease, RedisStore, RefreshToken, Saved, StoreErrorKind, StoreKey,
+    TokenCache, TokenState, TokenStore,
 };
 
 fn grant(url: &str) -> RefreshToken {
@@ -589,4 +589,120 @@ async fn redis_down_never_lets_two_replicas_send_one_refresh_token() {
     for cache in &replicas {
         cache.shutdown().await.unwrap();
     }
+}
+
+/// Redis restarts empty (no persistence) while the replicas hold the newest
+/// refresh token in memory, and then a replica restarts with the
+/// configuration's first refresh token. The replicas that hold the newest
+/// state write it back (the store is behind their generation), and the
+/// restarted one waits for that before it sends anything: no refresh token
+/// is sent twice. (Before, the restarted replica took the lease on the empty
+/// store and sent the configured, long-rotated token: the family was
+/// revoked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_is_repaired_and_a_restarted_replica_reuses_nothing() {
+    // 39
+    let mut redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let mut replicas: Vec<_> = (0..3).map(|_| replica(&server, &redis)).collect();
+    traffic(&replicas, Duration::from_secs(3)).await;
+    let before = server.issued();
+    assert!(before >= 2, "the refresh token has rotated");
+
+    redis.restart();
+    // A replica restarts meanwhile: nothing stored, `rt-0` configured.
+    replicas.push(replica(&server, &redis));
+    recovered(&replicas).await;
+    traffic(&replicas, Duration::from_secs(4)).await;
+    for cache in &replicas {
+        cache.shutdown().await.unwrap();
+    }
+    assert_eq!(server.reuses(), 0, "a spent refresh token was sent again");
+    assert!(!server.revoked());
+    assert!(
+        server.issued() > before,
+        "the fleet refreshed after the restart"
+    );
+    // The store holds the newest refresh token again.
+    let stored = RedisStore::new(&redis.url)
+        .unwrap()
+        .load(&key(&server))
+        .await
+        .unwrap()
+        .expect("written back");
+    assert_eq!(
+        stored.refresh_token().map(|t| t.expose_secret().to_owned()),
+        server.current()
+    );
+}
+
+/// The store's half of the protocol, on a real Redis: a save is fenced by
+/// the generation its writer read and by the lease; a lease taken again by
+/// its owner (a `SET` whose answer was lost) is the owner's, not busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_saves_are_fenced_and_a_lease_knows_its_owner() {
+    // 40, 41
+    let redis = RedisServer::start();
+    let key = StoreKey::new("refresh_token", "fence", "http://127.0.0.1/token", &[]);
+    let (a, b) = (
+        RedisStore::new(&redis.url).unwrap(),
+        RedisStore::new(&redis.url).unwrap(),
+    );
+    let ttl = Duration::from_secs(60);
+    assert_eq!(a.acquire(&key, "a", ttl).await.unwrap(), Lease::Acquired);
+    // The same owner again: its own lease (renewed), not another's.
+    assert_eq!(a.acquire(&key, "a", ttl).await.unwrap(), Lease::Acquired);
+    assert_eq!(b.acquire(&key, "b", ttl).await.unwrap(), Lease::Busy);
+
+    let state = |rt: &str, generation| {
+        TokenState::default()
+            .with_refresh_token(rt)
+            .with_generation(generation)
+    };
+    let saved = a
+        .save(&key, &state("rt-1", 1), Expect::new(0, Some("a")))
+        .await
+        .unwrap();
+    assert!(matches!(saved, Saved::Written), "{saved:?}");
+    // Written over generation 0 by someone who read 0 too: refused, and told
+    // what is there.
+    match b
+        .save(&key, &state("rt-x", 1), Expect::new(0, None))
+        .await
+        .unwrap()
+    {
+        Saved::Conflict(Some(current)) => {
+            assert_eq!(current.generation(), 1);
+            assert_eq!(current.refresh_token().unwrap().expose_secret(), "rt-1");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The lease lapses (here: removed) and `b` takes it; `a` wakes up late.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("DEL")
+        .arg(format!("tower-oauth2:{key}:lease"))
+        .query_async::<i64>(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(b.acquire(&key, "b", ttl).await.unwrap(), Lease::Acquired);
+    let late = a
+        .save(&key, &state("rt-late", 2), Expect::new(1, Some("a")))
+        .await
+        .unwrap();
+    assert!(matches!(late, Saved::NotLeaseHolder), "{late:?}");
+    let saved = b
+        .save(&key, &state("rt-2", 2), Expect::new(1, Some("b")))
+        .await
+        .unwrap();
+    assert!(matches!(saved, Saved::Written), "{saved:?}");
+    let stored = a.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.generation(),
+            stored.refresh_token().unwrap().expose_secret()
+        ),
+        (2, "rt-2")
+    );
 }
