@@ -483,3 +483,51 @@ async fn inside_an_axum_handler() {
     }
     assert_eq!(script.calls(), 1);
 }
+
+/// An API that rejects every token (its key set is stale after the provider
+/// rotated keys, or the audience is wrong), behind the recommended stack:
+/// each new token is rejected soon after it was issued, and the next token
+/// request waits with backoff. Token requests grow with time, not with the
+/// request rate (before: one per request, 400 here).
+#[tokio::test(start_paused = true)]
+async fn an_api_that_rejects_every_token_costs_token_requests_by_time_not_by_rate() {
+    // 45
+    let script = Scripted::tokens(HOUR);
+    let cache = hour_cache(&script);
+    let rejects_all = service_fn(|_: Request<String>| async {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        Ok::<_, Infallible>(response)
+    });
+    let client = ServiceBuilder::new()
+        .retry(Replay::new().copy_body(tower_oauth2::layer::replay::CloneBody))
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(rejects_all);
+    let mut answered = 0;
+    for round in 0..2 {
+        for _ in 0..200 {
+            let answer = client.clone().oneshot(Request::new(String::new())).await;
+            match answer {
+                Ok(response) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
+                Err(BearerAuthError::Token(error)) => {
+                    assert_eq!(error.kind(), &ErrorKind::TokenRejected, "{error}");
+                    assert!(error.is_transient());
+                }
+                Err(BearerAuthError::Service(never)) => match never {},
+            }
+            answered += 1;
+        }
+        println!("after round {round}: {} token requests", script.calls());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(answered, 400);
+    assert!(
+        script.calls() <= 12,
+        "{} token requests for 400 requests",
+        script.calls()
+    );
+}
