@@ -19,13 +19,16 @@
 //!   which can hold Redis' replies past the client's 1 s response timeout
 //!   (the command is applied, its reply is late), or drop the connections.
 //!   The proxy also keeps what the replica sent: the lease holder is the
-//!   replica whose bytes contain the value of the lease key.
+//!   replica whose bytes contain the value of the lease key (any key named
+//!   `*lease*` holding a string; when none is found within 6 s, the fault
+//!   falls back to a random replica and is counted as `kill` or `stop`).
 //!
 //! # The faults
 //!
 //! A schedule drawn from a seed, printed first as `CHAOS_SEED=<n>`; set
 //! `CHAOS_SEED` to replay a schedule (the faults and their parameters; the
-//! interleavings depend on the machine). Between faults, 2 to 6 s of quiet.
+//! interleavings depend on the machine); `CHAOS_FAULTS=kill_holder,cut`
+//! keeps only the kinds named. Between faults, 2 to 6 s of quiet.
 //!
 //! - `kill`, `kill_holder`: SIGKILL of a random replica, or of the lease
 //!   holder while its token request is on the wire; restarted 0.5-3 s later.
@@ -75,13 +78,20 @@
 //!    last SIGCONT, restart, or end of a proxy fault), and fails no request
 //!    after that.
 //! 5. **No replica served a token the endpoint no longer accepted** (expired
-//!    by the server's clock more than 200 ms before the request started).
+//!    by the server's clock more than 200 ms before the request started):
+//!    a replica resumed after a SIGSTOP longer than its token's life must not
+//!    serve that token, as after a suspend.
+//!
+//! A revocation ends the schedule early (nothing after it can be judged:
+//! every replica needs a person), followed by 15 s of quiet.
 //!
 //! The summary line (`CHAOS SUMMARY ...`) gives the seed, the faults by
 //! kind, token requests, reuse, revocations, failed and excused requests,
-//! and the slowest recovery; run with `--nocapture` to see it on success. A
-//! log of the faults and of the replicas' warnings is written next to the
-//! build's temporary files (its path is printed).
+//! the slowest recovery, and (for information, not checked) the longest
+//! time no replica served at all; run with `--nocapture` to see it on
+//! success. A time-ordered log of the faults, the endpoint's events and each
+//! replica's answers and warnings is written next to the build's temporary
+//! files (its path is printed).
 
 mod support;
 
@@ -226,40 +236,50 @@ impl Fault {
 
 /// The whole schedule, drawn from the seed before anything runs: (quiet
 /// time before it in ms, fault, a number that picks the target).
-fn plan(rng: &mut StdRng) -> Vec<(u64, Fault, u64)> {
+/// Only the faults named in `allowed` are kept (drawn again otherwise).
+fn plan(rng: &mut StdRng, allowed: Option<&[String]>) -> Vec<(u64, Fault, u64)> {
     let mut plan = Vec::new();
     let mut elapsed = 0;
     let phase = u64::try_from(FAULT_PHASE.as_millis()).unwrap();
     while elapsed < phase {
         let gap = rng.random_range(2_000..6_000);
-        let fault = match rng.random_range(0..11) {
-            0 | 1 => Fault::Kill {
-                holder: rng.random_bool(0.5),
-                down: rng.random_range(500..3_000),
-            },
-            2 | 3 => Fault::Stop {
-                holder: rng.random_bool(0.5),
-                pause: rng.random_range(8_000..20_000),
-            },
-            4 | 5 => Fault::RedisEmpty {
-                down: rng.random_range(500..5_000),
-            },
-            6 | 7 => Fault::RedisSnapshot {
-                down: rng.random_range(500..3_000),
-            },
-            8 | 9 => Fault::ReplyHold {
-                all: rng.random_bool(0.5),
-                delay: rng.random_range(1_500..4_000),
-                window: rng.random_range(2_000..6_000),
-            },
-            _ => Fault::Cut {
-                all: rng.random_bool(0.5),
-            },
+        let fault = loop {
+            let fault = draw(rng);
+            if allowed.is_none_or(|names| names.iter().any(|n| n == fault.name())) {
+                break fault;
+            }
         };
         elapsed += gap + fault.busy();
         plan.push((gap, fault, rng.random()));
     }
     plan
+}
+
+fn draw(rng: &mut StdRng) -> Fault {
+    match rng.random_range(0..11) {
+        0 | 1 => Fault::Kill {
+            holder: rng.random_bool(0.5),
+            down: rng.random_range(500..3_000),
+        },
+        2 | 3 => Fault::Stop {
+            holder: rng.random_bool(0.5),
+            pause: rng.random_range(8_000..20_000),
+        },
+        4 | 5 => Fault::RedisEmpty {
+            down: rng.random_range(500..5_000),
+        },
+        6 | 7 => Fault::RedisSnapshot {
+            down: rng.random_range(500..3_000),
+        },
+        8 | 9 => Fault::ReplyHold {
+            all: rng.random_bool(0.5),
+            delay: rng.random_range(1_500..4_000),
+            window: rng.random_range(2_000..6_000),
+        },
+        _ => Fault::Cut {
+            all: rng.random_bool(0.5),
+        },
+    }
 }
 
 /// One line a replica printed, with which replica (slot) printed it.
@@ -680,7 +700,27 @@ async fn chaos() {
     eprintln!("CHAOS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let count = rng.random_range(4..=8usize);
-    let schedule = plan(&mut rng);
+    // `CHAOS_FAULTS=kill_holder,stop_holder` keeps only those kinds.
+    let allowed: Option<Vec<String>> = std::env::var("CHAOS_FAULTS")
+        .ok()
+        .map(|names| names.split(',').map(|n| n.trim().to_owned()).collect());
+    const KINDS: [&str; 8] = [
+        "kill",
+        "kill_holder",
+        "stop",
+        "stop_holder",
+        "redis_empty",
+        "redis_snapshot",
+        "reply_hold",
+        "cut",
+    ];
+    if let Some(names) = &allowed {
+        assert!(
+            names.iter().all(|n| KINDS.contains(&n.as_str())),
+            "CHAOS_FAULTS names kinds among {KINDS:?}"
+        );
+    }
+    let schedule = plan(&mut rng, allowed.as_deref());
 
     let redis = RedisServer::start();
     let server = Rotating::start(Some("rt-0"), None).await;
@@ -886,6 +926,19 @@ fn judge(chaos: &Chaos, seed: u64, count: usize) {
         }
     }
 
+    // Informational: the longest time no replica served anything.
+    let mut served: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.outcome.is_ok())
+        .map(|r| r.end)
+        .collect();
+    served.extend(requests.iter().map(|r| r.end).max());
+    served.sort_unstable();
+    let outage = served
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .unwrap_or_default();
     let resent = server.resent();
     let sent_twice = server.sent_twice();
     let revocations = server.reuses();
@@ -900,7 +953,8 @@ fn judge(chaos: &Chaos, seed: u64, count: usize) {
         "CHAOS SUMMARY seed={seed} replicas={count} run={run}s faults={total} ({}) \
          token_requests={} issued={} reuse={sent_twice} revocations={revocations} \
          requests={} ok={ok} failed={} excused(unreachable={unreachable} paused={paused} \
-         no_accepted_token={no_token}) stale_served={} not_recovered={} slowest_recovery={}",
+         no_accepted_token={no_token}) stale_served={} not_recovered={} slowest_recovery={} \
+         longest_fleet_outage={}ms(at {}s)",
         faults.join(" "),
         server.requests(),
         server.issued(),
@@ -909,6 +963,8 @@ fn judge(chaos: &Chaos, seed: u64, count: usize) {
         stale.len(),
         not_recovered.len(),
         slowest.map_or("-".to_owned(), |ms| format!("{ms}ms")),
+        outage.0,
+        outage.1.saturating_sub(chaos.started) / 1000,
     );
     println!("{summary}");
     eprintln!("{summary}");
