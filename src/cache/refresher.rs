@@ -51,7 +51,7 @@ use crate::{
     metrics::{self, Outcome},
     store::{StoreKey, TokenState, TokenStore},
     token::expose,
-    Error, Token, TokenSource,
+    Error, ErrorKind, Token, TokenSource,
 };
 use secrecy::SecretString;
 
@@ -610,12 +610,18 @@ impl<T: TokenStore> Refresher<T> {
             self.phase = Phase::Stopped { live, error };
             return;
         }
-        let delay = self.policy.backoff(
+        let mut delay = self.policy.backoff(
             failures,
             error.is_transient(),
             error.retry_after(),
             rand::random(),
         );
+        // Waiting for a shared store costs a store call, not a token
+        // request: look again soon, or the fleet comes back from a Redis
+        // outage only at the end of each replica's backoff.
+        if matches!(error.kind(), ErrorKind::Store(_)) {
+            delay = delay.min(AUDIT);
+        }
         let retry_at = now + delay;
         span.in_scope(|| {
             tracing::warn!(

@@ -11,7 +11,10 @@
 //! - [`upstream`]: a protected HTTP API on loopback that revokes tokens on
 //!   demand (client tests).
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
-//! - [`redis`]: a real `redis-server` on a free loopback port (fleet tests).
+//! - [`redis`]: a real `redis-server` on a free loopback port, killed and
+//!   restarted empty or from an older snapshot (fleet and chaos tests).
+//! - [`proxy`]: a TCP proxy in front of it that holds replies or drops
+//!   connections on demand (chaos tests).
 //! - [`child`]: this test binary as a child process, running one ignored
 //!   test (crash and fleet tests).
 //! - [`faketime`]: a system clock the test steps under a child process
@@ -21,6 +24,7 @@
 pub mod child;
 pub mod faketime;
 pub mod grpc;
+pub mod proxy;
 pub mod recorder;
 pub mod redis;
 pub mod retry;

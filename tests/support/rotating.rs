@@ -1,16 +1,19 @@
 //! A token endpoint as strict as the strictest real ones about refresh
 //! tokens: every refresh rotates the refresh token, and a refresh token sent
 //! a second time revokes the whole family (RFC 9700 §4.14.2), after which
-//! every refresh is `invalid_grant` and a person must authorize again.
+//! every refresh is `invalid_grant` and a person must authorize again. It
+//! keeps what a test needs to judge a run: every refresh token received
+//! (and those received twice), when the family was revoked, and which access
+//! token it accepts at a given moment.
 //!
 //! The shape of each success answer can be scripted (`"error": null`, an
 //! unknown `token_type`, ...) to check that a client keeps the refresh token
 //! of an answer it refuses. Binds 127.0.0.1:0.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -86,6 +89,10 @@ struct Family {
     shapes: VecDeque<Shape>,
     /// When each refresh token was issued, on the real clock.
     issued_at: Vec<std::time::Instant>,
+    /// When each refresh token in `received` arrived, on the wall clock.
+    received_at: Vec<SystemTime>,
+    /// When the family was last revoked, on the wall clock.
+    revoked_at: Option<SystemTime>,
 }
 
 /// What the family says to a token request.
@@ -110,12 +117,14 @@ impl Family {
 
     fn refresh(&mut self, presented: &str) -> Answer {
         self.received.push(presented.to_owned());
+        self.received_at.push(SystemTime::now());
         if self.current.as_deref() == Some(presented) {
             return self.issue();
         }
         if self.ever.iter().any(|t| t == presented) && self.current.is_some() {
             self.reuses += 1;
             self.current = None;
+            self.revoked_at = Some(SystemTime::now());
         }
         Answer::InvalidGrant("refresh token revoked or reused")
     }
@@ -161,6 +170,8 @@ pub struct Rotating {
     lifetime: Arc<Mutex<u64>>,
     /// Token requests received, answered or not yet.
     requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Every access token issued: when (wall clock) and for how long.
+    access: Arc<Mutex<HashMap<String, (SystemTime, Duration)>>>,
     pub url: String,
 }
 
@@ -173,6 +184,7 @@ impl Rotating {
             latency: Arc::default(),
             lifetime: Arc::new(Mutex::new(3600)),
             requests: Arc::default(),
+            access: Arc::default(),
             url: String::new(),
         };
         let app = Router::new()
@@ -248,6 +260,65 @@ impl Rotating {
         family.code = Some(code.to_owned());
     }
 
+    /// Refresh tokens received more than once (the first receipt of each is
+    /// not counted; those after a revocation are).
+    pub fn sent_twice(&self) -> u64 {
+        let family = self.family.lock().unwrap();
+        let mut seen = HashSet::new();
+        family
+            .received
+            .iter()
+            .filter(|t| !seen.insert(t.as_str()))
+            .count() as u64
+    }
+
+    /// Every refresh token received, with when (wall clock).
+    pub fn receipts(&self) -> Vec<(String, SystemTime)> {
+        let family = self.family.lock().unwrap();
+        family
+            .received
+            .iter()
+            .cloned()
+            .zip(family.received_at.iter().copied())
+            .collect()
+    }
+
+    /// Each refresh token received more than once, with when (wall clock)
+    /// it came again.
+    pub fn resent(&self) -> Vec<(String, SystemTime)> {
+        let family = self.family.lock().unwrap();
+        let mut seen = HashSet::new();
+        family
+            .received
+            .iter()
+            .zip(&family.received_at)
+            .filter(|(t, _)| !seen.insert(t.as_str()))
+            .map(|(t, at)| (t.clone(), *at))
+            .collect()
+    }
+
+    /// When (wall clock) the family was last revoked.
+    pub fn revoked_at(&self) -> Option<SystemTime> {
+        self.family.lock().unwrap().revoked_at
+    }
+
+    /// When (wall clock) access token `access` was issued and when it
+    /// expires; `None` for a token this server never issued.
+    pub fn access_window(&self, access: &str) -> Option<(SystemTime, SystemTime)> {
+        let (issued, lifetime) = *self.access.lock().unwrap().get(access)?;
+        Some((issued, issued + lifetime))
+    }
+
+    /// Whether this server accepts access token `access` at `at`: issued,
+    /// not expired, and its family not revoked by then.
+    pub fn accepts(&self, access: &str, at: SystemTime) -> bool {
+        let Some((issued, expires)) = self.access_window(access) else {
+            return false;
+        };
+        let revoked = self.revoked_at().is_some_and(|r| r <= at);
+        issued <= at && at < expires && !revoked
+    }
+
     /// A person authorizes again: a new family starting with `refresh_token`.
     pub fn reauthorize(&self, refresh_token: &str) {
         let mut family = self.family.lock().unwrap();
@@ -262,6 +333,7 @@ async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
     server
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let issued_at = SystemTime::now();
     let answer = {
         let mut family = server.family.lock().unwrap();
         match param("grant_type").as_deref() {
@@ -283,11 +355,19 @@ async fn token(State(server): State<Rotating>, body: Bytes) -> Response {
             access,
             refresh,
             shape,
-        } => (
-            [(header::CONTENT_TYPE, "application/json")],
-            shape.body(&access, &refresh, *server.lifetime.lock().unwrap()),
-        )
-            .into_response(),
+        } => {
+            let lifetime = *server.lifetime.lock().unwrap();
+            server
+                .access
+                .lock()
+                .unwrap()
+                .insert(access.clone(), (issued_at, Duration::from_secs(lifetime)));
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                shape.body(&access, &refresh, lifetime),
+            )
+                .into_response()
+        }
         Answer::InvalidGrant(description) => (
             StatusCode::BAD_REQUEST,
             [(header::CONTENT_TYPE, "application/json")],
