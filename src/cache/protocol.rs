@@ -23,14 +23,21 @@
 //!   token request and through failed saves, so it neither lapses under a
 //!   live holder nor outlives a dead one by more than its time to live. The
 //!   holder sends a refresh token only with at least half of it left.
-//! - **A fresh process vouches first.** A process that has just started
-//!   cannot tell an empty or old store from a new one. Before it first
-//!   sends a refresh token under the lease, it lets [`VOUCH`] pass since its
-//!   start, so the other replicas (woken when it takes the lease, and
-//!   looking anyway every [`AUDIT`]) can write back anything newer, and
-//!   reads the store again. A process running longer than that has watched
-//!   the store itself: one that went behind since is caught by its own
-//!   generations.
+//! - **Quiet after a loss.** A process that has just started cannot tell
+//!   an empty or old store from a new one, and one that finds the store
+//!   behind cannot tell whether another replica holds a still newer state
+//!   than its own (a holder whose save of a rotated refresh token failed
+//!   while Redis was away). Before it sends a refresh token, it lets
+//!   [`VOUCH`] pass since its start or since it found the store behind, so
+//!   the others (woken when it takes the lease, and looking anyway every
+//!   [`AUDIT`]; a holder with an unsaved state retries at least that often)
+//!   can write back anything newer, and reads the store again.
+//! - **Generations fence writes, the lease fences sends.** A holder whose
+//!   lease lapsed (it paused, or Redis lost the lease with its data) still
+//!   writes its state when the store holds exactly the generation it read:
+//!   nobody wrote since, so its state is the newest there is, and it may
+//!   hold the only copy of a rotated refresh token. Refusing it there would
+//!   leave the next holder to send the spent one.
 //! - **Bounded calls.** Every store call has a deadline; a call that misses
 //!   it is a transient `Store(TimedOut)` error.
 
@@ -135,9 +142,9 @@ pub(super) struct Protocol<T> {
     lease: Option<Held>,
     /// The store answered with a lease once: it is shared by a fleet.
     shared: bool,
-    /// When this task started watching the store: from [`VOUCH`] later on,
-    /// the others have had their chance to write back a newer state.
-    started: Instant,
+    /// No refresh token is sent before this moment: [`VOUCH`] after this
+    /// task started, or after it last found the store behind.
+    quiet_until: Instant,
     /// `invalid_grant` made the task read the store again since the last
     /// success: once is enough.
     reread: bool,
@@ -157,7 +164,7 @@ impl<T: TokenStore> Protocol<T> {
             unsaved: None,
             lease: None,
             shared: false,
-            started: clock::now(),
+            quiet_until: clock::now() + VOUCH,
             reread: false,
         }
     }
@@ -223,6 +230,11 @@ impl<T: TokenStore> Protocol<T> {
             self.newest = state.clone();
             return Some(state);
         }
+        if generation < self.newest.generation() {
+            // Another replica may hold a newer state still: give it the time
+            // to write it back before any refresh token is sent.
+            self.quiet_until = self.quiet_until.max(clock::now() + VOUCH);
+        }
         if generation < self.newest.generation() && self.unsaved.is_none() {
             tracing::warn!(
                 target: "tower_oauth2",
@@ -285,9 +297,8 @@ impl<T: TokenStore> Protocol<T> {
             }
         }
         if sends_refresh_token {
-            let until = self.started + VOUCH;
-            while clock::now() < until {
-                self.changed(until - clock::now()).await;
+            while clock::now() < self.quiet_until {
+                self.changed(self.quiet_until - clock::now()).await;
             }
         }
         let newer = match self.load().await {
@@ -419,29 +430,12 @@ impl<T: TokenStore> Protocol<T> {
                     }
                 }
                 Ok(Saved::NotLeaseHolder) => {
-                    // Lapsed while this task could not renew it: take it
-                    // again if it is free. The generation check still stops
-                    // this save if another holder wrote meanwhile.
+                    // Lapsed while this task could not renew it. The store
+                    // holds the generation this task read, so nobody wrote
+                    // since: the state is the newest there is, and is
+                    // written on the generation alone (see the module docs).
+                    tracing::warn!(target: "tower_oauth2", key = %self.key, "the fleet's lease lapsed before the save; saving on the generation read");
                     self.lease = None;
-                    let acquired = self
-                        .bounded(
-                            "lease",
-                            self.store.acquire(&self.key, &self.owner, self.lease_ttl),
-                        )
-                        .await;
-                    match acquired {
-                        Ok(Lease::Acquired) => self.hold(clock::now()),
-                        Ok(Lease::Unshared) => {}
-                        Ok(Lease::Busy) | Err(_) => {
-                            return self.failed(
-                                Error::store(
-                                    StoreErrorKind::WriteFailed,
-                                    "the fleet's lease was lost before the save",
-                                ),
-                                failures,
-                            )
-                        }
-                    }
                 }
                 Err(error) => return self.failed(error, failures),
             }
@@ -463,7 +457,13 @@ impl<T: TokenStore> Protocol<T> {
 
     fn failed(&mut self, error: Error, failures: Option<u32>) -> Wrote {
         let failures = failures.unwrap_or(0) + 1;
-        let delay = self.backoff.backoff(failures, true, None, rand::random());
+        let mut delay = self.backoff.backoff(failures, true, None, rand::random());
+        // A store that was unreachable is tried again soon: this state may
+        // hold the only copy of a rotated refresh token, and the others
+        // wait [`VOUCH`] for it after they find the store behind.
+        if error.is_transient() {
+            delay = delay.min(AUDIT);
+        }
         tracing::error!(
             target: "tower_oauth2",
             %error,
@@ -575,10 +575,28 @@ mod tests {
         state: Mutex<Option<TokenState>>,
         lease: Mutex<HashMap<String, (String, Instant)>>,
         saves: std::sync::atomic::AtomicUsize,
+        /// Every call fails, as with Redis down.
+        down: AtomicBool,
+    }
+
+    impl Memory {
+        fn up(&self) -> Result<(), Error> {
+            match self.down.load(Ordering::SeqCst) {
+                true => Err(Error::store(StoreErrorKind::Unavailable, "down")),
+                false => Ok(()),
+            }
+        }
+
+        /// Restarted without its data.
+        fn lose_everything(&self) {
+            *self.state.lock().unwrap() = None;
+            self.lease.lock().unwrap().clear();
+        }
     }
 
     impl TokenStore for Memory {
         async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+            self.up()?;
             Ok(self.state.lock().unwrap().clone())
         }
 
@@ -588,6 +606,7 @@ mod tests {
             state: &TokenState,
             expect: Expect<'_>,
         ) -> Result<Saved, Error> {
+            self.up()?;
             let mut current = self.state.lock().unwrap();
             let held = current.as_ref().map_or(0, TokenState::generation);
             if held != expect.generation {
@@ -608,6 +627,7 @@ mod tests {
         }
 
         async fn acquire(&self, _: &StoreKey, owner: &str, ttl: Duration) -> Result<Lease, Error> {
+            self.up()?;
             let mut lease = self.lease.lock().unwrap();
             let now = clock::now();
             match lease.get("lease") {
@@ -724,6 +744,45 @@ mod tests {
         match before {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-5"),
             _ => panic!("the fresh replica must continue from the newest state"),
+        }
+    }
+
+    /// Redis restarts empty while the lease holder holds the only copy of a
+    /// rotated refresh token (its save failed): a replica that finds the
+    /// store behind writes back its own, older state, and sends nothing
+    /// until the holder has written the newest one; it continues from that.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_loss_nobody_sends_before_the_newest_state_is_written_back() {
+        let store = Arc::new(Memory::default());
+        let (mut x, mut y) = (protocol(&store), protocol(&store));
+        x.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        assert!(matches!(x.save(state("rt-1")).await, Wrote::Saved));
+        x.release().await;
+        y.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+
+        // x sends rt-1 and gets rt-2; Redis goes away before the save.
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        store.down.store(true, Ordering::SeqCst);
+        assert!(matches!(x.save(state("rt-2")).await, Wrote::Failed(_)));
+        // It comes back empty; y looks first and writes back rt-1.
+        store.lose_everything();
+        store.down.store(false, Ordering::SeqCst);
+        assert!(y.audit().await.is_none());
+        assert_eq!(rt(&store.state.lock().unwrap().clone().unwrap()), "rt-1");
+        let before = tokio::spawn(async move {
+            let before = y.before_fetch(true).await;
+            (y, before)
+        });
+        // x retries within the audit interval, lease or no lease.
+        tokio::time::sleep(x.retry_at().unwrap() - clock::now()).await;
+        assert!(matches!(x.retry_save().await, Some(Wrote::Saved)));
+        let (_y, before) = before.await.unwrap();
+        match before {
+            Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
+            _ => panic!("y would have sent the spent rt-1"),
         }
     }
 

@@ -38,20 +38,26 @@
 //! What the cache does with a store:
 //! - **At start** it loads the state: a stored access token that is still
 //!   valid is handed out at once (no token request); a stored refresh token
-//!   replaces the one the grant was built with. A state it cannot read (an
-//!   empty, truncated or unknown file) stops the cache with a typed
-//!   [`ErrorKind::Store`](crate::ErrorKind::Store) error, and nothing is
-//!   written over it until you decide.
+//!   replaces the one the grant was built with, unless the grant holds a new
+//!   authorization code (see [`TokenSource::origin`](crate::TokenSource::origin)).
+//!   A state it must not write over (empty, truncated, of another version or
+//!   credential, a missing directory) stops the cache with a typed
+//!   [`ErrorKind::Store`](crate::ErrorKind::Store) error. A load that may
+//!   pass (I/O, a timeout, Redis not up yet) is tried again with backoff; a
+//!   credential without a refresh token serves meanwhile.
 //! - **After every token request** whose answer changed the state (a new
 //!   access token, a rotated refresh token, even one from an answer that was
-//!   refused) it saves the state *before* the new token serves any request.
-//!   A failed save keeps the token in memory and in use, is logged, counted
-//!   in [`CacheStats::save_failures`](crate::CacheStats::save_failures),
+//!   refused) it saves the state *before* the new token serves any request,
+//!   as a new generation, fenced (see [`TokenStore`]). A failed save keeps
+//!   the token in memory and in use, is logged, counted in
+//!   [`CacheStats::save_failures`](crate::CacheStats::save_failures),
 //!   reported by [`TokenCache::store_error`](crate::TokenCache::store_error),
 //!   and retried with backoff, even after every handle is gone (the task
 //!   stays until the save succeeds). `shutdown` tries once more and reports
 //!   a failure instead of waiting; the save is still retried after that,
 //!   and a later `shutdown` says when it has succeeded.
+//! - **Every call** is bounded by
+//!   [`RefreshPolicy::store_timeout`](crate::RefreshPolicy::store_timeout).
 //! - **On `invalid_grant`** it reads the store once more before it reports
 //!   that a person must authorize again: another process may have rotated
 //!   the refresh token.
@@ -99,13 +105,20 @@ pub const FORMAT_VERSION: u64 = 2;
 /// Every state has a [`generation`](TokenState::generation) that only grows
 /// (0 is "nothing stored"). A [`save`](Self::save) is conditional: the store
 /// writes the state only if it still holds the generation the writer expects
-/// and, for a shared store, only while the writer holds the lease; both
-/// checks and the write happen atomically (one transaction, one script, one
-/// conditional update). Otherwise it writes nothing and answers
+/// and, when the writer names a lease owner, only while that owner holds the
+/// lease; the checks and the write happen atomically (one transaction, one
+/// script, one conditional update). Otherwise it writes nothing and answers
 /// [`Saved::Conflict`] with what it holds, or [`Saved::NotLeaseHolder`].
 /// A paused writer whose lease lapsed, or a late save, is refused this way
 /// instead of overwriting a newer state: a lease alone cannot stop a writer
-/// that wakes up after it expired, a check at the store can.
+/// that wakes up after it expired, a check at the store can. The generation
+/// is that check (a fencing token, as etcd's revisions and Kubernetes'
+/// `resourceVersion`); the cache names its owner while it holds the lease,
+/// and when the store answers that the lease lapsed, writes on the
+/// generation alone: the store then holds exactly what it read, so its
+/// state is the newest there is, and may be the only copy of a rotated
+/// refresh token. The lease guards what the store cannot: sending a refresh
+/// token.
 ///
 /// For Postgres: `UPDATE … SET state = $1, generation = $2 WHERE key = $3
 /// AND generation = $4` (an `INSERT … ON CONFLICT DO NOTHING` for
