@@ -509,76 +509,8 @@ fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
     options
 }
 
-// `O_NOFOLLOW` without a libc dependency. Where it is unknown (0), exclusive
-// creation still refuses a link, and the lock file is checked after opening.
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    any(
-        target_arch = "arm",
-        target_arch = "aarch64",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "m68k"
-    )
-))]
-const O_NOFOLLOW: i32 = 0x8000;
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "riscv32",
-        target_arch = "riscv64",
-        target_arch = "s390x",
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "loongarch64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    )
-))]
-const O_NOFOLLOW: i32 = 0x20000;
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-const O_NOFOLLOW: i32 = 0x100;
-#[cfg(all(
-    unix,
-    not(any(
-        all(
-            any(target_os = "linux", target_os = "android"),
-            any(
-                target_arch = "arm",
-                target_arch = "aarch64",
-                target_arch = "powerpc",
-                target_arch = "powerpc64",
-                target_arch = "m68k",
-                target_arch = "x86",
-                target_arch = "x86_64",
-                target_arch = "riscv32",
-                target_arch = "riscv64",
-                target_arch = "s390x",
-                target_arch = "mips",
-                target_arch = "mips64",
-                target_arch = "loongarch64",
-                target_arch = "sparc",
-                target_arch = "sparc64"
-            )
-        ),
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    ))
-))]
-const O_NOFOLLOW: i32 = 0;
+#[cfg(unix)]
+const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,

@@ -5,12 +5,7 @@
 //! on first use when it is missing and the tests run as root; otherwise
 //! the tests fail, saying how to install it.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::Mutex,
-};
+use std::path::PathBuf;
 
 /// The offset file of one child's clock; the child's clock starts right.
 pub struct SteppedClock {
@@ -62,35 +57,8 @@ fn library() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Installs Debian's `faketime` once, if it is missing and we may.
+/// Installs Debian's `faketime` if it is missing and we may.
 fn install() -> PathBuf {
-    static CHECKED: Mutex<()> = Mutex::new(());
-    let _once = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = library() {
-        return path;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if root {
-        let _ = writeln!(std::io::stderr(), "installing faketime (apt-get)");
-        if !apt(&["install", "-y", "-q", "faketime"]) {
-            apt(&["update", "-q"]);
-            apt(&["install", "-y", "-q", "faketime"]);
-        }
-    }
-    library().expect(
-        "the clock tests need libfaketime, which is not installed \
-         (on Debian, as root: `apt-get install faketime`)",
-    )
+    super::apt::ensure("faketime", "the clock tests", || library().is_some());
+    library().expect("installed")
 }

@@ -21,6 +21,7 @@
 //!   (clock tests).
 #![allow(dead_code)]
 
+pub mod apt;
 pub mod child;
 pub mod faketime;
 pub mod grpc;

@@ -10,7 +10,6 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -158,38 +157,7 @@ fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs Debian's `redis-server` once, if it is missing and we may.
+/// Installs Debian's `redis-server` if it is missing and we may.
 fn install() {
-    static CHECKED: Mutex<bool> = Mutex::new(false);
-    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
-    if *checked || installed() {
-        *checked = true;
-        return;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if root {
-        let _ = writeln!(std::io::stderr(), "installing redis-server (apt-get)");
-        if !apt(&["install", "-y", "-q", "redis-server"]) {
-            apt(&["update", "-q"]);
-            apt(&["install", "-y", "-q", "redis-server"]);
-        }
-    }
-    assert!(
-        installed(),
-        "the fleet tests need redis-server, which is not installed \
-         (on Debian, as root: `apt-get install redis-server`)"
-    );
-    *checked = true;
+    super::apt::ensure("redis-server", "the fleet tests", installed);
 }
