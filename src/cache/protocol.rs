@@ -296,24 +296,36 @@ impl<T: TokenStore> Protocol<T> {
                 }
             }
         }
-        if sends_refresh_token {
-            while clock::now() < self.quiet_until {
-                self.changed(self.quiet_until - clock::now()).await;
+        let mut newer = None;
+        loop {
+            if sends_refresh_token {
+                while clock::now() < self.quiet_until {
+                    self.changed(self.quiet_until - clock::now()).await;
+                }
+            }
+            match self.load().await {
+                Ok(state) => {
+                    if let Some(state) = self.compare(state).await {
+                        newer = Some(state);
+                    }
+                }
+                // The lease is ours, but the newest refresh token may be in
+                // the store we cannot read: the one in memory may be spent.
+                Err(error) if sends_refresh_token => {
+                    self.release().await;
+                    return Before::NoLease(unavailable(
+                        "the shared store cannot be read: the refresh token is sent only after reading the newest one",
+                        error,
+                    ));
+                }
+                Err(_) => {}
+            }
+            // Found behind just now: another replica may hold a still newer
+            // state; give it its time, then look again.
+            if !sends_refresh_token || clock::now() >= self.quiet_until {
+                break;
             }
         }
-        let newer = match self.load().await {
-            Ok(state) => self.compare(state).await,
-            // The lease is ours, but the newest refresh token may be in the
-            // store we cannot read: the one in memory may be spent already.
-            Err(error) if sends_refresh_token => {
-                self.release().await;
-                return Before::NoLease(unavailable(
-                    "the shared store cannot be read: the refresh token is sent only after reading the newest one",
-                    error,
-                ));
-            }
-            Err(_) => None,
-        };
         if sends_refresh_token && !self.lease_left() {
             self.release().await;
             return Before::Wait(newer);
@@ -753,6 +765,14 @@ mod tests {
     /// until the holder has written the newest one; it continues from that.
     #[tokio::test(start_paused = true)]
     async fn after_a_loss_nobody_sends_before_the_newest_state_is_written_back() {
+        // y finds the store behind while it looks between fetches, or as it
+        // is about to fetch.
+        for audit_first in [true, false] {
+            after_a_loss(audit_first).await;
+        }
+    }
+
+    async fn after_a_loss(audit_first: bool) {
         let store = Arc::new(Memory::default());
         let (mut x, mut y) = (protocol(&store), protocol(&store));
         x.start().await.unwrap();
@@ -770,8 +790,10 @@ mod tests {
         // It comes back empty; y looks first and writes back rt-1.
         store.lose_everything();
         store.down.store(false, Ordering::SeqCst);
-        assert!(y.audit().await.is_none());
-        assert_eq!(rt(&store.state.lock().unwrap().clone().unwrap()), "rt-1");
+        if audit_first {
+            assert!(y.audit().await.is_none());
+            assert_eq!(rt(&store.state.lock().unwrap().clone().unwrap()), "rt-1");
+        }
         let before = tokio::spawn(async move {
             let before = y.before_fetch(true).await;
             (y, before)
@@ -782,7 +804,7 @@ mod tests {
         let (_y, before) = before.await.unwrap();
         match before {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
-            _ => panic!("y would have sent the spent rt-1"),
+            _ => panic!("y would have sent the spent rt-1 (audit first: {audit_first})"),
         }
     }
 

@@ -201,9 +201,12 @@ async fn connection(
     let replies = async move {
         tokio::join!(replies, deliver);
     };
+    // A cut comes first: a test that cuts and then lets requests pass
+    // (dropping what was held) must never see a held request slip through.
     tokio::select! {
+        biased;
+        _ = cut.changed() => {}
         () = requests => {}
         () = replies => {}
-        _ = cut.changed() => {}
     }
 }
