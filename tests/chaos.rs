@@ -139,8 +139,9 @@ const TAIL: Duration = Duration::from_secs(20);
 /// already under way is received and stored first.
 const SETTLE: Duration = Duration::from_millis(400);
 
-/// How long after its SIGCONT a replica's request may still get the token
-/// that expired while it was stopped: its first scheduler turn.
+/// How long around its SIGCONT (noted just after the signal is sent) a
+/// replica's request may still get the token that expired while it was
+/// stopped: its first scheduler turn.
 const THAW_MS: u64 = 100;
 /// How long a replica may take to adopt a token another one stored.
 const ADOPT_MS: u64 = 1_000;
