@@ -880,7 +880,10 @@ fn judge(chaos: &Chaos, seed: u64, count: usize) {
                 // SIGCONT; a request polled in that same turn can still
                 // get it (the hot path reads no clock). Counted apart.
                 let first_turn = chaos.paused.iter().any(|w| {
-                    w.slot == Some(request.slot) && (w.to..=w.to + THAW_MS).contains(&request.start)
+                    // `to` is noted just after the SIGCONT is sent; the
+                    // replica may start its request first.
+                    w.slot == Some(request.slot)
+                        && (w.to.saturating_sub(THAW_MS)..=w.to + THAW_MS).contains(&request.start)
                 });
                 if expired && first_turn {
                     thawed += 1;

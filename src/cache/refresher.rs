@@ -11,7 +11,8 @@
 //! | `Idle` | `Wanted` | `Wanted` |
 //! | `Wanted` | (at once) | fetch |
 //! | `Serving` | its refresh point | fetch (the token is still served) |
-//! | `Serving` | `Rejected` for its token | `Wanted` |
+//! | `Serving` | `Rejected` for its token | `Wanted`; `Failing` with backoff when the token before it was rejected soon after it was issued too |
+//! | `Serving`, `Failing`, `Stopped` | `Expired` (the wall clock passed its expiry) | as for its expiry |
 //! | `Failing` | retry due, with a token to replace or a request waiting | fetch |
 //! | `Failing` | `Wanted` | note it: the retry is for that request |
 //! | `Failing`, `Stopped` | its token expires, or is `Rejected` | the same, without it: requests get the last error |
@@ -25,13 +26,21 @@
 //! when every handle goes meanwhile: the source has already absorbed what the
 //! server answered. When the last handle is gone, the task ends.
 //!
-//! With a store, three more steps, all in this task and never on a request's
-//! path: the state is loaded before anything else (a valid stored token
-//! starts in `Serving`; an unreadable store in `Stopped`); after every fetch
-//! the new state is saved *before* the result is published; a failed save is
-//! retried on its own timer, apart from the phases. `invalid_grant` reads the
-//! store once more, and a refresh token rotated meanwhile by another process
-//! is tried at once instead of stopping. `Shutdown` is answered once the
+//! With a store, more steps, all in this task and never on a request's
+//! path; what the store protocol does (generations, the lease, fencing) is
+//! `protocol`'s, and this task only publishes and schedules what it
+//! answers. The state is loaded before anything else (a valid stored token
+//! starts in `Serving`; a store it must not write over in `Stopped`; a load
+//! that may pass is retried on its own timer, while a source that sends no
+//! refresh token serves without it). Before a fetch, the protocol may hand
+//! over a newer state another replica stored (adopted instead of fetching).
+//! After every fetch the new state is saved *before* the result is
+//! published; a failed save is retried on its own timer, apart from the
+//! phases. While nothing else is due, a shared store is looked at (every
+//! second, or when it announces a change): a newer token is adopted, a
+//! store found behind is written back. `invalid_grant` reads the store once
+//! more, and a refresh token rotated meanwhile by another process is tried
+//! at once instead of stopping. `Shutdown` is answered once the
 //! fetch under way (if any) and its save are done; when that save failed,
 //! requests get `Closed` while the save is retried, and every later
 //! `Shutdown` tries it at once and hears whether it worked.
