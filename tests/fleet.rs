@@ -637,6 +637,44 @@ async fn redis_restarted_empty_is_repaired_and_a_restarted_replica_reuses_nothin
     );
 }
 
+/// Redis restarts from an RDB snapshot taken before the last rotations:
+/// the store holds a refresh token the server has already rotated. No
+/// replica adopts or sends it: they hold a newer generation, write it back,
+/// and the fleet carries on. (Before, the next lease holder read the old
+/// state and sent its refresh token: the family was revoked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_from_an_older_snapshot_is_not_obeyed() {
+    // 39
+    let mut redis = RedisServer::start();
+    let server = Rotating::start(Some("rt-0"), None).await;
+    server.lifetime(2);
+    let replicas: Vec<_> = (0..3).map(|_| replica(&server, &redis)).collect();
+    traffic(&replicas, Duration::from_secs(2)).await;
+    let snapshot = redis.snapshot();
+    let at_snapshot = server.issued();
+    traffic(&replicas, Duration::from_secs(3)).await;
+    assert!(server.issued() > at_snapshot, "rotated since the snapshot");
+
+    redis.restart_from(&snapshot);
+    recovered(&replicas).await;
+    traffic(&replicas, Duration::from_secs(3)).await;
+    for cache in &replicas {
+        cache.shutdown().await.unwrap();
+    }
+    assert_eq!(server.reuses(), 0, "the snapshot's refresh token was sent");
+    assert!(!server.revoked());
+    let stored = RedisStore::new(&redis.url)
+        .unwrap()
+        .load(&key(&server))
+        .await
+        .unwrap()
+        .expect("a state");
+    assert_eq!(
+        stored.refresh_token().map(|t| t.expose_secret().to_owned()),
+        server.current()
+    );
+}
+
 /// The store's half of the protocol, on a real Redis: a save is fenced by
 /// the generation its writer read and by the lease; a lease taken again by
 /// its owner (a `SET` whose answer was lost) is the owner's, not busy.
