@@ -354,15 +354,14 @@ async fn four_replica_processes_share_each_token() {
 #[ignore = "a replica process of the fleet tests, started by them"]
 async fn credentials_replica_process() {
     let env = |name: &str| std::env::var(name).expect(name);
+    // The defaults: a token request may take 30 s.
     let grant = tower_oauth2::ClientCredentials::builder()
         .token_url(env("FLEET_TOKEN_URL"))
         .client_id("fleet-cc")
         .client_secret("secret")
-        .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let cache = TokenCache::builder(grant)
-        .policy(tower_oauth2::RefreshPolicy::new().request_timeout(Duration::from_secs(1)))
         .store(RedisStore::new(&env("FLEET_REDIS_URL")).unwrap())
         .build();
     let report = tokio::spawn({
@@ -384,9 +383,12 @@ async fn credentials_replica_process() {
 async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
     let redis = RedisServer::start();
     let server = Rotating::start(None, None).await;
-    // 22 s tokens: refreshed after about 15 s, and still valid for the 6 s
-    // a dead holder's lease lasts (1 s request timeout + 5 s).
-    server.lifetime(22);
+    // 30 s tokens, with the default request timeout (30 s): refreshed after
+    // about 20 s, and still valid for the 6 s a dead holder's lease lasts.
+    // (When the lease was sized to outlive the longest token request, 35 s
+    // here, the others waited for it past the token's expiry and their
+    // requests failed.)
+    server.lifetime(30);
     let (counts, mut updates) = tokio::sync::mpsc::unbounded_channel();
     let spawn = |index: usize| {
         let mut child = support::child::spawn(
@@ -394,7 +396,7 @@ async fn a_lease_holder_killed_mid_request_is_replaced_and_no_request_fails() {
             [
                 ("FLEET_TOKEN_URL", server.url.as_str()),
                 ("FLEET_REDIS_URL", redis.url.as_str()),
-                ("FLEET_RUN_MS", "24000"),
+                ("FLEET_RUN_MS", "31000"),
             ],
         );
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
