@@ -27,12 +27,13 @@
 //! #     Ok::<_, Infallible>(http::Response::new(String::new()))
 //! # });
 //! use tower::ServiceBuilder;
-//! use tower_oauth2::{BearerAuthLayer, ClientCredentials, TokenCache};
+//! use tower_oauth2::{AuthMethod, BearerAuthLayer, ClientCredentials, TokenCache};
 //!
 //! let grant = ClientCredentials::builder()
 //!     .token_url("https://identity.officernd.com/oauth/token")
 //!     .client_id("my-app")
 //!     .client_secret("s3cret")
+//!     .auth_method(AuthMethod::ClientSecretPost) // OfficeRnD takes the secret in the form body
 //!     .scope("officernd.api.read officernd.api.write")
 //!     .build()?;                            // Result<ClientCredentials, tower_oauth2::Error>
 //! let cache = TokenCache::new(grant);       // Clone; inside a Tokio runtime

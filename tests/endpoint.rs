@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use support::recorder::{Recorder, Reply};
 use tower_oauth2::{
     AuthMethod, AuthorizationCode, ClientCredentials, Error, ErrorKind, OAuthErrorCode,
-    RefreshToken, Token, TokenSource,
+    RefreshToken, Token, TokenCache, TokenSource,
 };
 
 fn cc(server: &Recorder) -> tower_oauth2::grant::ClientCredentialsBuilder {
@@ -965,4 +965,71 @@ async fn a_retry_through_the_cache_signs_a_new_assertion() {
         .collect();
     assert_eq!(jtis.len(), 2);
     assert_ne!(jtis[0], jtis[1], "the retry did not replay the assertion");
+}
+
+/// A stand-in for OfficeRnD's token endpoint: like the real one, it takes
+/// the client's id and secret only in the form body (`client_secret_post`)
+/// and answers `invalid_client` to a Basic header.
+async fn officernd_like() -> String {
+    use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+    let token = |headers: HeaderMap, body: Bytes| async move {
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let has = |name: &str, value: &str| form.iter().any(|(n, v)| n == name && v == value);
+        let in_body = has("client_id", "my-app") && has("client_secret", "s3cret");
+        if headers.contains_key(http::header::AUTHORIZATION) || !in_body {
+            return (
+                http::StatusCode::UNAUTHORIZED,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                r#"{"error":"invalid_client"}"#.to_owned(),
+            );
+        }
+        (
+            http::StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            r#"{"access_token":"officernd-token","token_type":"Bearer","expires_in":3599,"scope":"officernd.api.read officernd.api.write"}"#.to_owned(),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
+    let app = Router::new().route("/oauth/token", post(token));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// The README's first snippet (and the crate root's), with the token URL of
+/// a loopback stand-in for OfficeRnD: it gets a token. The same grant
+/// without `ClientSecretPost` sends a Basic header and is refused, which is
+/// what the snippet did before it named the method.
+#[tokio::test]
+async fn the_readme_snippet_gets_a_token_from_an_officernd_like_server() {
+    let token_url = officernd_like().await;
+    let grant = ClientCredentials::builder()
+        .token_url(&token_url)
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .auth_method(AuthMethod::ClientSecretPost) // OfficeRnD takes the secret in the form body
+        .scope("officernd.api.read officernd.api.write")
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(grant);
+    let token = cache.token().await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "officernd-token");
+    assert_eq!(
+        token.scopes(),
+        ["officernd.api.read", "officernd.api.write"]
+    );
+
+    let basic = ClientCredentials::builder()
+        .token_url(&token_url)
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .scope("officernd.api.read officernd.api.write")
+        .build()
+        .unwrap();
+    let error = TokenCache::new(basic).token().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+        "{error}"
+    );
 }
