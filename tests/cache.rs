@@ -591,3 +591,47 @@ impl ExposeForTest for secrecy::SecretString {
         secrecy::ExposeSecret::expose_secret(self)
     }
 }
+
+/// `refresh_now` is the operator's "try again now": a cache locked out by a
+/// permanent error (an `invalid_client` during a key rollout) asks at once
+/// instead of after its backoff; a cache serving a token gets a new one;
+/// callers asking together share one token request; after the server
+/// refused the grant for good, it says so without asking.
+#[tokio::test(start_paused = true)]
+async fn refresh_now_asks_at_once_whatever_the_backoff() {
+    let script = Scripted::exactly(vec![
+        Reply::Fail(Error::custom("invalid_client", false)),
+        Reply::Token(Some(HOUR)),
+        Reply::Token(Some(HOUR)),
+        Reply::Fail(Error::reauthorization_required("revoked")),
+    ])
+    .latency(secs(1));
+    let cache = cache(&script, deterministic().max_backoff(secs(300)));
+    assert!(cache.token().await.is_err());
+    // Locked out for 300 s; the key is fixed, the operator asks again.
+    let fresh = cache.refresh_now().await.unwrap();
+    assert_eq!(script.calls(), 2, "asked at once");
+    assert!(cache.token().await.unwrap().same_as(&fresh));
+
+    // Serving: ten callers at once, one new token for all of them.
+    let asks: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.refresh_now().await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for ask in asks {
+        tokens.push(ask.await.unwrap().unwrap());
+    }
+    assert_eq!(script.calls(), 3, "one token request for ten callers");
+    assert!(tokens.iter().all(|t| t.same_as(&tokens[0])));
+    assert!(!tokens[0].same_as(&fresh));
+
+    // The grant is gone: the error, and no more token requests after it.
+    let error = cache.refresh_now().await.unwrap_err();
+    assert!(error.is_reauthorization_required(), "{error}");
+    let again = cache.refresh_now().await.unwrap_err();
+    assert!(again.is_reauthorization_required(), "{again}");
+    assert_eq!(script.calls(), 4);
+}

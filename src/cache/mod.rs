@@ -95,6 +95,8 @@ pub(crate) enum Message {
     Expired(u64),
     /// Finish the token request under way and its save, then stop.
     Shutdown(oneshot::Sender<Result<(), Error>>),
+    /// Ask for a token now, whatever the backoff; answer with the outcome.
+    RefreshNow(oneshot::Sender<Result<Token, Error>>),
 }
 
 /// What a request finds in the cache.
@@ -240,6 +242,27 @@ impl TokenCache {
             Ok(Some(answer)) => answer.clone(),
             _ => Err(Error::closed()),
         }
+    }
+
+    /// Asks the token endpoint for a new token now and waits for the
+    /// outcome: the new token, or the error of that attempt. A token still
+    /// valid keeps serving meanwhile. Skips the backoff of a cache that
+    /// failed (an `invalid_client` during a key rollout, say, which otherwise
+    /// waits [`max_backoff`](RefreshPolicy::max_backoff)), and refreshes a
+    /// cache that serves a token, without holding it. One attempt, shared by
+    /// every caller asking at once and by a fetch already under way; with a
+    /// shared store, under the fleet's lease (a token another replica stores
+    /// meanwhile answers it too). After
+    /// [`ErrorKind::ReauthorizationRequired`](crate::ErrorKind::ReauthorizationRequired)
+    /// it returns that error: a person must authorize. Each call may cost a
+    /// token request: call it on an operator's action, not per request.
+    pub async fn refresh_now(&self) -> Result<Token, Error> {
+        let (done, answer) = oneshot::channel();
+        self.shared
+            .inbox
+            .send(Message::RefreshNow(done))
+            .map_err(|_| Error::closed())?;
+        answer.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
     /// Drops `token` if it is still the current one, so the next request

@@ -155,6 +155,8 @@ struct Refresher<T> {
     /// `Shutdown` was asked: answer here once the fetch under way is done.
     /// Every caller waiting for the answer: two may ask at once.
     closing: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// `refresh_now` callers, answered by the next token or failure.
+    refreshing: Vec<oneshot::Sender<Result<Token, Error>>>,
     /// The last token the server rejected: a shared store may still hold
     /// it, and adopting it back would serve it again.
     rejected: Option<Token>,
@@ -179,6 +181,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         loading: None,
         rejections: 0,
         closing: Vec::new(),
+        refreshing: Vec::new(),
         rejected: None,
         metrics,
     };
@@ -357,6 +360,36 @@ impl<T: TokenStore> Refresher<T> {
                 }
             }
             Message::Shutdown(done) => self.closing.push(done),
+            Message::RefreshNow(done) => {
+                let now = clock::now();
+                match &mut self.phase {
+                    Phase::Stopped { error, .. } => {
+                        let _ = done.send(Err(error.clone()));
+                        return;
+                    }
+                    // The fetch under way answers it.
+                    _ if fetching => {}
+                    Phase::Idle => self.phase = Phase::Wanted,
+                    Phase::Wanted => {}
+                    Phase::Serving(live) => live.refresh_at = now,
+                    Phase::Failing {
+                        live,
+                        error,
+                        retry_at,
+                        wanted,
+                        ..
+                    } => {
+                        *retry_at = now;
+                        *wanted = true;
+                        // Requests wait for this attempt instead of failing.
+                        if live.is_none() {
+                            let slot = Slot::Failed(error.clone().with_next_attempt(Some(now)));
+                            publish(&self.shared, slot);
+                        }
+                    }
+                }
+                self.refreshing.push(done);
+            }
         }
     }
 
@@ -559,6 +592,7 @@ impl<T: TokenStore> Refresher<T> {
                     protocol.succeeded();
                 }
                 self.publish(Slot::Ready(next.token.clone()));
+                self.answer_refresh(Ok(next.token.clone()));
                 self.phase = Phase::Serving(next);
                 self.tell(Ok(false));
             }
@@ -616,6 +650,7 @@ impl<T: TokenStore> Refresher<T> {
                 self.publish(Slot::Failed(error.clone()));
             }
             self.tell(Ok(true));
+            self.answer_refresh(Err(error.clone()));
             self.phase = Phase::Stopped { live, error };
             return;
         }
@@ -646,6 +681,7 @@ impl<T: TokenStore> Refresher<T> {
         if !serving {
             self.publish(Slot::Failed(error.clone()));
         }
+        self.answer_refresh(Err(error.clone()));
         self.phase = Phase::Failing {
             live,
             error,
@@ -653,6 +689,13 @@ impl<T: TokenStore> Refresher<T> {
             retry_at,
             wanted: false,
         };
+    }
+
+    /// Answers every `refresh_now` caller waiting.
+    fn answer_refresh(&mut self, result: Result<Token, Error>) {
+        for done in self.refreshing.drain(..) {
+            let _ = done.send(result.clone());
+        }
     }
 
     /// When a fresh token is refreshed and when it expires.
@@ -790,6 +833,7 @@ impl<T: TokenStore> Refresher<T> {
         metrics::adopted(&self.metrics);
         self.published(&live, now);
         self.publish(Slot::Ready(live.token.clone()));
+        self.answer_refresh(Ok(live.token.clone()));
         // A token from the store is not the answer to a request: a failure
         // count or a stop is over.
         self.phase = Phase::Serving(live);
@@ -920,6 +964,8 @@ impl<T: TokenStore> Refresher<T> {
                 }
                 // The cache is closed: nothing else is served.
                 Some(Message::Wanted | Message::Rejected(_) | Message::Expired(_)) => {}
+                // Closed: the sender hears it by the dropped reply.
+                Some(Message::RefreshNow(_)) => {}
                 None => inbox = None,
             }
         }
