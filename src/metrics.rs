@@ -27,7 +27,7 @@
 //! - `transient`: a failure that is retried with backoff (network, timeout,
 //!   5xx, 429; also an `invalid_grant` answered by a newer refresh token
 //!   another process stored, which is tried at once);
-//! - `permanent`: a failure that waits the longest backoff
+//! - `permanent`: a failure that waits the permanent backoff (see [`RefreshPolicy::permanent_backoff`](crate::RefreshPolicy::permanent_backoff))
 //!   (`invalid_client`, `invalid_scope`, a malformed answer, ...);
 //! - `reauthorization`: the cache has stopped, a person must authorize
 //!   again (`invalid_grant` on a refresh).

@@ -148,7 +148,7 @@ async fn a_scripted_day_is_counted_exactly() {
         Reply::Token(Some(HOUR)),
         // token-4: its refresh ahead of expiry.
         Reply::Token(Some(HOUR)),
-        // The refresh of token-4 fails for good, waits the longest backoff,
+        // The refresh of token-4 fails for good, waits the permanent backoff,
         Reply::Fail(Error::custom("invalid_client", false)),
         // and then the grant is gone: the cache stops, serving token-4 until it expires.
         Reply::Fail(Error::reauthorization_required("refresh token revoked")),

@@ -137,7 +137,7 @@ async fn a_buffer_in_front_survives_token_failures() {
     ]);
     let cache = TokenCache::with_policy(
         script.source(),
-        RefreshPolicy::new().max_backoff(Duration::from_secs(5)),
+        RefreshPolicy::new().permanent_backoff(Duration::from_secs(5), Duration::from_secs(5)),
     );
     let client = ServiceBuilder::new()
         .layer(BufferLayer::new(64))

@@ -18,7 +18,8 @@ use std::time::Duration;
 /// | [`expiry_margin`](Self::expiry_margin) | 5 s | at most 10 % of the lifetime but at least 1 s; at most half |
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | when `expires_in` is missing |
 /// | [`initial_backoff`](Self::initial_backoff) | 100 ms | doubled per failure |
-/// | [`max_backoff`](Self::max_backoff) | 5 min | also the wait after a permanent error |
+/// | [`max_backoff`](Self::max_backoff) | 5 min | the longest wait after a transient error; caps `Retry-After` |
+/// | [`permanent_backoff`](Self::permanent_backoff) | 30 s, doubled to 5 min | after a permanent error (`invalid_client`, ...) |
 /// | [`wait_for_retry`](Self::wait_for_retry) | 250 ms | a request waits for an attempt due this soon instead of failing |
 /// | [`request_timeout`](Self::request_timeout) | 30 s | bounds one fetch from any source |
 /// | [`store_timeout`](Self::store_timeout) | 2 s | bounds every call to the cache's store |
@@ -51,7 +52,12 @@ use std::time::Duration;
 /// Attempts back off exponentially from `initial_backoff` with jitter, up to
 /// `max_backoff`, and never sooner than a `Retry-After` asks (capped at
 /// `max_backoff`). Permanent errors (`invalid_client`, `invalid_scope`, ...)
-/// wait `max_backoff`. While no valid token is left, a request that finds the
+/// follow a schedule of their own, [`permanent_backoff`](Self::permanent_backoff):
+/// 30 s after the first, doubled per further one, up to 5 min, so one
+/// refusal during a key rollout costs 30 s, not 5 min, while a refusal that
+/// lasts is asked about a dozen times an hour.
+/// [`TokenCache::refresh_now`](crate::TokenCache::refresh_now) asks at once
+/// whatever the backoff. While no valid token is left, a request that finds the
 /// last attempt failed gets that error at once, unless the next attempt is
 /// due within `wait_for_retry`: then it waits for that attempt. So a cold
 /// start that meets one transient failure costs its requests about 100 ms,
@@ -100,6 +106,8 @@ pub struct RefreshPolicy {
     default_lifetime: Duration,
     initial_backoff: Duration,
     max_backoff: Duration,
+    permanent_first: Duration,
+    permanent_max: Duration,
     wait_for_retry: Duration,
     request_timeout: Duration,
     store_timeout: Duration,
@@ -120,6 +128,8 @@ impl Default for RefreshPolicy {
             default_lifetime: Duration::from_secs(3600),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(300),
+            permanent_first: Duration::from_secs(30),
+            permanent_max: Duration::from_secs(300),
             wait_for_retry: Duration::from_millis(250),
             request_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_secs(2),
@@ -182,10 +192,20 @@ impl RefreshPolicy {
         self
     }
 
-    /// The longest delay between attempts, and the delay after a permanent
-    /// error (`invalid_client`, `invalid_scope`, ...). Also caps `Retry-After`.
+    /// The longest delay between attempts after transient errors. Also caps
+    /// `Retry-After`.
     pub fn max_backoff(mut self, delay: Duration) -> Self {
         self.max_backoff = delay;
+        self
+    }
+
+    /// The wait after a permanent error (`invalid_client`, `invalid_scope`,
+    /// ...): `first` after one, doubled per further one in a row, up to
+    /// `max`. Permanent errors are not retried hot, but a refusal can be
+    /// brief (a key rollout): the first wait is short.
+    pub fn permanent_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.permanent_first = first;
+        self.permanent_max = max.max(first);
         self
     }
 
@@ -296,7 +316,9 @@ impl RefreshPolicy {
             exp.min(self.max_backoff)
                 .mul_f64(1.0 - self.jitter * random)
         } else {
-            self.max_backoff
+            self.permanent_first
+                .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+                .min(self.permanent_max)
         };
         let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.max_backoff));
         delay.max(asked)
@@ -408,7 +430,12 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), S(300));
         assert_eq!(p.backoff(1, true, Some(S(120)), 0.0), S(120));
         assert_eq!(p.backoff(1, true, Some(S(100_000)), 0.0), S(300));
-        assert_eq!(p.backoff(1, false, None, 0.0), S(300));
+        assert_eq!(p.backoff(1, false, None, 0.0), S(30));
+        let permanent: Vec<_> = (1..=6).map(|n| p.backoff(n, false, None, 0.0)).collect();
+        assert_eq!(permanent, [S(30), S(60), S(120), S(240), S(300), S(300)]);
+        let own = RefreshPolicy::new().permanent_backoff(S(5), S(20));
+        assert_eq!(own.backoff(1, false, None, 0.0), S(5));
+        assert_eq!(own.backoff(9, false, None, 0.0), S(20));
         assert_eq!(p.backoff(u32::MAX, true, None, 0.0), S(300));
     }
 
