@@ -78,7 +78,7 @@ pub mod store;
 mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
-pub use endpoint::{AuthMethod, TokenEndpoint};
+pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint};
 #[cfg(feature = "private-key-jwt")]
 pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};

@@ -205,7 +205,8 @@ async fn no_key_or_assertion_in_debug_display_errors_or_traces() {
     let pem_key = PrivateKey::from_pem(JwsAlgorithm::Rs256, include_str!("keys/rsa.pem"))
         .unwrap()
         .with_kid("k1");
-    let jwk_key = PrivateKey::from_jwk(include_str!("keys/ec.jwk.json")).unwrap();
+    let jwk_key =
+        PrivateKey::from_jwk(JwsAlgorithm::Es256, include_str!("keys/ec.jwk.json")).unwrap();
     seen.push(format!("{pem_key:?} {jwk_key:?}"));
     // A broken key: the error does not quote what it was given.
     let mut broken = include_str!("keys/rsa.pem").to_owned();

@@ -8,7 +8,7 @@
 //! `private-key-jwt` feature) or from a callback of the application's (a
 //! Kubernetes service-account token file, a KMS signer).
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use url::Url;
@@ -17,9 +17,6 @@ use crate::Error;
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-#[cfg(feature = "private-key-jwt")]
-use std::time::Duration;
 
 /// Default lifetime of a signed assertion.
 #[cfg(feature = "private-key-jwt")]
@@ -30,7 +27,38 @@ const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Callback = dyn Fn() -> BoxFuture<Result<String, BoxError>> + Send + Sync;
+type Callback = dyn Fn(AssertionContext) -> BoxFuture<Result<String, BoxError>> + Send + Sync;
+
+/// What a `client_assertion_with` callback is told about the token request
+/// its assertion is for. Holds nothing secret.
+///
+/// An assertion made from it should have `iss` and `sub` equal to
+/// [`client_id`](Self::client_id) and `aud` equal to
+/// [`audience`](Self::audience) (RFC 7523 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionContext {
+    token_url: Url,
+    client_id: String,
+    audience: String,
+}
+
+impl AssertionContext {
+    /// The token endpoint the request goes to.
+    pub fn token_url(&self) -> &Url {
+        &self.token_url
+    }
+
+    /// The client id sent beside the assertion.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The `aud` the assertion should carry: the builder's
+    /// `client_assertion_audience` when set, the token URL otherwise.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+}
 
 /// Where assertions come from, as the builder was told.
 #[derive(Clone)]
@@ -38,22 +66,46 @@ pub(crate) enum AssertionSource {
     /// Signed by the crate with this key.
     #[cfg(feature = "private-key-jwt")]
     Key(PrivateKey),
-    /// Made by the application, once per token request.
-    Callback(Arc<Callback>),
+    /// Made by the application, once per token request. `reads_context`:
+    /// given with `client_assertion_with`, so it sees the audience setting.
+    Callback {
+        callback: Arc<Callback>,
+        reads_context: bool,
+    },
 }
 
 impl AssertionSource {
-    /// Wraps the callback given to the builder's `client_assertion`.
+    /// Wraps the zero-argument callback given to the builder's
+    /// `client_assertion`.
     pub(crate) fn callback<F, Fut, E>(f: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        Self::Callback(Arc::new(move || {
-            let future = f();
-            Box::pin(async move { future.await.map_err(Into::into) })
-        }))
+        Self::Callback {
+            callback: Arc::new(move |_| {
+                let future = f();
+                Box::pin(async move { future.await.map_err(Into::into) })
+            }),
+            reads_context: false,
+        }
+    }
+
+    /// Wraps the callback given to the builder's `client_assertion_with`.
+    pub(crate) fn callback_with<F, Fut, E>(f: F) -> Self
+    where
+        F: Fn(AssertionContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        Self::Callback {
+            callback: Arc::new(move |context| {
+                let future = f(context);
+                Box::pin(async move { future.await.map_err(Into::into) })
+            }),
+            reads_context: true,
+        }
     }
 }
 
@@ -61,17 +113,28 @@ impl AssertionSource {
 #[derive(Clone, Default)]
 pub(crate) struct AssertionSettings {
     pub(crate) source: Option<AssertionSource>,
-    #[cfg(feature = "private-key-jwt")]
     pub(crate) audience: Option<String>,
-    #[cfg(feature = "private-key-jwt")]
     pub(crate) lifetime: Option<Duration>,
 }
 
 impl AssertionSettings {
     /// Checks the settings; `None` when no assertion source was given.
-    #[cfg_attr(not(feature = "private-key-jwt"), allow(unused_variables))]
+    ///
+    /// A setting nothing would read is refused rather than ignored: the
+    /// lifetime next to any callback (the callback dates its assertions),
+    /// the audience next to a `client_assertion` callback (which is told
+    /// nothing), either of them without any assertion source.
     pub(crate) fn build(self, client_id: &str) -> Result<Option<Assertion>, Error> {
+        if self.audience.as_deref() == Some("") {
+            return Err(Error::config("client assertion audience must not be empty"));
+        }
         let Some(source) = self.source else {
+            if self.audience.is_some() || self.lifetime.is_some() {
+                return Err(Error::config(
+                    "client_assertion_audience and client_assertion_lifetime need \
+                     private_key_jwt (or, for the audience, client_assertion_with)",
+                ));
+            }
             return Ok(None);
         };
         match source {
@@ -83,9 +146,6 @@ impl AssertionSettings {
                         "client assertion lifetime must be between 1 second and 1 hour",
                     ));
                 }
-                if self.audience.as_deref() == Some("") {
-                    return Err(Error::config("client assertion audience must not be empty"));
-                }
                 Ok(Some(Assertion::Signed(Arc::new(Signed {
                     key,
                     client_id: client_id.to_owned(),
@@ -93,7 +153,29 @@ impl AssertionSettings {
                     lifetime,
                 }))))
             }
-            AssertionSource::Callback(callback) => Ok(Some(Assertion::Callback(callback))),
+            AssertionSource::Callback {
+                callback,
+                reads_context,
+            } => {
+                if self.lifetime.is_some() {
+                    return Err(Error::config(
+                        "client_assertion_lifetime applies to assertions the crate signs \
+                         (private_key_jwt); a client_assertion callback sets its own `exp`",
+                    ));
+                }
+                if self.audience.is_some() && !reads_context {
+                    return Err(Error::config(
+                        "client_assertion_audience would be ignored: a client_assertion \
+                         callback is told nothing; use client_assertion_with and read \
+                         the context's audience",
+                    ));
+                }
+                Ok(Some(Assertion::Callback(Arc::new(FromCallback {
+                    callback,
+                    client_id: client_id.to_owned(),
+                    audience: self.audience,
+                }))))
+            }
         }
     }
 }
@@ -103,7 +185,7 @@ impl AssertionSettings {
 pub(crate) enum Assertion {
     #[cfg(feature = "private-key-jwt")]
     Signed(Arc<Signed>),
-    Callback(Arc<Callback>),
+    Callback(Arc<FromCallback>),
 }
 
 #[cfg(feature = "private-key-jwt")]
@@ -113,6 +195,13 @@ pub(crate) struct Signed {
     /// `None`: the token URL.
     audience: Option<String>,
     lifetime: Duration,
+}
+
+pub(crate) struct FromCallback {
+    callback: Arc<Callback>,
+    client_id: String,
+    /// `None`: the token URL.
+    audience: Option<String>,
 }
 
 impl Assertion {
@@ -127,7 +216,6 @@ impl Assertion {
     }
 
     /// A fresh assertion for one request to `token_url`.
-    #[cfg_attr(not(feature = "private-key-jwt"), allow(unused_variables))]
     pub(crate) async fn make(&self, token_url: &Url) -> Result<SecretString, Error> {
         match self {
             #[cfg(feature = "private-key-jwt")]
@@ -137,8 +225,16 @@ impl Assertion {
                     .key
                     .assertion(&signed.client_id, audience, signed.lifetime)
             }
-            Self::Callback(callback) => {
-                let assertion = callback().await.map_err(|e| {
+            Self::Callback(made) => {
+                let context = AssertionContext {
+                    token_url: token_url.clone(),
+                    client_id: made.client_id.clone(),
+                    audience: made
+                        .audience
+                        .clone()
+                        .unwrap_or_else(|| token_url.as_str().to_owned()),
+                };
+                let assertion = (made.callback)(context).await.map_err(|e| {
                     Error::client_assertion("the client_assertion callback failed", Some(e), true)
                 })?;
                 let trimmed = assertion.trim();
@@ -229,8 +325,10 @@ mod key {
     /// (RFC 7523 §2.2). Cheap to clone. Needs the `private-key-jwt` feature.
     ///
     /// Load it from PEM ([`from_pem`](Self::from_pem)) or from a private JWK
-    /// ([`from_jwk`](Self::from_jwk)) and give it to a grant's builder with
-    /// `private_key_jwt`. Each token request then carries a fresh assertion:
+    /// ([`from_jwk`](Self::from_jwk)), both `(algorithm, key text or bytes)`;
+    /// register its [`public_jwk`](Self::public_jwk) with the server (a
+    /// [`thumbprint`](Self::thumbprint) makes a good `kid`); and give it to a
+    /// grant's builder with `private_key_jwt`. Each token request then carries a fresh assertion:
     /// `iss` and `sub` are the client id, `aud` is the token URL (or the
     /// builder's `client_assertion_audience`), `jti` is 128 random bits, and
     /// `exp` is `iat` plus two minutes (the builder's
@@ -333,21 +431,28 @@ mod key {
             })
         }
 
-        /// Loads a private JWK (RFC 7517): an RSA key (`kty` `RSA`, with `d`,
-        /// and `p`, `q` when present) or a P-256 key (`kty` `EC`, `crv`
-        /// `P-256`, with `d`).
+        /// Loads a private JWK (RFC 7517) to sign with `alg`: an RSA key
+        /// (`kty` `RSA`, with `d`, and `p`, `q` when present; at least 2048
+        /// bits) for [`Rs256`](JwsAlgorithm::Rs256) or
+        /// [`Ps256`](JwsAlgorithm::Ps256), a P-256 key (`kty` `EC`, `crv`
+        /// `P-256`, with `d`) for [`Es256`](JwsAlgorithm::Es256).
         ///
-        /// The algorithm is the JWK's `alg` (`RS256`, `PS256` or `ES256`);
-        /// without one, RSA keys sign with RS256 and P-256 keys with ES256.
-        /// The JWK's `kid`, if any, becomes the assertions' `kid` header.
+        /// The same shape as [`from_pem`](Self::from_pem): the algorithm is
+        /// always the caller's, so a key file never picks it. A JWK that
+        /// names one (`alg`) must name `alg`. The JWK's `kid`, if any,
+        /// becomes the assertions' `kid` header.
+        ///
+        /// Earlier versions took the JWK alone and used its `alg` (RS256 or
+        /// ES256 by key type without one): pass that algorithm first now.
         ///
         /// # Errors
         ///
         /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the text is
-        /// not such a JWK (a public key alone, another curve, an `alg` that
-        /// does not fit the key). The error never quotes the input.
-        pub fn from_jwk(jwk: &str) -> Result<Self, Error> {
-            let value: Value = serde_json::from_str(jwk)
+        /// not such a JWK (a public key alone, another curve, a key or an
+        /// `alg` member that does not fit `alg`). The error never quotes the
+        /// input.
+        pub fn from_jwk(alg: JwsAlgorithm, jwk: impl AsRef<[u8]>) -> Result<Self, Error> {
+            let value: Value = serde_json::from_slice(jwk.as_ref())
                 .map_err(|_| Error::config("the JWK is not a JSON object"))?;
             let object = value
                 .as_object()
@@ -364,26 +469,28 @@ mod key {
                     "the JWK has no private part (`d`): it is a public key",
                 ));
             }
-            let alg = match field("alg")? {
-                None => None,
-                Some("RS256") => Some(JwsAlgorithm::Rs256),
-                Some("PS256") => Some(JwsAlgorithm::Ps256),
-                Some("ES256") => Some(JwsAlgorithm::Es256),
+            match field("alg")? {
+                None => {}
+                Some(own) if own == alg.as_str() => {}
+                Some("RS256" | "PS256" | "ES256") => {
+                    return Err(Error::config(format!(
+                        "the JWK's `alg` is not {alg}, the algorithm it was loaded for"
+                    )))
+                }
                 Some(_) => {
                     return Err(Error::config(
                         "the JWK's `alg` is not supported (RS256, PS256 or ES256)",
                     ))
                 }
-            };
-            let (alg, signer) = match field("kty")? {
+            }
+            let signer = match field("kty")? {
                 Some("RSA") => {
-                    let alg = alg.unwrap_or(JwsAlgorithm::Rs256);
                     if alg == JwsAlgorithm::Es256 {
                         return Err(Error::config(
-                            "the JWK is an RSA key but its `alg` is ES256",
+                            "the JWK is an RSA key; ES256 needs a P-256 key",
                         ));
                     }
-                    (alg, rsa_signer(alg, rsa_from_jwk(object)?)?)
+                    rsa_signer(alg, rsa_from_jwk(object)?)?
                 }
                 Some("EC") => {
                     if field("crv")? != Some("P-256") {
@@ -391,13 +498,12 @@ mod key {
                             "the JWK's curve is not supported (only P-256)",
                         ));
                     }
-                    let alg = alg.unwrap_or(JwsAlgorithm::Es256);
                     if alg != JwsAlgorithm::Es256 {
                         return Err(Error::config(format!(
-                            "the JWK is a P-256 key but its `alg` is {alg}"
+                            "the JWK is a P-256 key; {alg} needs an RSA key"
                         )));
                     }
-                    (alg, Signer::Es256(p256_from_jwk(object)?.into()))
+                    Signer::Es256(p256_from_jwk(object)?.into())
                 }
                 _ => {
                     return Err(Error::config(
@@ -427,6 +533,66 @@ mod key {
         /// The `kid` header of the assertions, if any.
         pub fn kid(&self) -> Option<&str> {
             self.kid.as_deref()
+        }
+
+        /// The public half of this key as a JWK (RFC 7517), the text to
+        /// register with the authorization server (inside a JWKS:
+        /// `{"keys":[...]}`): `kty` and the public members (RSA: `n`, `e`;
+        /// P-256: `crv`, `x`, `y`), plus `alg`, `use` (`sig`) and the `kid`
+        /// when one is set. Never a private member.
+        ///
+        /// ```
+        /// use tower_oauth2::{JwsAlgorithm, PrivateKey};
+        ///
+        /// # let pem = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/ec.pem"));
+        /// let key = PrivateKey::from_pem(JwsAlgorithm::Es256, pem)?.with_kid("k1");
+        /// let jwk: serde_json::Value = serde_json::from_str(&key.public_jwk()).unwrap();
+        /// assert_eq!(jwk["kty"], "EC");
+        /// assert_eq!(jwk["kid"], "k1");
+        /// assert!(jwk.get("d").is_none());
+        /// # Ok::<(), tower_oauth2::Error>(())
+        /// ```
+        pub fn public_jwk(&self) -> String {
+            let mut jwk: Map<String, Value> = self
+                .public_members()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), Value::String(value)))
+                .collect();
+            jwk.insert("alg".into(), self.alg.as_str().into());
+            jwk.insert("use".into(), "sig".into());
+            if let Some(kid) = &self.kid {
+                jwk.insert("kid".into(), kid.as_str().into());
+            }
+            Value::Object(jwk).to_string()
+        }
+
+        /// The JWK thumbprint of the public key (RFC 7638): SHA-256 over the
+        /// required members (RSA: `e`, `kty`, `n`; P-256: `crv`, `kty`, `x`,
+        /// `y`) as compact JSON in that order, base64url without padding.
+        /// The same for a key however it was loaded and whatever its `kid`
+        /// or `alg`; a common choice of `kid`.
+        pub fn thumbprint(&self) -> String {
+            thumbprint(&self.public_members())
+        }
+
+        /// The members RFC 7638 requires, `kty` included, in any order.
+        fn public_members(&self) -> Vec<(&'static str, String)> {
+            match &*self.signer {
+                Signer::Rs256(key) => rsa_members(key.as_ref()),
+                Signer::Ps256(key) => rsa_members(key.as_ref()),
+                Signer::Es256(key) => {
+                    let point = key.verifying_key().to_encoded_point(false);
+                    let coordinate = |c: Option<&p256::FieldBytes>| {
+                        URL_SAFE_NO_PAD.encode(c.map_or(&[][..], |c| &c[..]))
+                    };
+                    vec![
+                        ("kty", "EC".to_owned()),
+                        ("crv", "P-256".to_owned()),
+                        ("x", coordinate(point.x())),
+                        ("y", coordinate(point.y())),
+                    ]
+                }
+            }
         }
 
         /// A fresh assertion: `iss` = `sub` = `client_id`, `aud` = `audience`,
@@ -487,6 +653,35 @@ mod key {
             jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
             Ok(jws)
         }
+    }
+
+    /// `kty`, `n` and `e` of an RSA key: unsigned big-endian, no leading
+    /// zero bytes (RFC 7518 §6.3.1).
+    fn rsa_members(key: &RsaPrivateKey) -> Vec<(&'static str, String)> {
+        vec![
+            ("kty", "RSA".to_owned()),
+            ("n", URL_SAFE_NO_PAD.encode(key.n().to_bytes_be())),
+            ("e", URL_SAFE_NO_PAD.encode(key.e().to_bytes_be())),
+        ]
+    }
+
+    /// RFC 7638 §3: the members sorted by name, as JSON without whitespace,
+    /// hashed with SHA-256 and base64url-encoded without padding.
+    fn thumbprint(members: &[(&str, String)]) -> String {
+        use sha2::Digest as _;
+        let mut sorted: Vec<&(&str, String)> = members.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut canonical = String::from("{");
+        for (i, (name, value)) in sorted.into_iter().enumerate() {
+            if i > 0 {
+                canonical.push(',');
+            }
+            canonical.push_str(&Value::from(*name).to_string());
+            canonical.push(':');
+            canonical.push_str(&Value::from(value.as_str()).to_string());
+        }
+        canonical.push('}');
+        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
     }
 
     /// The label of the first PEM block (`PRIVATE KEY`, `RSA PRIVATE KEY`, ...).
@@ -710,7 +905,7 @@ mod key {
             verify(JwsAlgorithm::Es256, EC_PEM, &assertion(&key));
 
             // The fixtures' JWKs name PS256 / ES256 and a kid.
-            let key = PrivateKey::from_jwk(RSA_JWK).unwrap();
+            let key = PrivateKey::from_jwk(JwsAlgorithm::Ps256, RSA_JWK).unwrap();
             assert_eq!(
                 (key.algorithm(), key.kid()),
                 (JwsAlgorithm::Ps256, Some("rsa-jwk"))
@@ -718,23 +913,28 @@ mod key {
             let jws = assertion(&key);
             assert_eq!(split(&jws).0["kid"], "rsa-jwk");
             verify(JwsAlgorithm::Ps256, RSA_PEM, &jws);
-            let key = PrivateKey::from_jwk(EC_JWK).unwrap().with_kid("other");
+            let key = PrivateKey::from_jwk(JwsAlgorithm::Es256, EC_JWK)
+                .unwrap()
+                .with_kid("other");
             assert_eq!(
                 (key.algorithm(), key.kid()),
                 (JwsAlgorithm::Es256, Some("other"))
             );
             verify(JwsAlgorithm::Es256, EC_PEM, &assertion(&key));
 
-            // Without `alg`, an RSA JWK signs RS256; without p and q, the
-            // primes are recovered.
+            // Without its own `alg`, a JWK signs with the one it is loaded
+            // for; without p and q, the primes are recovered.
             let mut jwk: Map<String, Value> = serde_json::from_str(RSA_JWK).unwrap();
             jwk.remove("alg");
             for name in ["p", "q", "dp", "dq", "qi"] {
                 jwk.remove(name);
             }
-            let key = PrivateKey::from_jwk(&Value::Object(jwk).to_string()).unwrap();
-            assert_eq!(key.algorithm(), JwsAlgorithm::Rs256);
-            verify(JwsAlgorithm::Rs256, RSA_PEM, &assertion(&key));
+            let jwk = Value::Object(jwk).to_string();
+            for alg in [JwsAlgorithm::Rs256, JwsAlgorithm::Ps256] {
+                let key = PrivateKey::from_jwk(alg, &jwk).unwrap();
+                assert_eq!(key.algorithm(), alg);
+                verify(alg, RSA_PEM, &assertion(&key));
+            }
         }
 
         #[test]
@@ -752,6 +952,7 @@ mod key {
             let truncated =
                 format!("-----BEGIN PRIVATE KEY-----\n{ec_body}\n-----END PRIVATE KEY-----\n");
 
+            use JwsAlgorithm::{Es256, Ps256, Rs256};
             let results = [
                 PrivateKey::from_pem(JwsAlgorithm::Rs256, EC_PEM),
                 PrivateKey::from_pem(JwsAlgorithm::Es256, RSA_PEM),
@@ -764,12 +965,17 @@ mod key {
                     JwsAlgorithm::Rs256,
                     "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----",
                 ),
-                PrivateKey::from_jwk(&Value::Object(public_jwk).to_string()),
-                PrivateKey::from_jwk(&Value::Object(wrong_alg).to_string()),
-                PrivateKey::from_jwk(&Value::Object(other_curve).to_string()),
-                PrivateKey::from_jwk(&Value::Object(bad_d).to_string()),
-                PrivateKey::from_jwk(&EC_JWK.replace("P-256\"", "P-256\",")),
-                PrivateKey::from_jwk(r#"{"kty":"oct","k":"c2VjcmV0","d":"x"}"#),
+                PrivateKey::from_jwk(Es256, Value::Object(public_jwk).to_string()),
+                PrivateKey::from_jwk(Es256, Value::Object(wrong_alg).to_string()),
+                PrivateKey::from_jwk(Es256, Value::Object(other_curve).to_string()),
+                PrivateKey::from_jwk(Ps256, Value::Object(bad_d).to_string()),
+                PrivateKey::from_jwk(Es256, EC_JWK.replace("P-256\"", "P-256\",")),
+                PrivateKey::from_jwk(Rs256, r#"{"kty":"oct","k":"c2VjcmV0","d":"x"}"#),
+                // The key, or the JWK's own `alg`, does not fit the one asked for.
+                PrivateKey::from_jwk(Rs256, RSA_JWK),
+                PrivateKey::from_jwk(Es256, RSA_JWK),
+                PrivateKey::from_jwk(Rs256, EC_JWK),
+                PrivateKey::from_jwk(Es256, "[1]"),
             ];
             for (i, result) in results.into_iter().enumerate() {
                 let error = result.expect_err(&format!("case {i} is refused"));
@@ -782,8 +988,47 @@ mod key {
         }
 
         #[test]
+        fn thumbprint_of_the_rfc_7638_example() {
+            // RFC 7638 §3.1, members given out of order (and `alg`, `kid`
+            // absent: only the required members count).
+            let members = [
+                ("n", "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".to_owned()),
+                ("kty", "RSA".to_owned()),
+                ("e", "AQAB".to_owned()),
+            ];
+            assert_eq!(
+                thumbprint(&members),
+                "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+            );
+        }
+
+        #[test]
+        fn public_members_match_the_fixture_jwks() {
+            for (key, jwk, names) in [
+                (
+                    PrivateKey::from_pem(JwsAlgorithm::Rs256, RSA_PKCS1_PEM).unwrap(),
+                    RSA_JWK,
+                    &["kty", "n", "e"][..],
+                ),
+                (
+                    PrivateKey::from_pem(JwsAlgorithm::Es256, EC_SEC1_PEM).unwrap(),
+                    EC_JWK,
+                    &["kty", "crv", "x", "y"][..],
+                ),
+            ] {
+                let fixture: Value = serde_json::from_str(jwk).unwrap();
+                let members = key.public_members();
+                assert_eq!(members.len(), names.len());
+                for (name, value) in members {
+                    assert!(names.contains(&name), "{name}");
+                    assert_eq!(fixture[name], value.as_str(), "{name}");
+                }
+            }
+        }
+
+        #[test]
         fn debug_shows_no_key() {
-            let key = PrivateKey::from_jwk(EC_JWK).unwrap();
+            let key = PrivateKey::from_jwk(JwsAlgorithm::Es256, EC_JWK).unwrap();
             let d = serde_json::from_str::<Value>(EC_JWK).unwrap()["d"]
                 .as_str()
                 .unwrap()

@@ -43,6 +43,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use secrecy::SecretString;
 use url::{Host, Url};
 
+pub use assertion::AssertionContext;
 pub(crate) use assertion::{AssertionSettings, AssertionSource};
 #[cfg(feature = "private-key-jwt")]
 pub use assertion::{JwsAlgorithm, PrivateKey};
@@ -440,16 +441,23 @@ macro_rules! endpoint_settings {
             self
         }
 
-        /// The `aud` of the signed assertions. Defaults to the token URL;
-        /// some servers want their issuer identifier instead.
-        #[cfg(feature = "private-key-jwt")]
+        /// The `aud` of the client assertions. Defaults to the token URL;
+        /// some servers want their issuer identifier instead. Used by
+        /// `private_key_jwt` and handed to a
+        /// [`client_assertion_with`](Self::client_assertion_with) callback
+        /// as [`AssertionContext::audience`](crate::endpoint::AssertionContext::audience);
+        /// `build` refuses it next to a
+        /// [`client_assertion`](Self::client_assertion) callback, which would
+        /// never see it, or without any assertion source.
         pub fn client_assertion_audience(mut self, audience: impl Into<String>) -> Self {
             self.endpoint.assertion.audience = Some(audience.into());
             self
         }
 
         /// How long a signed assertion is valid (`exp` - `iat`): between 1 s
-        /// and 1 h, 120 s by default.
+        /// and 1 h, 120 s by default. Only for
+        /// [`private_key_jwt`](Self::private_key_jwt): `build` refuses it
+        /// next to a callback, which dates its own assertions.
         #[cfg(feature = "private-key-jwt")]
         pub fn client_assertion_lifetime(mut self, lifetime: std::time::Duration) -> Self {
             self.endpoint.assertion.lifetime = Some(lifetime);
@@ -463,13 +471,18 @@ macro_rules! endpoint_settings {
         /// service-account token, re-read each time because the kubelet
         /// rotates it:
         /// `.client_assertion(|| tokio::fs::read_to_string("/var/run/secrets/tokens/oauth"))`.
+        /// A callback that signs the assertion itself (a KMS, say) wants
+        /// the request's token URL, client id and audience:
+        /// [`client_assertion_with`](Self::client_assertion_with).
         ///
         /// Surrounding whitespace is trimmed. An error, or an empty string,
         /// fails the token request with a transient
         /// [`ErrorKind::ClientAssertion`](crate::ErrorKind::ClientAssertion)
         /// (the error is its source) without sending it. Implies
         /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt);
-        /// replaces a key given to `private_key_jwt`.
+        /// replaces a key given to `private_key_jwt` or an earlier callback.
+        /// `client_assertion_audience` and `client_assertion_lifetime` would
+        /// be ignored, so `build` refuses them.
         pub fn client_assertion<F, Fut, E>(mut self, assertion: F) -> Self
         where
             F: Fn() -> Fut + Send + Sync + 'static,
@@ -478,6 +491,38 @@ macro_rules! endpoint_settings {
         {
             self.endpoint.assertion.source =
                 Some(crate::endpoint::AssertionSource::callback(assertion));
+            self
+        }
+
+        /// Like [`client_assertion`](Self::client_assertion), with the
+        /// request's [`AssertionContext`](crate::endpoint::AssertionContext):
+        /// the token URL, the client id (the assertion's `iss` and `sub`)
+        /// and the audience (its `aud`: the token URL, or
+        /// [`client_assertion_audience`](Self::client_assertion_audience)).
+        /// For a signer of the application's own, such as a KMS:
+        ///
+        /// ```no_run
+        /// # async fn sign_with_kms(iss: &str, aud: &str) -> Result<String, std::io::Error> { unimplemented!() }
+        /// let grant = tower_oauth2::ClientCredentials::builder()
+        ///     .token_url("https://auth.example.com/oauth2/token")
+        ///     .client_id("my-service")
+        ///     .client_assertion_with(|ctx| async move {
+        ///         sign_with_kms(ctx.client_id(), ctx.audience()).await
+        ///     })
+        ///     .build()?;
+        /// # Ok::<(), tower_oauth2::Error>(())
+        /// ```
+        ///
+        /// `build` refuses `client_assertion_lifetime` next to it: the
+        /// callback sets `exp` itself.
+        pub fn client_assertion_with<F, Fut, E>(mut self, assertion: F) -> Self
+        where
+            F: Fn(crate::endpoint::AssertionContext) -> Fut + Send + Sync + 'static,
+            Fut: std::future::Future<Output = Result<String, E>> + Send + 'static,
+            E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            self.endpoint.assertion.source =
+                Some(crate::endpoint::AssertionSource::callback_with(assertion));
             self
         }
 
