@@ -24,7 +24,8 @@
 //! - its `issuer` is the issuer asked for (RFC 8414 §3.3; a trailing `/` is
 //!   the only difference tolerated), so a server cannot name itself another;
 //! - it has a `token_endpoint`, `https` or `http` to loopback like every URL
-//!   the crate sends credentials to;
+//!   the crate sends credentials to (or `http` to a host listed with
+//!   [`DiscoveryBuilder::danger_allow_http_hosts`], for test setups);
 //! - it arrived without a redirect, within the timeout, and is no larger than
 //!   the bound (1 MiB by default).
 //!
@@ -69,7 +70,10 @@ use url::Url;
 
 use crate::{
     clock::{self, Instant},
-    endpoint::{transport, validate_url, HttpService, Transport, DEFAULT_MAX_RESPONSE_BYTES},
+    endpoint::{
+        transport, validate_url_allowing, HttpHosts, HttpService, Transport,
+        DEFAULT_MAX_RESPONSE_BYTES,
+    },
     AuthMethod, DiscoveryErrorKind, Error,
 };
 
@@ -94,6 +98,8 @@ struct Document {
     authorization_endpoint: Option<Url>,
     auth_methods: Option<Vec<String>>,
     fields: Map<String, Value>,
+    /// The hosts allowed over plain http when the document was read.
+    http_hosts: HttpHosts,
 }
 
 impl fmt::Debug for ServerMetadata {
@@ -109,6 +115,12 @@ impl ServerMetadata {
     /// Reads a metadata document fetched by other means; `issuer` is the
     /// issuer it must name. The same checks as [`Discovery::metadata`].
     pub fn from_json(issuer: &str, document: &[u8]) -> Result<Self, Error> {
+        Self::read(issuer, document, HttpHosts::default())
+    }
+
+    /// [`from_json`](Self::from_json), accepting plain `http` endpoints to
+    /// the hosts in `http_hosts` as well.
+    fn read(issuer: &str, document: &[u8], http_hosts: HttpHosts) -> Result<Self, Error> {
         let invalid =
             |message: &'static str| Error::discovery(DiscoveryErrorKind::Invalid, message);
         let fields = match serde_json::from_slice(document) {
@@ -132,12 +144,14 @@ impl ServerMetadata {
             let raw = value
                 .as_str()
                 .ok_or_else(|| invalid("an endpoint in the metadata document is not a string"))?;
-            validate_url(raw, name).map(Some).map_err(|error| {
-                Error::discovery(
-                    DiscoveryErrorKind::InsecureEndpoint,
-                    format!("in the metadata document: {error}"),
-                )
-            })
+            validate_url_allowing(raw, name, &http_hosts)
+                .map(Some)
+                .map_err(|error| {
+                    Error::discovery(
+                        DiscoveryErrorKind::InsecureEndpoint,
+                        format!("in the metadata document: {error}"),
+                    )
+                })
         };
         let token_endpoint = endpoint("token_endpoint")?.ok_or_else(|| {
             Error::discovery(
@@ -170,8 +184,14 @@ impl ServerMetadata {
                 authorization_endpoint,
                 auth_methods,
                 fields,
+                http_hosts,
             }),
         })
+    }
+
+    /// The hosts the document's endpoints could name over plain http.
+    pub(crate) fn http_hosts(&self) -> &HttpHosts {
+        &self.inner.http_hosts
     }
 
     /// The issuer, as the document names it.
@@ -257,6 +277,7 @@ pub struct Discovery {
     timeout: Duration,
     max_body: usize,
     ttl: Duration,
+    http_hosts: HttpHosts,
     cache: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
@@ -277,6 +298,7 @@ impl fmt::Debug for Discovery {
             .field("timeout", &self.timeout)
             .field("max_body", &self.max_body)
             .field("ttl", &self.ttl)
+            .field("danger_allow_http_hosts", &self.http_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -289,12 +311,13 @@ impl Discovery {
             timeout: DEFAULT_TIMEOUT,
             max_body: DEFAULT_MAX_RESPONSE_BYTES,
             ttl: DEFAULT_TTL,
+            http_hosts: HttpHosts::default(),
         }
     }
 
     /// The metadata of `issuer`, from the cache while it is fresh.
     pub async fn metadata(&self, issuer: &str) -> Result<ServerMetadata, Error> {
-        let issuer_url = validate_url(issuer, "issuer URL")?;
+        let issuer_url = validate_url_allowing(issuer, "issuer URL", &self.http_hosts)?;
         if issuer_url.query().is_some() {
             return Err(Error::config("an issuer URL has no query string"));
         }
@@ -326,7 +349,7 @@ impl Discovery {
                 .map_err(|other| if is_absent(&other) { error } else { other })?,
             body => body?,
         };
-        let metadata = ServerMetadata::from_json(issuer, &body)?;
+        let metadata = ServerMetadata::read(issuer, &body, self.http_hosts.clone())?;
         *cached = Some((clock::now() + self.ttl, metadata.clone()));
         Ok(metadata)
     }
@@ -387,6 +410,7 @@ pub struct DiscoveryBuilder {
     timeout: Duration,
     max_body: usize,
     ttl: Duration,
+    http_hosts: HttpHosts,
 }
 
 impl fmt::Debug for DiscoveryBuilder {
@@ -394,6 +418,7 @@ impl fmt::Debug for DiscoveryBuilder {
         f.debug_struct("DiscoveryBuilder")
             .field("timeout", &self.timeout)
             .field("ttl", &self.ttl)
+            .field("danger_allow_http_hosts", &self.http_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -401,6 +426,7 @@ impl fmt::Debug for DiscoveryBuilder {
 impl DiscoveryBuilder {
     /// Fetches documents with this reqwest client (built to follow no redirect).
     #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.transport = Some(Transport::reqwest(client));
         self
@@ -431,6 +457,45 @@ impl DiscoveryBuilder {
         self
     }
 
+    /// **Dangerous: for test setups only.** Allows a plain `http` issuer
+    /// URL, and `http` endpoints in its document, to these hosts (a Keycloak
+    /// container reached as `http://keycloak:8080` in a CI's
+    /// docker-compose, say). A grant built from such a document with
+    /// `metadata(...)` accepts its `http` token endpoint without being told
+    /// again; client secrets and tokens then travel unencrypted.
+    ///
+    /// Each entry is a host name or IP address, matched exactly and
+    /// case-insensitively; no scheme, port or path, else
+    /// [`Discovery::metadata`] fails with
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config). Any other host keeps
+    /// the rule: `https`, or `http` to loopback. The first use of each listed
+    /// host logs a `tracing` warning. Replaces an earlier list.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::{discovery::Discovery, ClientCredentials};
+    ///
+    /// let metadata = Discovery::builder()
+    ///     .danger_allow_http_hosts(["keycloak"])
+    ///     .build()
+    ///     .metadata("http://keycloak:8080/realms/ci")
+    ///     .await?;
+    /// let grant = ClientCredentials::builder()
+    ///     .metadata(&metadata)
+    ///     .client_id("ci-client")
+    ///     .client_secret("ci-secret")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn danger_allow_http_hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.http_hosts = HttpHosts::new(hosts);
+        self
+    }
+
     /// The discovery client.
     pub fn build(self) -> Discovery {
         Discovery {
@@ -438,6 +503,7 @@ impl DiscoveryBuilder {
             timeout: self.timeout,
             max_body: self.max_body,
             ttl: self.ttl,
+            http_hosts: self.http_hosts,
             cache: Arc::default(),
         }
     }

@@ -61,6 +61,7 @@
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -80,17 +81,20 @@ mod token;
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint};
 #[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
 #[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub use middleware::BearerAuthMiddleware;
 /// The `secrecy` crate this one uses: refresh tokens reach you as its
 /// [`SecretString`](secrecy::SecretString), and this re-export saves matching
 /// its version by hand.
 pub use secrecy;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 pub use store::{Expect, FileStore, Lease, Saved, StoreKey, TokenState, TokenStore};
 pub use token::{Token, TokenBuilder};

@@ -36,6 +36,7 @@ use crate::{
 /// A token error comes back as `reqwest_middleware::Error::Middleware`
 /// holding a [`tower_oauth2::Error`](crate::Error) (find it with
 /// [`Error::find_in`](crate::Error::find_in)).
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 #[derive(Clone, Debug)]
 pub struct BearerAuthMiddleware {
     layer: BearerAuthLayer,

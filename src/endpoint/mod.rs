@@ -8,7 +8,9 @@
 //! What every exchange guarantees:
 //! - `POST`, `application/x-www-form-urlencoded`, `Accept: application/json`,
 //!   each parameter once, nothing in the query string;
-//! - `https` only, except to loopback hosts (for tests and local servers);
+//! - `https` only, except to loopback hosts (for tests and local servers) and
+//!   to the hosts a builder lists in `danger_allow_http_hosts` (for test
+//!   setups such as a Keycloak container reached as `http://keycloak:8080`);
 //! - redirects are never followed (the target would see the credentials);
 //! - a per-request timeout and a bounded response body;
 //! - the answer is read leniently where real servers differ and strictly
@@ -37,7 +39,12 @@ mod auth;
 mod response;
 pub(crate) mod transport;
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use http::{header, HeaderValue, Method, StatusCode};
 use secrecy::SecretString;
@@ -46,6 +53,7 @@ use url::{Host, Url};
 pub use assertion::AssertionContext;
 pub(crate) use assertion::{AssertionSettings, AssertionSource};
 #[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use assertion::{JwsAlgorithm, PrivateKey};
 pub use auth::AuthMethod;
 pub(crate) use auth::ClientAuth;
@@ -286,6 +294,13 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
 /// errors: "token URL", "issuer URL", ...): absolute, `https` (or `http` to
 /// loopback), no fragment, no credentials in it.
 pub(crate) fn validate_url(raw: &str, what: &str) -> Result<Url, Error> {
+    validate_url_allowing(raw, what, &HttpHosts::default())
+}
+
+/// [`validate_url`], also accepting plain `http` to the hosts in `http`
+/// (the user's `danger_allow_http_hosts`).
+pub(crate) fn validate_url_allowing(raw: &str, what: &str, http: &HttpHosts) -> Result<Url, Error> {
+    http.check()?;
     let url =
         Url::parse(raw).map_err(|e| Error::config(format!("{what} is not a valid URL: {e}")))?;
     if url.fragment().is_some() {
@@ -297,8 +312,10 @@ pub(crate) fn validate_url(raw: &str, what: &str) -> Result<Url, Error> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
+        "http" if http.allows(&url) => Ok(url),
         "http" => Err(Error::config(format!(
-            "{what} must use https (plain http is allowed only to loopback hosts)"
+            "{what} must use https (plain http is allowed only to loopback hosts, \
+             and to test hosts listed with `danger_allow_http_hosts`)"
         ))),
         _ => Err(Error::config(format!("{what} must be an https URL"))),
     }
@@ -311,6 +328,119 @@ fn is_loopback(url: &Url) -> bool {
         Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     }
+}
+
+/// The hosts a user allowed to be reached over plain `http`
+/// (`danger_allow_http_hosts`): matched exactly, case-insensitively, port
+/// and path aside. Empty by default. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct HttpHosts {
+    hosts: Arc<[Host]>,
+    /// The position (from 1) of the first entry that is not a host name or
+    /// IP address, refused when the list is used. Not the entry itself: a
+    /// URL pasted by mistake may carry credentials.
+    invalid: Option<usize>,
+}
+
+impl std::fmt::Debug for HttpHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.hosts.iter().map(|h| h.to_string()))
+            .finish()
+    }
+}
+
+/// The hosts already warned about, once per process each.
+static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+impl HttpHosts {
+    pub(crate) fn new<I>(hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut parsed = Vec::new();
+        let mut invalid = None;
+        for (position, entry) in hosts.into_iter().enumerate() {
+            match parse_host(&entry.into()) {
+                Some(host) => parsed.push(host),
+                None => {
+                    invalid.get_or_insert(position + 1);
+                }
+            }
+        }
+        Self {
+            hosts: parsed.into(),
+            invalid,
+        }
+    }
+
+    /// Both lists: a grant's own and the one its server metadata was read with.
+    pub(crate) fn union(&self, other: &Self) -> Self {
+        if other.hosts.is_empty() && other.invalid.is_none() {
+            return self.clone();
+        }
+        Self {
+            hosts: self
+                .hosts
+                .iter()
+                .chain(other.hosts.iter())
+                .cloned()
+                .collect(),
+            invalid: self.invalid.or(other.invalid),
+        }
+    }
+
+    /// Refuses a list with an entry that is not a host.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match &self.invalid {
+            None => Ok(()),
+            Some(position) => Err(Error::config(format!(
+                "danger_allow_http_hosts: entry {position} is not a host name or IP address \
+                 (give `keycloak`, not `http://keycloak:8080`)"
+            ))),
+        }
+    }
+
+    /// Whether `url`'s host is listed; warns the first time a host is used.
+    fn allows(&self, url: &Url) -> bool {
+        let Some(host) = url.host() else {
+            return false;
+        };
+        let listed = self.hosts.iter().any(|listed| match (listed, &host) {
+            (Host::Domain(a), Host::Domain(b)) => a.eq_ignore_ascii_case(b),
+            (Host::Ipv4(a), Host::Ipv4(b)) => a == b,
+            (Host::Ipv6(a), Host::Ipv6(b)) => a == b,
+            _ => false,
+        });
+        if listed {
+            let host = host.to_string();
+            let first = WARNED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(host.clone());
+            if first {
+                tracing::warn!(
+                    target: "tower_oauth2",
+                    %host,
+                    "plain http allowed by danger_allow_http_hosts: credentials and tokens \
+                     sent to this host travel unencrypted; use it for test setups only"
+                );
+            }
+        }
+        listed
+    }
+}
+
+/// A host name or IP address as a URL would hold it (lowercased, IPv6 with
+/// or without brackets); `None` for anything else (a scheme, port, path).
+fn parse_host(entry: &str) -> Option<Host> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<Ipv6Addr>() {
+        return Some(Host::Ipv6(ip));
+    }
+    // `Host::parse` refuses `:`, `/`, `@`, spaces and the like.
+    Host::parse(entry).ok()
 }
 
 /// The settings every grant shares; each grant's builder wraps one.
@@ -327,16 +457,23 @@ pub(crate) struct EndpointSettings {
     pub(crate) max_body: Option<usize>,
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) leniency: Leniency,
+    pub(crate) http_hosts: HttpHosts,
 }
 
 impl EndpointSettings {
     pub(crate) fn build(self) -> Result<TokenEndpoint, Error> {
-        let raw_url = match (self.token_url, &self.metadata) {
-            (Some(url), _) => url,
-            (None, Some(metadata)) => metadata.token_endpoint().to_string(),
+        self.http_hosts.check()?;
+        let (raw_url, http_hosts) = match (self.token_url, &self.metadata) {
+            (Some(url), _) => (url, self.http_hosts),
+            // Discovery read the document allowing these hosts over http:
+            // its token endpoint may name one of them.
+            (None, Some(metadata)) => (
+                metadata.token_endpoint().to_string(),
+                self.http_hosts.union(metadata.http_hosts()),
+            ),
             (None, None) => return Err(Error::config("token_url is required")),
         };
-        let url = validate_url(&raw_url, "token URL")?;
+        let url = validate_url_allowing(&raw_url, "token URL", &http_hosts)?;
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
@@ -392,7 +529,9 @@ impl EndpointSettings {
 /// Each builder using it has a field `endpoint: EndpointSettings`.
 macro_rules! endpoint_settings {
     () => {
-        /// The token endpoint URL. Must be `https`, or `http` to a loopback host.
+        /// The token endpoint URL. Must be `https`, or `http` to a loopback
+        /// host or to a host listed with
+        /// [`danger_allow_http_hosts`](Self::danger_allow_http_hosts).
         pub fn token_url(mut self, url: impl Into<String>) -> Self {
             self.endpoint.token_url = Some(url.into());
             self
@@ -436,6 +575,7 @@ macro_rules! endpoint_settings {
         /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt);
         /// replaces a [`client_assertion`](Self::client_assertion) callback.
         #[cfg(feature = "private-key-jwt")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
         pub fn private_key_jwt(mut self, key: crate::PrivateKey) -> Self {
             self.endpoint.assertion.source = Some(crate::endpoint::AssertionSource::Key(key));
             self
@@ -459,6 +599,7 @@ macro_rules! endpoint_settings {
         /// [`private_key_jwt`](Self::private_key_jwt): `build` refuses it
         /// next to a callback, which dates its own assertions.
         #[cfg(feature = "private-key-jwt")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
         pub fn client_assertion_lifetime(mut self, lifetime: std::time::Duration) -> Self {
             self.endpoint.assertion.lifetime = Some(lifetime);
             self
@@ -539,6 +680,7 @@ macro_rules! endpoint_settings {
         /// redirects may send the credentials to the redirect target before the
         /// crate can refuse the answer.
         #[cfg(feature = "reqwest")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.endpoint.transport = Some(crate::endpoint::Transport::reqwest(client));
             self
@@ -546,8 +688,10 @@ macro_rules! endpoint_settings {
 
         /// Sends token requests through any tower service: a hyper-util
         /// client with your proxy, TLS and DNS settings, say. The crate still
-        /// requires `https` (except to loopback), refuses redirect answers,
-        /// applies [`timeout`](Self::timeout) and reads at most
+        /// requires `https` (except to loopback and to the hosts in
+        /// [`danger_allow_http_hosts`](Self::danger_allow_http_hosts)),
+        /// refuses redirect answers, applies [`timeout`](Self::timeout) and
+        /// reads at most
         /// [`max_response_bytes`](Self::max_response_bytes); the service must
         /// not follow redirects itself. The request body is built from a
         /// `String`, so `String`, `Full<Bytes>` and most body types fit.
@@ -571,6 +715,40 @@ macro_rules! endpoint_settings {
         /// Largest response body read, in bytes (default 1 MiB).
         pub fn max_response_bytes(mut self, limit: usize) -> Self {
             self.endpoint.max_body = Some(limit);
+            self
+        }
+
+        /// **Dangerous: for test setups only.** Allows a plain `http` token
+        /// URL to these hosts (a Keycloak container reached as
+        /// `http://keycloak:8080` in a CI's docker-compose, say), where the
+        /// client secret, assertions and tokens travel unencrypted.
+        ///
+        /// Each entry is a host name or IP address, matched exactly and
+        /// case-insensitively (`"keycloak"` allows `http://KEYCLOAK:8080/...`
+        /// but not `http://keycloak.example`); no scheme, port or path, else
+        /// `build` fails with [`ErrorKind::Config`](crate::ErrorKind::Config).
+        /// Any other host keeps the rule: `https`, or `http` to loopback. The
+        /// first use of each listed host logs a `tracing` warning. Replaces
+        /// an earlier list. With [`metadata`](Self::metadata), the hosts the
+        /// [`Discovery`](crate::discovery::Discovery) that read it allowed
+        /// count as listed too.
+        ///
+        /// ```
+        /// # use tower_oauth2::ClientCredentials;
+        /// let grant = ClientCredentials::builder()
+        ///     .token_url("http://keycloak:8080/realms/ci/protocol/openid-connect/token")
+        ///     .client_id("ci-client")
+        ///     .client_secret("ci-secret")
+        ///     .danger_allow_http_hosts(["keycloak"])
+        ///     .build()?;
+        /// # Ok::<(), tower_oauth2::Error>(())
+        /// ```
+        pub fn danger_allow_http_hosts<I>(mut self, hosts: I) -> Self
+        where
+            I: IntoIterator,
+            I::Item: Into<String>,
+        {
+            self.endpoint.http_hosts = crate::endpoint::HttpHosts::new(hosts);
             self
         }
 

@@ -113,6 +113,7 @@ return {2}
 /// clear: whoever can read those keys in Redis (its users, its backups, a
 /// replica of it) can act as the application. With it, the state is sealed
 /// with ChaCha20-Poly1305 under that key, bound to its store key.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
