@@ -88,10 +88,17 @@ pub enum DiscoveryErrorKind {
 
 /// What went wrong with a [`TokenStore`](crate::TokenStore). In
 /// [`ErrorKind::Store`].
+///
+/// Two families: *unreachable, tried again* (`Unavailable`, `TimedOut`,
+/// transient; `Unreadable` and `WriteFailed`, an I/O error that may pass,
+/// are tried again too) and *a person must look* (`Corrupt`,
+/// `UnsupportedVersion`, `OtherCredential`, `Unwritable`: the cache stops
+/// and writes nothing over the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreErrorKind {
-    /// The stored state could not be read (permissions, I/O).
+    /// The stored state could not be read (permissions, I/O). Tried again
+    /// with backoff: it may pass (EIO, EMFILE, a volume not mounted yet).
     Unreadable,
     /// The stored state is empty, truncated or not a token state document.
     Corrupt,
@@ -107,7 +114,9 @@ pub enum StoreErrorKind {
     /// fetched (a rotated refresh token would otherwise live only in
     /// memory), and by a save that finds it so.
     Unwritable,
-    /// A shared store could not be reached, so a refresh token was not sent:
+    /// A shared store could not be reached (Redis down, a connection
+    /// refused or dropped); before a fetch, this means a refresh token was
+    /// not sent:
     /// without the fleet's lease another replica may be sending it, and a
     /// server that detects reuse would revoke it. Transient: tried again
     /// with backoff until the store is back.

@@ -797,6 +797,14 @@ async fn a_holder_whose_save_failed_keeps_the_lease_until_it_is_saved() {
         first_token.access_token().expose_secret()
     );
     assert!(store.lease.lock().unwrap().is_none(), "released once saved");
+    // What each replica's stats say of the fleet's lease.
+    assert_eq!(first.stats().leases, 1);
+    assert_eq!(second.stats().leases, 0, "it never took the lease");
+    assert!(
+        second.stats().lease_wait > Duration::ZERO,
+        "it waited for the first's lease: {:?}",
+        second.stats()
+    );
 }
 
 /// A lease holder that cannot read the store does not send the refresh

@@ -121,6 +121,8 @@ struct Counters {
     saves: AtomicU64,
     save_failures: AtomicU64,
     adopted: AtomicU64,
+    leases: AtomicU64,
+    lease_wait_ms: AtomicU64,
 }
 
 /// What a [`TokenCache`] has done so far. Returned by [`TokenCache::stats`].
@@ -144,6 +146,12 @@ pub struct CacheStats {
     /// Tokens taken from a shared store, fetched by another replica, instead
     /// of asking the token endpoint.
     pub adopted: u64,
+    /// Times this replica took a shared store's lease to ask the token
+    /// endpoint (a fleet's holder changes are the sum over its replicas).
+    pub leases: u64,
+    /// How long this replica waited, in all, while another replica held
+    /// the lease (for that one's token, or for the lease to expire).
+    pub lease_wait: Duration,
 }
 
 impl TokenCache {
@@ -336,6 +344,8 @@ impl TokenCache {
             saves: c.saves.load(Ordering::Relaxed),
             save_failures: c.save_failures.load(Ordering::Relaxed),
             adopted: c.adopted.load(Ordering::Relaxed),
+            leases: c.leases.load(Ordering::Relaxed),
+            lease_wait: Duration::from_millis(c.lease_wait_ms.load(Ordering::Relaxed)),
         }
     }
 

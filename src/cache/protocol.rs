@@ -148,6 +148,8 @@ pub(super) struct Protocol<T> {
     /// `invalid_grant` made the task read the store again since the last
     /// success: once is enough.
     reread: bool,
+    /// Leases taken so far (for the cache's stats).
+    pub(super) leases: u64,
 }
 
 impl<T: TokenStore> Protocol<T> {
@@ -166,6 +168,7 @@ impl<T: TokenStore> Protocol<T> {
             shared: false,
             quiet_until: clock::now() + VOUCH,
             reread: false,
+            leases: 0,
         }
     }
 
@@ -267,6 +270,7 @@ impl<T: TokenStore> Protocol<T> {
                 Ok(Lease::Unshared) => return Before::Fetch(None),
                 Ok(Lease::Acquired) => {
                     self.shared = true;
+                    self.leases += 1;
                     self.hold(clock::now());
                 }
                 Ok(Lease::Busy) => {

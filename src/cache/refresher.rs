@@ -462,11 +462,25 @@ impl<T: TokenStore> Refresher<T> {
             Phase::Failing { failures, .. } => *failures,
             _ => 0,
         };
+        let asked = clock::now();
         let before = match &mut self.store {
             Some(protocol) => {
-                protocol
+                let leases = protocol.leases;
+                let before = protocol
                     .before_fetch(source.refresh_token().is_some())
-                    .await
+                    .await;
+                if let Some(shared) = self.shared.upgrade() {
+                    let counters = &shared.counters;
+                    counters
+                        .leases
+                        .fetch_add(protocol.leases - leases, Ordering::Relaxed);
+                    if matches!(before, Before::Wait(_)) {
+                        let waited = clock::now().saturating_duration_since(asked);
+                        let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+                        counters.lease_wait_ms.fetch_add(ms, Ordering::Relaxed);
+                    }
+                }
+                before
             }
             None => Before::Fetch(None),
         };
