@@ -3,7 +3,8 @@
 //! TLS and DNS setup, say).
 //!
 //! Whatever carries the bytes, the rules stay here: the caller checked the URL
-//! (`https`, or `http` to loopback), a redirect answer is refused, the whole
+//! (`https`, or `http` to loopback or to a host listed with
+//! `danger_allow_http_hosts`), a redirect answer is refused, the whole
 //! exchange (sending and reading the body) is bounded by one timeout, and no
 //! more than the configured number of body bytes is read.
 
