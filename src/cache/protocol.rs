@@ -233,25 +233,32 @@ impl<T: TokenStore> Protocol<T> {
             self.newest = state.clone();
             return Some(state);
         }
-        if generation < self.newest.generation() {
-            // Another replica may hold a newer state still: give it the time
-            // to write it back before any refresh token is sent.
-            self.quiet_until = self.quiet_until.max(clock::now() + VOUCH);
+        if generation >= self.newest.generation() {
+            return None;
         }
-        if generation < self.newest.generation() && self.unsaved.is_none() {
-            tracing::warn!(
-                target: "tower_oauth2",
-                key = %self.key,
-                stored = generation,
-                newest = self.newest.generation(),
-                "the token store is behind (restarted empty or from an older copy?); writing the newest state back"
-            );
-            // Written back as it was, same generation: a holder saving on
-            // top of it is not refused for it.
-            let newest = self.newest.clone();
-            if let Wrote::Superseded(state) = self.write(newest, None).await {
-                return Some(state);
+        tracing::warn!(
+            target: "tower_oauth2",
+            key = %self.key,
+            stored = generation,
+            newest = self.newest.generation(),
+            "the token store is behind (restarted empty or from an older copy?); writing the newest state back"
+        );
+        let newest = self.newest.clone();
+        let wrote = match self.unsaved.as_ref().map(|u| u.failures) {
+            // This task holds the newest state, unsaved: it is the one the
+            // others wait for, so it writes it now (and waits for nobody).
+            Some(failures) => self.write(newest, Some(failures)).await,
+            None => {
+                // Another replica may hold a newer state still: give it the
+                // time to write it back before any refresh token is sent.
+                self.quiet_until = self.quiet_until.max(clock::now() + VOUCH);
+                // Written back as it was, same generation: a holder saving
+                // on top of it is not refused for it.
+                self.write(newest, None).await
             }
+        };
+        if let Wrote::Superseded(state) = wrote {
+            return Some(state);
         }
         None
     }
@@ -810,6 +817,34 @@ mod tests {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
             _ => panic!("y would have sent the spent rt-1 (audit first: {audit_first})"),
         }
+    }
+
+    /// The holder whose save failed finds the store behind (Redis came back
+    /// empty) as it is about to refresh: it holds the newest state, so it
+    /// writes it back at once rather than wait for someone to (a chaos seed
+    /// found it waiting for itself, for ever).
+    #[tokio::test(start_paused = true)]
+    async fn the_holder_of_the_newest_unsaved_state_writes_it_back_itself() {
+        let store = Arc::new(Memory::default());
+        let mut x = protocol(&store);
+        x.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        assert!(matches!(x.save(state("rt-1")).await, Wrote::Saved));
+        x.release().await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        store.down.store(true, Ordering::SeqCst);
+        assert!(matches!(x.save(state("rt-2")).await, Wrote::Failed(_)));
+        store.lose_everything();
+        store.down.store(false, Ordering::SeqCst);
+        let before = tokio::time::timeout(Duration::from_secs(60), x.before_fetch(true)).await;
+        assert!(
+            matches!(before, Ok(Before::Fetch(None))),
+            "the holder waited for itself"
+        );
+        assert!(x.retry_at().is_none(), "saved");
+        let stored = store.state.lock().unwrap().clone().unwrap();
+        assert_eq!((stored.generation(), rt(&stored)), (2, "rt-2"));
     }
 
     #[tokio::test(start_paused = true)]

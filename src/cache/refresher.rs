@@ -470,6 +470,7 @@ impl<T: TokenStore> Refresher<T> {
                     .before_fetch(source.refresh_token().is_some())
                     .await;
                 if let Some(shared) = self.shared.upgrade() {
+                    saved_meanwhile(&shared, protocol);
                     let counters = &shared.counters;
                     counters
                         .leases
@@ -868,7 +869,11 @@ impl<T: TokenStore> Refresher<T> {
         let Some(protocol) = &mut self.store else {
             return;
         };
-        if let Some(state) = protocol.audit().await {
+        let newer = protocol.audit().await;
+        if let Some(shared) = self.shared.upgrade() {
+            saved_meanwhile(&shared, protocol);
+        }
+        if let Some(state) = newer {
             if self.take_state(state, source) {
                 tracing::debug!(target: "tower_oauth2", "token adopted from the shared store");
                 self.release().await;
@@ -1041,6 +1046,18 @@ impl<T: TokenStore> Refresher<T> {
             }
             None => false,
         }
+    }
+}
+
+/// The protocol wrote an unsaved state back while it looked at the store
+/// (it found the store behind): the save error is over.
+fn saved_meanwhile<T: TokenStore>(shared: &Shared, protocol: &Protocol<T>) {
+    if protocol.retry_at().is_some() {
+        return;
+    }
+    let mut error = shared.store_error.lock().unwrap_or_else(|e| e.into_inner());
+    if error.take().is_some() {
+        shared.counters.saves.fetch_add(1, Ordering::Relaxed);
     }
 }
 
