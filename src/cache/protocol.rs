@@ -31,7 +31,11 @@
 //!   [`VOUCH`] pass since its start or since it found the store behind, so
 //!   the others (woken when it takes the lease, and looking anyway every
 //!   [`AUDIT`]; a holder with an unsaved state retries at least that often)
-//!   can write back anything newer, and reads the store again.
+//!   can write back anything newer, and reads the store again. The same
+//!   after a gap in what it has seen of the store (the process was stopped,
+//!   the store unreachable): a store rolled back meanwhile can still be
+//!   newer than what it last saw, and only the replicas that kept watching
+//!   can tell.
 //! - **Generations fence writes, the lease fences sends.** A holder whose
 //!   lease lapsed (it paused, or Redis lost the lease with its data) still
 //!   writes its state when the store holds exactly the generation it read:
@@ -68,6 +72,11 @@ pub(super) const AUDIT: Duration = Duration::from_secs(1);
 /// How long a freshly started process gives the others to write back a
 /// newer state before it first sends a refresh token.
 pub(super) const VOUCH: Duration = Duration::from_millis(1_500);
+
+/// A replica that has not read a shared store for this long (it looks every
+/// [`AUDIT`] while idle) may have missed a rollback: it keeps quiet for
+/// [`VOUCH`] once it reads it again.
+const GAP: Duration = Duration::from_secs(3);
 
 /// The longest a replica waits, while another one holds the lease, before
 /// it looks at the store again (a store that announces changes wakes it
@@ -150,6 +159,8 @@ pub(super) struct Protocol<T> {
     reread: bool,
     /// Leases taken so far (for the cache's stats).
     pub(super) leases: u64,
+    /// When this task last read the store.
+    seen_at: Option<Instant>,
 }
 
 impl<T: TokenStore> Protocol<T> {
@@ -169,6 +180,7 @@ impl<T: TokenStore> Protocol<T> {
             quiet_until: clock::now() + VOUCH,
             reread: false,
             leases: 0,
+            seen_at: None,
         }
     }
 
@@ -209,8 +221,22 @@ impl<T: TokenStore> Protocol<T> {
         }
     }
 
-    async fn load(&self) -> Result<Option<TokenState>, Error> {
-        self.bounded("load", self.store.load(&self.key)).await
+    /// Reads the store. After a gap in what this task has seen of it (the
+    /// process was stopped, or the store unreachable), a quiet period
+    /// starts: what it reads now may be a store rolled back meanwhile, still
+    /// newer than what this task last saw, and the replicas that kept
+    /// watching need their chance to write back the newest state.
+    async fn load(&mut self) -> Result<Option<TokenState>, Error> {
+        let state = self.bounded("load", self.store.load(&self.key)).await?;
+        let now = clock::now();
+        if self
+            .seen_at
+            .is_none_or(|at| now.saturating_duration_since(at) > GAP)
+        {
+            self.quiet_until = self.quiet_until.max(now + VOUCH);
+        }
+        self.seen_at = Some(now);
+        Ok(state)
     }
 
     /// The first load, before anything else: the state to start from.
@@ -816,6 +842,50 @@ mod tests {
         match before {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
             _ => panic!("y would have sent the spent rt-1 (audit first: {audit_first})"),
+        }
+    }
+
+    /// A replica away longer than [`GAP`] (stopped) comes back to a store
+    /// rolled back meanwhile to a state older than the fleet's newest but
+    /// newer than its own: it sends nothing until a replica that kept
+    /// watching has written the newest back, and continues from that one.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_back_from_a_gap_waits_for_the_newest_state() {
+        let store = Arc::new(Memory::default());
+        let (mut x, mut y) = (protocol(&store), protocol(&store));
+        x.start().await.unwrap();
+        y.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        x.save(state("rt-1")).await;
+        x.release().await;
+        assert!(y.audit().await.is_some(), "y saw rt-1");
+        let snapshot = store.state.lock().unwrap().clone();
+        // y is stopped; x refreshes twice meanwhile.
+        for rt in ["rt-2", "rt-3"] {
+            tokio::time::sleep(GAP).await;
+            assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+            x.save(state(rt)).await;
+            x.release().await;
+        }
+        // The store rolls back to an older copy: generation 2, rt-2, spent
+        // by x already, yet newer than anything y saw.
+        let mut rolled = state("rt-2").with_generation(2);
+        if let Some(old) = snapshot {
+            assert_eq!(old.generation(), 1);
+            rolled = rolled.with_origin(old.origin().map(str::to_owned));
+        }
+        *store.state.lock().unwrap() = Some(rolled);
+        let before = tokio::spawn(async move {
+            let before = y.before_fetch(true).await;
+            (y, before)
+        });
+        tokio::time::sleep(AUDIT).await;
+        assert!(x.audit().await.is_none(), "x writes rt-3 back");
+        let (_y, before) = before.await.unwrap();
+        match before {
+            Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-3"),
+            _ => panic!("y would have sent rt-2, spent already"),
         }
     }
 
