@@ -5,18 +5,19 @@
 //! answers in memory and records where each request was addressed, so a host
 //! name that resolves nowhere can still be "reached".
 
+mod support;
+
 use std::{
     convert::Infallible,
-    io::Write,
     sync::{Arc, Mutex},
 };
 
+use support::logs::Captured;
 use tower_oauth2::{
     discovery::{Discovery, ServerMetadata},
     ClientCredentials, DiscoveryErrorKind, Error, ErrorKind, RefreshToken, TokenCache,
     TokenEndpoint,
 };
-use tracing_subscriber::fmt::MakeWriter;
 
 const ISSUER: &str = "http://keycloak:8080/realms/ci";
 const TOKEN_URL: &str = "http://keycloak:8080/realms/ci/protocol/openid-connect/token";
@@ -215,32 +216,6 @@ fn entries_that_are_not_hosts_are_refused_at_build() {
         assert!(text.contains("entry 2"), "{text}");
         // A URL pasted by mistake may hold credentials: not repeated.
         assert!(!text.contains("pw-7f3a"), "{text}");
-    }
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
     }
 }
 

@@ -4,43 +4,18 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
+use support::logs::Captured;
 use support::recorder::{Recorder, Reply};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_oauth2::{
     AuthorizationCode, BearerAuthLayer, ClientCredentials, RefreshPolicy, RefreshToken, TokenCache,
     TokenSource,
 };
-use tracing_subscriber::fmt::MakeWriter;
 
 const SECRET: &str = "SENTINEL-SECRET-7f3a";
 const ACCESS: &str = "SENTINEL-ACCESS-91bc";
 const REFRESH: &str = "SENTINEL-REFRESH-d2e4";
 const CODE: &str = "SENTINEL-CODE-55aa";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 fn assert_clean(what: &str, text: &str) {
     for sentinel in [SECRET, ACCESS, REFRESH, CODE] {
@@ -154,7 +129,7 @@ async fn no_sentinel_in_debug_display_errors_or_traces() {
     assert_clean("AuthorizationCodeBuilder", &format!("{code:?}"));
     assert_clean("AuthorizationCode", &format!("{:?}", code.build().unwrap()));
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("token request"),
         "tracing captured nothing: {logs}"
@@ -251,7 +226,7 @@ async fn no_key_or_assertion_in_debug_display_errors_or_traces() {
     assert_eq!(sent.len(), 4);
     assert_eq!(sent[2], ASSERTION);
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("token request not sent"), "{logs}");
     seen.push(logs);
     for text in &seen {

@@ -11,6 +11,7 @@
 //! - [`upstream`]: a protected HTTP API on loopback that revokes tokens on
 //!   demand (client tests).
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
+//! - [`logs`]: what a test's `tracing` subscriber wrote, to search.
 //! - [`redis`]: a real `redis-server` on a free loopback port, killed and
 //!   restarted empty or from an older snapshot (fleet and chaos tests).
 //! - [`proxy`]: a TCP proxy in front of it that holds replies or drops
@@ -25,6 +26,7 @@ pub mod apt;
 pub mod child;
 pub mod faketime;
 pub mod grpc;
+pub mod logs;
 pub mod proxy;
 pub mod recorder;
 pub mod redis;
