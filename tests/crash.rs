@@ -39,7 +39,7 @@ fn grant(url: &str, refresh_token: &str) -> RefreshToken {
 /// stays within the wait a request gives the next attempt: these tests
 /// invalidate every token at once to force refreshes.
 fn quick_rejections() -> tower_oauth2::RefreshPolicy {
-    tower_oauth2::RefreshPolicy::new().max_backoff(Duration::from_millis(20))
+    tower_oauth2::RefreshPolicy::new().max_backoff(Duration::from_millis(1))
 }
 
 /// The child: refreshes every `PACE` until killed; on SIGTERM shuts the cache
