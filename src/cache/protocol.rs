@@ -32,10 +32,12 @@
 //!   the others (woken when it takes the lease, and looking anyway every
 //!   [`AUDIT`]; a holder with an unsaved state retries at least that often)
 //!   can write back anything newer, and reads the store again. The same
-//!   after a gap in what it has seen of the store (the process was stopped,
-//!   the store unreachable): a store rolled back meanwhile can still be
-//!   newer than what it last saw, and only the replicas that kept watching
-//!   can tell.
+//!   after a gap in what it has seen of the store (the process was
+//!   stopped) and after any store call failed (the store may have
+//!   restarted in between, however briefly): a store rolled back meanwhile
+//!   can still be as new as, or newer than, what it last saw, and only the
+//!   replicas that kept watching, or that hold a newer state they could
+//!   not save, can tell.
 //! - **Generations fence writes, the lease fences sends.** A holder whose
 //!   lease lapsed (it paused, or Redis lost the lease with its data) still
 //!   writes its state when the store holds exactly the generation it read:
@@ -94,8 +96,10 @@ pub(super) enum Before {
     /// meanwhile (adopt it), or nothing yet (look again).
     Wait(Option<TokenState>),
     /// The store cannot be reached or read and a refresh token would be
-    /// sent: not without the lease and the newest state. A failed attempt.
-    NoLease(Error),
+    /// sent: not without the lease and the newest state. A failed attempt,
+    /// with the newer state read before the store went away (to adopt all
+    /// the same: it is the newest the fleet has).
+    NoLease(Error, Option<TokenState>),
 }
 
 /// What became of a save.
@@ -161,6 +165,9 @@ pub(super) struct Protocol<T> {
     pub(super) leases: u64,
     /// When this task last read the store.
     seen_at: Option<Instant>,
+    /// A store call failed since the last read: the store may have
+    /// restarted meanwhile, from an older copy.
+    missed: AtomicBool,
 }
 
 impl<T: TokenStore> Protocol<T> {
@@ -181,6 +188,7 @@ impl<T: TokenStore> Protocol<T> {
             reread: false,
             leases: 0,
             seen_at: None,
+            missed: AtomicBool::new(false),
         }
     }
 
@@ -209,7 +217,7 @@ impl<T: TokenStore> Protocol<T> {
         what: &'static str,
         call: impl Future<Output = Result<X, Error>>,
     ) -> Result<X, Error> {
-        match tokio::time::timeout(self.deadline, call).await {
+        let result = match tokio::time::timeout(self.deadline, call).await {
             Ok(result) => result,
             Err(_) => Err(Error::store(
                 StoreErrorKind::TimedOut,
@@ -218,20 +226,28 @@ impl<T: TokenStore> Protocol<T> {
                     self.deadline
                 ),
             )),
+        };
+        if result.is_err() {
+            self.missed.store(true, Ordering::Relaxed);
         }
+        result
     }
 
     /// Reads the store. After a gap in what this task has seen of it (the
-    /// process was stopped, or the store unreachable), a quiet period
-    /// starts: what it reads now may be a store rolled back meanwhile, still
-    /// newer than what this task last saw, and the replicas that kept
-    /// watching need their chance to write back the newest state.
+    /// process was stopped), or after any store call failed (the store
+    /// may have restarted, from an older copy), a quiet period starts: what
+    /// it reads now may be a store rolled back meanwhile, still newer than
+    /// what this task last saw, and the replicas that kept watching, or that
+    /// hold a newer state they could not save, need their chance to write
+    /// back the newest state.
     async fn load(&mut self) -> Result<Option<TokenState>, Error> {
         let state = self.bounded("load", self.store.load(&self.key)).await?;
         let now = clock::now();
-        if self
-            .seen_at
-            .is_none_or(|at| now.saturating_duration_since(at) > GAP)
+        let missed = self.missed.swap(false, Ordering::Relaxed);
+        if missed
+            || self
+                .seen_at
+                .is_none_or(|at| now.saturating_duration_since(at) > GAP)
         {
             self.quiet_until = self.quiet_until.max(now + VOUCH);
         }
@@ -321,10 +337,13 @@ impl<T: TokenStore> Protocol<T> {
                 // server that detects reuse.
                 Err(error) if sends_refresh_token => {
                     tracing::warn!(target: "tower_oauth2", %error, key = %self.key, "the shared store is unreachable; the refresh token is not sent without the fleet's lease");
-                    return Before::NoLease(unavailable(
-                        "the shared store is unreachable: the refresh token is sent only under the fleet's lease",
-                        error,
-                    ));
+                    return Before::NoLease(
+                        unavailable(
+                            "the shared store is unreachable: the refresh token is sent only under the fleet's lease",
+                            error,
+                        ),
+                        None,
+                    );
                 }
                 // Nothing that another replica could be sending too.
                 Err(error) => {
@@ -350,10 +369,13 @@ impl<T: TokenStore> Protocol<T> {
                 // the store we cannot read: the one in memory may be spent.
                 Err(error) if sends_refresh_token => {
                     self.release().await;
-                    return Before::NoLease(unavailable(
-                        "the shared store cannot be read: the refresh token is sent only after reading the newest one",
-                        error,
-                    ));
+                    return Before::NoLease(
+                        unavailable(
+                            "the shared store cannot be read: the refresh token is sent only after reading the newest one",
+                            error,
+                        ),
+                        newer,
+                    );
                 }
                 Err(_) => {}
             }
@@ -886,6 +908,82 @@ mod tests {
         match before {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-3"),
             _ => panic!("y would have sent rt-2, spent already"),
+        }
+    }
+
+    /// Redis restarts from a snapshot that holds exactly the state another
+    /// replica last saw, while the holder of the next one could not save
+    /// it: the store is not behind for that replica, and it was away for
+    /// less than [`GAP`], but it met a store error. It sends nothing until
+    /// the holder has written its state back (random chaos seed
+    /// 11368863411116281348: the replica sent the spent refresh token 0.26 s
+    /// after the restart).
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_met_a_store_error_waits_for_the_newest_state() {
+        let store = Arc::new(Memory::default());
+        let (mut x, mut y) = (protocol(&store), protocol(&store));
+        x.start().await.unwrap();
+        y.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        assert!(matches!(x.save(state("rt-1")).await, Wrote::Saved));
+        x.release().await;
+        assert!(y.audit().await.is_some(), "y saw rt-1");
+        let snapshot = store.state.lock().unwrap().clone();
+
+        // x sends rt-1 and gets rt-2; Redis is killed before the save, and
+        // y's next look fails.
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        store.down.store(true, Ordering::SeqCst);
+        assert!(matches!(x.save(state("rt-2")).await, Wrote::Failed(_)));
+        assert!(y.audit().await.is_none());
+        // Back from the snapshot: rt-1, the lease gone.
+        *store.state.lock().unwrap() = snapshot;
+        store.lease.lock().unwrap().clear();
+        store.down.store(false, Ordering::SeqCst);
+        let before = tokio::spawn(async move {
+            let before = y.before_fetch(true).await;
+            (y, before)
+        });
+        tokio::time::sleep(x.retry_at().unwrap() - clock::now()).await;
+        assert!(matches!(x.retry_save().await, Some(Wrote::Saved)));
+        let (_y, before) = before.await.unwrap();
+        match before {
+            Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
+            _ => panic!("y would have sent rt-1, spent already"),
+        }
+    }
+
+    /// A replica back from a gap reads a newer state, then loses the store
+    /// during its quiet period: it sends nothing, and the newer state comes
+    /// with the failure, so its source does not keep the spent refresh
+    /// token (random chaos seed 11368863411116281348: a replica stopped
+    /// 15 s sent one, two Redis restarts later).
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_state_read_before_the_store_went_away_is_handed_over() {
+        let store = Arc::new(Memory::default());
+        let (mut x, mut y) = (protocol(&store), protocol(&store));
+        x.start().await.unwrap();
+        y.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        x.save(state("rt-1")).await;
+        x.release().await;
+        assert!(y.audit().await.is_some(), "y saw rt-1");
+        // y is stopped; x refreshes meanwhile.
+        tokio::time::sleep(GAP * 2).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        x.save(state("rt-2")).await;
+        x.release().await;
+        let before = tokio::spawn(async move { y.before_fetch(true).await });
+        tokio::time::sleep(VOUCH / 2).await;
+        store.down.store(true, Ordering::SeqCst);
+        match before.await.unwrap() {
+            Before::NoLease(_, Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
+            Before::NoLease(_, None) => {
+                panic!("rt-2, read before the store went away, was dropped")
+            }
+            _ => panic!("y sent without reading the store"),
         }
     }
 

@@ -496,7 +496,14 @@ impl<T: TokenStore> Refresher<T> {
                 self.take_state(state, source);
                 return std::ops::ControlFlow::Continue(());
             }
-            Before::NoLease(error) => {
+            Before::NoLease(error, newer) => {
+                // Read before the store went away: the source must not keep
+                // the refresh token it replaces (a chaos seed saw a replica
+                // send one spent 14 s before).
+                if newer.is_some_and(|state| self.take_state(state, source)) {
+                    self.release().await;
+                    return std::ops::ControlFlow::Continue(());
+                }
                 let live = self.take_live();
                 self.failed(
                     error,
