@@ -20,6 +20,9 @@
 //! | `tower_oauth2_store_saves_total` | counter | `cache` | token states saved to the cache's store |
 //! | `tower_oauth2_store_save_failures_total` | counter | `cache` | saves that failed (each is retried until one succeeds) |
 //! | `tower_oauth2_tokens_adopted_total` | counter | `cache` | tokens taken from a shared store, fetched by another replica |
+//! | `tower_oauth2_leases_total` | counter | `cache` | times this replica took the fleet's lease to refresh (with a shared store): across the fleet, the holder changes |
+//! | `tower_oauth2_lease_wait_seconds` | histogram | `cache` | how long a refresh waited while another replica held the lease |
+//! | `tower_oauth2_requests_without_token_total` | counter | `reason` | requests the layer (or middleware) sent on without a token because no cache serves their origin: `other_origin`, or `relative_uri` for a URI without one (see `BearerAuthLayer::relative_uri_origin`) |
 //! | `tower_oauth2_token_expiry_timestamp_seconds` | gauge | `cache` | when the current token expires, in Unix seconds; `0` once it is dropped without a replacement. Seconds until it expires: `tower_oauth2_token_expiry_timestamp_seconds - time()` in PromQL |
 //!
 //! `outcome` is one of
@@ -125,6 +128,9 @@ mod emit {
     const SAVE_FAILURES: &str = "tower_oauth2_store_save_failures_total";
     const ADOPTED: &str = "tower_oauth2_tokens_adopted_total";
     const EXPIRES_AT: &str = "tower_oauth2_token_expiry_timestamp_seconds";
+    const WITHHELD: &str = "tower_oauth2_requests_without_token_total";
+    const LEASES: &str = "tower_oauth2_leases_total";
+    const LEASE_WAIT: &str = "tower_oauth2_lease_wait_seconds";
 
     /// A response extension: the rejected token came from this cache, so a
     /// replay counts under its name.
@@ -162,6 +168,21 @@ mod emit {
         describe_counter!(SAVES, Unit::Count, "Token states saved to the store");
         describe_counter!(SAVE_FAILURES, Unit::Count, "Token state saves that failed");
         describe_counter!(ADOPTED, Unit::Count, "Tokens adopted from a shared store");
+        describe_counter!(
+            WITHHELD,
+            Unit::Count,
+            "Requests sent without a token: no cache serves their origin"
+        );
+        describe_counter!(
+            LEASES,
+            Unit::Count,
+            "Times this replica took the fleet's lease to refresh"
+        );
+        describe_histogram!(
+            LEASE_WAIT,
+            Unit::Seconds,
+            "How long a refresh waited for another replica's lease"
+        );
         describe_gauge!(
             EXPIRES_AT,
             Unit::Seconds,
@@ -215,6 +236,29 @@ mod emit {
         gauge!(EXPIRES_AT, "cache" => name.value.clone()).set(at);
     }
 
+    /// A request left without a token: no cache serves its origin (or,
+    /// `relative`, it has none).
+    pub(crate) fn withheld(relative: bool) {
+        let reason = if relative {
+            "relative_uri"
+        } else {
+            "other_origin"
+        };
+        counter!(WITHHELD, "reason" => reason).increment(1);
+    }
+
+    /// This replica took the fleet's lease `taken` times, after waiting
+    /// `waited` for another replica's (zero when it did not wait).
+    pub(crate) fn leases(name: &Name, taken: u64, waited: Option<Duration>) {
+        if taken > 0 {
+            counter!(LEASES, "cache" => name.value.clone()).increment(taken);
+        }
+        if let Some(waited) = waited {
+            ::metrics::histogram!(LEASE_WAIT, "cache" => name.value.clone())
+                .record(waited.as_secs_f64());
+        }
+    }
+
     /// Marks a rejected answer with its cache's name, for [`replayed`].
     /// Only a rejected token comes here.
     pub(crate) fn rejected_by(
@@ -265,6 +309,10 @@ mod emit {
     pub(crate) fn rejected_by(_: &mut http::Extensions, _: Option<&crate::TokenCache>) {}
     #[inline(always)]
     pub(crate) fn replayed(_: &http::Extensions) {}
+    #[inline(always)]
+    pub(crate) fn withheld(_: bool) {}
+    #[inline(always)]
+    pub(crate) fn leases(_: &Name, _: u64, _: Option<Duration>) {}
 }
 
 pub(crate) use emit::*;

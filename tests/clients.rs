@@ -345,3 +345,55 @@ async fn tonic_grpc_channel() {
     assert_eq!(script.calls(), 3);
     assert_eq!(cache.stats().invalidations, 1, "only the revoked token");
 }
+
+/// A tonic client sends paths only (`/pkg.Service/Method`): with
+/// `allow_origin` alone its calls leave without a token, and that is
+/// counted and logged once (it was silent); `relative_uri_origin` tells the
+/// layer where they go, and they carry the token.
+#[tokio::test]
+async fn tonic_channel_with_allow_origin_needs_the_relative_uri_origin() {
+    let logs = support::logs::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let upstream = GrpcUpstream::start().await;
+    let origin = upstream.url.trim_end_matches('/').to_owned();
+    let script = Scripted::tokens(HOUR);
+    let cache = cache(&script);
+    let channel = tonic::transport::Channel::from_shared(upstream.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let narrowed = BearerAuthLayer::new(cache.clone())
+        .allow_origin(&origin)
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(narrowed.layer(channel.clone()));
+    for i in 0..3 {
+        let status = support::grpc::say(&mut client, &format!("call {i}"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    assert_eq!(upstream.seen(), ["", "", ""], "sent without a token");
+    assert_eq!(narrowed.withheld(), 3);
+    let text = logs.text();
+    assert_eq!(
+        text.matches("relative_uri_origin").count(),
+        1,
+        "logged once: {text}"
+    );
+    assert_eq!(script.calls(), 0);
+
+    let told = narrowed.relative_uri_origin(&origin).unwrap();
+    let mut client = tonic::client::Grpc::new(told.layer(channel));
+    let reply = support::grpc::say(&mut client, "told").await.unwrap();
+    assert_eq!(reply.authorization, "Bearer token-1");
+    assert_eq!(told.withheld(), 3, "nothing withheld since");
+    assert!(BearerAuthLayer::new(cache)
+        .relative_uri_origin("pubsub.googleapis.com")
+        .is_err());
+}

@@ -25,11 +25,11 @@ use metrics_util::{
     MetricKind,
 };
 use support::scripted::{Reply, Scripted};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 use tower_oauth2::{
     layer::{replay::CloneBody, Replay},
-    BearerAuthLayer, Error, Expect, RefreshPolicy, Saved, StoreErrorKind, StoreKey, TokenCache,
-    TokenState, TokenStore,
+    BearerAuthLayer, Error, Expect, Lease, RefreshPolicy, Saved, StoreErrorKind, StoreKey,
+    TokenCache, TokenState, TokenStore,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -431,4 +431,84 @@ async fn the_reqwest_middleware_counts_what_the_layer_counts() {
         1
     );
     assert_eq!(recorded.counter("tower_oauth2_replays_total", &api), 1);
+}
+
+/// A shared store whose lease another replica holds for the first two
+/// looks: this replica waits, then takes it.
+#[derive(Clone, Default)]
+struct BusyTwice {
+    acquires: Arc<AtomicUsize>,
+}
+
+impl TokenStore for BusyTwice {
+    async fn load(&self, _: &StoreKey) -> Result<Option<TokenState>, Error> {
+        Ok(None)
+    }
+
+    async fn save(&self, _: &StoreKey, _: &TokenState, _: Expect<'_>) -> Result<Saved, Error> {
+        Ok(Saved::Written)
+    }
+
+    async fn acquire(&self, _: &StoreKey, _: &str, _: Duration) -> Result<Lease, Error> {
+        Ok(match self.acquires.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Lease::Busy,
+            _ => Lease::Acquired,
+        })
+    }
+}
+
+/// The fleet's lease and the origin rules are visible: leases taken and
+/// the waits for another replica's, and requests sent without a token.
+#[tokio::test(start_paused = true)]
+async fn lease_waits_and_requests_without_a_token_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let store = BusyTwice::default();
+    let cache = TokenCache::builder(Scripted::tokens(HOUR).source())
+        .metrics_name("fleet")
+        .store(store.clone())
+        .store_key(StoreKey::new(
+            "client_credentials",
+            "svc",
+            "https://a.example/token",
+            &[],
+        ))
+        .build();
+    cache.token().await.unwrap();
+    let stats = cache.stats();
+    assert_eq!(stats.leases, 1);
+
+    let layer = BearerAuthLayer::new(cache)
+        .allow_origin("https://api.example.com")
+        .unwrap();
+    let client = layer.clone().layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(()))
+    }));
+    for uri in [
+        "https://other.example.com/",
+        "/relative",
+        "https://api.example.com/",
+    ] {
+        let request = Request::builder().uri(uri).body(()).unwrap();
+        client.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(layer.withheld(), 2);
+
+    let recorded = Recorded::take(&snapshotter);
+    let fleet = [("cache", "fleet")];
+    assert_eq!(recorded.counter("tower_oauth2_leases_total", &fleet), 1);
+    let waits = recorded.histogram("tower_oauth2_lease_wait_seconds", &fleet);
+    assert_eq!(waits.len(), 2, "two looks while another replica held it");
+    assert!(waits.iter().all(|w| *w > 0.0), "{waits:?}");
+    for reason in ["other_origin", "relative_uri"] {
+        assert_eq!(
+            recorded.counter(
+                "tower_oauth2_requests_without_token_total",
+                &[("reason", reason)]
+            ),
+            1,
+            "{reason}"
+        );
+    }
 }

@@ -469,14 +469,15 @@ impl<T: TokenStore> Refresher<T> {
                 let before = protocol
                     .before_fetch(source.refresh_token().is_some())
                     .await;
+                let taken = protocol.leases - leases;
+                let waited = matches!(before, Before::Wait(_))
+                    .then(|| clock::now().saturating_duration_since(asked));
+                metrics::leases(&self.metrics, taken, waited);
                 if let Some(shared) = self.shared.upgrade() {
                     saved_meanwhile(&shared, protocol);
                     let counters = &shared.counters;
-                    counters
-                        .leases
-                        .fetch_add(protocol.leases - leases, Ordering::Relaxed);
-                    if matches!(before, Before::Wait(_)) {
-                        let waited = clock::now().saturating_duration_since(asked);
+                    counters.leases.fetch_add(taken, Ordering::Relaxed);
+                    if let Some(waited) = waited {
                         let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
                         counters.lease_wait_ms.fetch_add(ms, Ordering::Relaxed);
                     }

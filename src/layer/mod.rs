@@ -57,7 +57,9 @@
 //!   [`TokenRejected`]. Many rejections of one token cause one refresh.
 //! - A request carrying the [`NoBearerAuth`] extension, or going to an origin
 //!   no cache serves (see [`allow_origin`] and [`origin`]), is passed on
-//!   untouched.
+//!   untouched. The second kind is logged once per origin and counted
+//!   ([`withheld`]): a request whose URI is a path only, as a tonic
+//!   channel's, has no origin until [`relative_uri_origin`] gives it one.
 //!
 //! # Replay after a rejected token
 //!
@@ -88,6 +90,8 @@
 //! and `tower::retry` outside to have every attempt read the current token.
 //!
 //! [`allow_origin`]: BearerAuthLayer::allow_origin
+//! [`withheld`]: BearerAuthLayer::withheld
+//! [`relative_uri_origin`]: BearerAuthLayer::relative_uri_origin
 //! [`origin`]: BearerAuthLayer::origin
 //! [`tower::retry`]: https://docs.rs/tower/latest/tower/retry/index.html
 
@@ -195,6 +199,42 @@ impl BearerAuthLayer {
         self.routes.fallback = None;
         self.routes.routes.push((origin, 0));
         Ok(self)
+    }
+
+    /// Takes requests whose URI is a path only, with no scheme or host, to
+    /// go to `origin` (`scheme://host[:port]`), for the origin rules of
+    /// [`allow_origin`](Self::allow_origin) and [`origin`](Self::origin).
+    ///
+    /// A tonic channel is one: its generated clients send
+    /// `/package.Service/Method`, and the channel adds its endpoint's origin
+    /// below this layer. Without this setting such requests match no origin
+    /// and leave without a token (logged once, and counted: see
+    /// [`withheld`](Self::withheld)). The other way is to give the client
+    /// the origin itself (`MyClient::with_origin(service, origin)` in tonic).
+    ///
+    /// ```
+    /// # async fn run(cache: tower_oauth2::TokenCache) -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::BearerAuthLayer;
+    ///
+    /// let layer = BearerAuthLayer::new(cache)
+    ///     .allow_origin("https://pubsub.googleapis.com")?
+    ///     .relative_uri_origin("https://pubsub.googleapis.com")?;
+    /// // tonic: MyClient::new(layer.layer(channel))
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn relative_uri_origin(mut self, origin: &str) -> Result<Self, Error> {
+        self.routes.relative = Some(Origin::parse(origin)?);
+        Ok(self)
+    }
+
+    /// How many requests the services made by this layer (and its clones)
+    /// sent on without a token because no cache serves their origin.
+    /// Requests that opted out with [`NoBearerAuth`] are not counted. Each
+    /// such origin is also logged once (at `warn` for a URI without an
+    /// origin, `info` otherwise), and counted in the metrics.
+    pub fn withheld(&self) -> u64 {
+        self.routes.withheld.count()
     }
 
     /// Whether a `401` that names no error in its `WWW-Authenticate`
@@ -323,7 +363,7 @@ impl<S> BearerAuth<S> {
         }
         let index = match &self.routes {
             None => 0,
-            Some(routes) => routes.pick(request.target())?,
+            Some(routes) => routes.pick_or_note(request.target())?,
         };
         match &mut self.sources {
             Sources::Nothing => None,

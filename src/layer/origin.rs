@@ -1,5 +1,14 @@
 //! Which cache (if any) serves a request, by the request's origin.
 
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
 use http::Uri;
 
 use crate::Error;
@@ -54,6 +63,15 @@ impl Origin {
         })
     }
 
+    /// Where a request to this origin goes, as if its URI were absolute.
+    fn target(&self) -> Target<'_> {
+        Target {
+            scheme: if self.https { "https" } else { "http" },
+            host: &self.host,
+            port: Some(self.port),
+        }
+    }
+
     pub(crate) fn matches(&self, target: &Target<'_>) -> bool {
         let (https, default_port) = if target.scheme.eq_ignore_ascii_case("https") {
             (true, 443)
@@ -68,12 +86,28 @@ impl Origin {
     }
 }
 
+impl fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The routing table: which cache, by index, serves which origin, and which
 /// serves every other origin (`fallback`), if any.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Routes {
     pub(crate) routes: Vec<(Origin, usize)>,
     pub(crate) fallback: Option<usize>,
+    /// The origin of requests whose URI is only a path (tonic's generated
+    /// clients send `/package.Service/Method` to their channel).
+    pub(crate) relative: Option<Origin>,
+    /// Requests that left without a token: shared by every service the
+    /// layer makes.
+    pub(crate) withheld: Arc<Withheld>,
 }
 
 impl Routes {
@@ -83,7 +117,7 @@ impl Routes {
         if self.routes.is_empty() {
             return self.fallback;
         }
-        let Some(target) = target else {
+        let Some(target) = target.or_else(|| self.relative.as_ref().map(Origin::target)) else {
             return self.fallback;
         };
         self.routes
@@ -91,6 +125,76 @@ impl Routes {
             .find(|(origin, _)| origin.matches(&target))
             .map(|(_, index)| *index)
             .or(self.fallback)
+    }
+
+    /// [`pick`](Self::pick), telling [`Withheld`] when no cache serves the
+    /// request.
+    #[inline]
+    pub(crate) fn pick_or_note(&self, target: Option<Target<'_>>) -> Option<usize> {
+        let picked = self.pick(target);
+        if picked.is_none() {
+            self.withheld.note(target);
+        }
+        picked
+    }
+}
+
+/// How many origins a layer names in its logs: a client that calls any
+/// number of hosts cannot grow the table without bound.
+const LOGGED_ORIGINS: usize = 32;
+
+/// Requests a layer sent on without a token because no cache serves their
+/// origin: counted, and logged once per origin, so a token withheld by
+/// mistake (a gRPC channel's relative URIs, a typo in an origin) is never
+/// silent.
+#[derive(Debug, Default)]
+pub(crate) struct Withheld {
+    count: AtomicU64,
+    /// Hashes of the origins logged so far (0: a free slot); read without
+    /// a lock, filled by compare-and-swap.
+    logged: [AtomicU64; LOGGED_ORIGINS],
+}
+
+impl Withheld {
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    #[cold]
+    fn note(&self, target: Option<Target<'_>>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::withheld(target.is_none());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match &target {
+            Some(target) => {
+                target.scheme.to_ascii_lowercase().hash(&mut hasher);
+                target.host.to_ascii_lowercase().hash(&mut hasher);
+                target.port.hash(&mut hasher);
+            }
+            None => "relative".hash(&mut hasher),
+        }
+        let hash = hasher.finish().max(1);
+        for slot in &self.logged {
+            match slot.compare_exchange(0, hash, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(seen) if seen == hash => return,
+                Err(_) => {}
+            }
+        }
+        match target {
+            None => tracing::warn!(
+                target: "tower_oauth2",
+                "a request whose URI has no origin (a path only, as a gRPC channel's) was sent \
+                 without a token: the layer only sends it to the origins it was given; \
+                 tell it where such requests go with `relative_uri_origin`"
+            ),
+            Some(target) => tracing::info!(
+                target: "tower_oauth2",
+                origin = %target,
+                "a request to an origin no token cache serves was sent without a token \
+                 (logged once per origin)"
+            ),
+        }
     }
 }
 
@@ -126,15 +230,16 @@ mod tests {
         let b = Origin::parse("http://127.0.0.1:8080").unwrap();
         let only_listed = Routes {
             routes: vec![(a.clone(), 0), (b.clone(), 1)],
-            fallback: None,
+            ..Routes::default()
         };
         assert_eq!(only_listed.pick(target("https://a.example.com/x")), Some(0));
         assert_eq!(only_listed.pick(target("http://127.0.0.1:8080/")), Some(1));
         assert_eq!(only_listed.pick(target("https://c.example.com/")), None);
         assert_eq!(only_listed.pick(None), None);
         let with_fallback = Routes {
-            routes: vec![(b, 1)],
+            routes: vec![(b.clone(), 1)],
             fallback: Some(0),
+            ..Routes::default()
         };
         assert_eq!(
             with_fallback.pick(target("https://c.example.com/")),
@@ -144,7 +249,48 @@ mod tests {
         let everyone = Routes {
             routes: Vec::new(),
             fallback: Some(0),
+            ..Routes::default()
         };
         assert_eq!(everyone.pick(None), Some(0));
+        let grpc = Routes {
+            routes: vec![(a, 0), (b.clone(), 1)],
+            relative: Some(b),
+            ..Routes::default()
+        };
+        assert_eq!(
+            grpc.pick(None),
+            Some(1),
+            "a path goes to the channel's origin"
+        );
+        assert_eq!(grpc.pick(target("https://a.example.com/")), Some(0));
+    }
+
+    #[test]
+    fn withheld_requests_are_counted_and_each_origin_logged_once() {
+        let withheld = Withheld::default();
+        let logged = |w: &Withheld| {
+            w.logged
+                .iter()
+                .filter(|s| s.load(Ordering::Relaxed) != 0)
+                .count()
+        };
+        for uri in [
+            "https://c.example.com/1",
+            "https://C.example.com/2",
+            "http://c.example.com/",
+        ] {
+            withheld.note(target(uri));
+        }
+        withheld.note(None);
+        withheld.note(None);
+        assert_eq!(withheld.count(), 5);
+        assert_eq!(logged(&withheld), 3, "c over https, c over http, relative");
+        for i in 0..100 {
+            withheld.note(target(Box::leak(
+                format!("https://h{i}.example.com/").into_boxed_str(),
+            )));
+        }
+        assert_eq!(withheld.count(), 105);
+        assert_eq!(logged(&withheld), LOGGED_ORIGINS, "bounded");
     }
 }
