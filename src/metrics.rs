@@ -3,10 +3,15 @@
 //! (`metrics-exporter-prometheus`, an OpenTelemetry bridge, ...). Install
 //! the exporter's recorder; this crate only emits.
 //!
-//! ```ignore
+//! ```no_run
+//! # fn run(grant: tower_oauth2::ClientCredentials) {
+//! use tower_oauth2::TokenCache;
+//!
 //! // Cargo.toml: tower-oauth2 = { version = "…", features = ["metrics"] }
-//! metrics_exporter_prometheus::PrometheusBuilder::new().install()?; // serves /metrics
+//! // then any exporter, such as:
+//! // metrics_exporter_prometheus::PrometheusBuilder::new().install()?; // serves /metrics
 //! let cache = TokenCache::builder(grant).metrics_name("officernd").build();
+//! # }
 //! ```
 //!
 //! | name | kind | labels | what |

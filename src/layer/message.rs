@@ -28,12 +28,22 @@ pub(crate) mod sealed {
 /// [`http::Request<B>`] for any body type `B`, and [`reqwest::Request`].
 ///
 /// Sealed: this crate implements it for those types; nobody else needs to.
+#[diagnostic::on_unimplemented(
+    message = "`BearerAuth` cannot add a token to a `{Self}`",
+    label = "not an `http::Request<B>`, nor a `reqwest::Request` with the `reqwest` feature",
+    note = "`reqwest::Request` needs one of tower-oauth2's reqwest features (`reqwest`, on by default); check `default-features = false` in Cargo.toml"
+)]
 pub trait AuthRequest: sealed::Request {}
 
 /// A response [`BearerAuth`](super::BearerAuth) reads the status of:
 /// [`http::Response<B>`] for any body type `B`, and [`reqwest::Response`].
 ///
 /// Sealed: this crate implements it for those types; nobody else needs to.
+#[diagnostic::on_unimplemented(
+    message = "`BearerAuth` cannot read a `{Self}`",
+    label = "not an `http::Response<B>`, nor a `reqwest::Response` with the `reqwest` feature",
+    note = "`reqwest::Response` needs one of tower-oauth2's reqwest features (`reqwest`, on by default); check `default-features = false` in Cargo.toml"
+)]
 pub trait AuthResponse: sealed::Response {}
 
 impl<B> AuthRequest for http::Request<B> {}
