@@ -367,8 +367,11 @@ mod key {
         /// RSA keys (for [`Rs256`](JwsAlgorithm::Rs256) and
         /// [`Ps256`](JwsAlgorithm::Ps256)) may be PKCS#8 (`BEGIN PRIVATE KEY`)
         /// or PKCS#1 (`BEGIN RSA PRIVATE KEY`) and must have at least 2048
-        /// bits; P-256 keys (for [`Es256`](JwsAlgorithm::Es256)) PKCS#8 or
-        /// SEC1 (`BEGIN EC PRIVATE KEY`). Encrypted keys are not supported.
+        /// bits (and at most 4096 with ring, 8192 with aws-lc-rs); P-256 keys
+        /// (for [`Es256`](JwsAlgorithm::Es256)) PKCS#8 or SEC1 (`BEGIN EC
+        /// PRIVATE KEY`), with the public key inside, as OpenSSL writes them
+        /// (ring needs it). Encrypted keys are not supported. An RSA key must
+        /// sign a probe that its public key verifies before it is accepted.
         ///
         /// # Errors
         ///
@@ -431,8 +434,9 @@ mod key {
         }
 
         /// Loads a private JWK (RFC 7517) to sign with `alg`: an RSA key
-        /// (`kty` `RSA`, with `d`, and `p`, `q` when present; at least 2048
-        /// bits) for [`Rs256`](JwsAlgorithm::Rs256) or
+        /// (`kty` `RSA`, with `d` and the CRT members `p`, `q`, `dp`, `dq`,
+        /// `qi`, which JWK libraries write by default; at least 2048 bits)
+        /// for [`Rs256`](JwsAlgorithm::Rs256) or
         /// [`Ps256`](JwsAlgorithm::Ps256), a P-256 key (`kty` `EC`, `crv`
         /// `P-256`, with `d`) for [`Es256`](JwsAlgorithm::Es256).
         ///
