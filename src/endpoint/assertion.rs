@@ -1007,6 +1007,12 @@ mod key {
                     JwsAlgorithm::Rs256,
                     "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----",
                 ),
+                // OpenSSL's legacy encryption: headers inside the block.
+                PrivateKey::from_pem(
+                    JwsAlgorithm::Rs256,
+                    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                     DEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----",
+                ),
                 PrivateKey::from_jwk(Es256, Value::Object(public_jwk).to_string()),
                 PrivateKey::from_jwk(Es256, Value::Object(wrong_alg).to_string()),
                 PrivateKey::from_jwk(Es256, Value::Object(other_curve).to_string()),
