@@ -425,8 +425,15 @@ impl fmt::Debug for DiscoveryBuilder {
 
 impl DiscoveryBuilder {
     /// Fetches documents with this reqwest client (built to follow no redirect).
-    #[cfg(feature = "reqwest")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    #[cfg(reqwest_client)]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(
+            feature = "reqwest",
+            feature = "reqwest-rustls-ring",
+            feature = "reqwest-native-tls"
+        )))
+    )]
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.transport = Some(Transport::reqwest(client));
         self

@@ -386,7 +386,7 @@ impl Error {
         }
     }
 
-    #[cfg(feature = "reqwest")]
+    #[cfg(reqwest_client)]
     pub(crate) fn from_transport(err: reqwest::Error) -> Self {
         if err.is_timeout() {
             // reqwest's error names the URL, never the body or headers.

@@ -65,8 +65,31 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+#[cfg(all(
+    feature = "private-key-jwt",
+    not(any(feature = "aws-lc-rs", feature = "ring"))
+))]
+compile_error!(
+    "the `private-key-jwt` feature needs a signing backend: turn on the `aws-lc-rs` \
+     or the `ring` feature (`reqwest` turns on aws-lc-rs, `reqwest-rustls-ring` ring)"
+);
+#[cfg(all(
+    feature = "reqwest-middleware",
+    not(any(
+        feature = "reqwest",
+        feature = "reqwest-rustls-ring",
+        feature = "reqwest-native-tls"
+    ))
+))]
+compile_error!(
+    "the `reqwest-middleware` feature needs reqwest with a TLS stack: turn on `reqwest` \
+     (rustls on aws-lc-rs), `reqwest-rustls-ring` or `reqwest-native-tls`"
+);
+
 pub mod cache;
 mod clock;
+#[cfg(signing)]
+mod crypto;
 pub mod discovery;
 pub mod endpoint;
 mod error;
@@ -80,7 +103,7 @@ mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint};
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};

@@ -10,14 +10,20 @@ use std::{
 };
 
 use serde_json::Value;
-use support::recorder::{Recorder, Reply};
+use support::{
+    jws,
+    recorder::{Recorder, Reply},
+};
 use tower_oauth2::{
     endpoint::AssertionContext, ClientCredentials, ErrorKind, JwsAlgorithm, PrivateKey, TokenSource,
 };
 
 const RSA_PEM: &str = include_str!("keys/rsa.pem");
+const RSA_PKCS1_PEM: &str = include_str!("keys/rsa-pkcs1.pem");
 const RSA_JWK: &str = include_str!("keys/rsa.jwk.json");
+const RSA_OTHER_PEM: &str = include_str!("keys/rsa-other.pem");
 const EC_PEM: &str = include_str!("keys/ec.pem");
+const EC_SEC1_PEM: &str = include_str!("keys/ec-sec1.pem");
 const EC_JWK: &str = include_str!("keys/ec.jwk.json");
 
 /// The fixtures' thumbprints, computed apart from the crate: SHA-256 of
@@ -132,6 +138,71 @@ fn pem_and_jwk_constructors_take_the_same_arguments() {
     ] {
         let error = PrivateKey::from_jwk(alg, jwk).unwrap_err();
         assert_eq!(error.kind(), &ErrorKind::Config, "{alg}: {error}");
+    }
+}
+
+/// The fixture JWK with its `alg` removed, to load for another algorithm.
+fn without_alg(jwk: &str) -> String {
+    let mut jwk = object(jwk);
+    jwk.remove("alg");
+    Value::Object(jwk).to_string()
+}
+
+#[tokio::test]
+async fn every_key_form_signs_assertions_its_public_jwk_verifies() {
+    use JwsAlgorithm::{Es256, Ps256, Rs256};
+    let server = Recorder::start().await;
+    let keys = [
+        ("RS256, PKCS#8", PrivateKey::from_pem(Rs256, RSA_PEM)),
+        ("RS256, PKCS#1", PrivateKey::from_pem(Rs256, RSA_PKCS1_PEM)),
+        (
+            "RS256, JWK",
+            PrivateKey::from_jwk(Rs256, without_alg(RSA_JWK)),
+        ),
+        ("PS256, PKCS#8", PrivateKey::from_pem(Ps256, RSA_PEM)),
+        ("PS256, PKCS#1", PrivateKey::from_pem(Ps256, RSA_PKCS1_PEM)),
+        ("PS256, JWK", PrivateKey::from_jwk(Ps256, RSA_JWK)),
+        ("ES256, PKCS#8", PrivateKey::from_pem(Es256, EC_PEM)),
+        ("ES256, SEC1", PrivateKey::from_pem(Es256, EC_SEC1_PEM)),
+        ("ES256, JWK", PrivateKey::from_jwk(Es256, EC_JWK)),
+    ];
+    let other = PrivateKey::from_pem(Rs256, RSA_OTHER_PEM)
+        .unwrap()
+        .public_jwk();
+    for (form, key) in keys {
+        let key = key.unwrap_or_else(|e| panic!("{form}: {e}"));
+        server.reply([Reply::token("t")]);
+        ClientCredentials::builder()
+            .token_url(server.url("/token"))
+            .client_id("my-app")
+            .private_key_jwt(key.clone())
+            .build()
+            .unwrap()
+            .fetch()
+            .await
+            .unwrap_or_else(|e| panic!("{form}: {e}"));
+        let assertion = server.last().param("client_assertion");
+
+        // What the client registers verifies it, and so does the fixture's
+        // public half: the key loaded is the key in the file.
+        let fixture = if key.algorithm() == Es256 {
+            EC_JWK
+        } else {
+            RSA_JWK
+        };
+        for jwk in [key.public_jwk(), fixture.to_owned()] {
+            let (header, claims) =
+                jws::verify(&assertion, &jwk).unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert_eq!(header["alg"], key.algorithm().as_str(), "{form}");
+            assert_eq!(claims["iss"], "my-app", "{form}");
+        }
+        // Another key, or another signing input, does not.
+        if key.algorithm() != Es256 {
+            jws::verify(&assertion, &other).expect_err(form);
+        }
+        let (head, signature) = assertion.rsplit_once('.').unwrap();
+        let tampered = format!("{head}x.{signature}");
+        jws::verify(&tampered, &key.public_jwk()).expect_err(form);
     }
 }
 

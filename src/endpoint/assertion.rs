@@ -19,10 +19,10 @@ use crate::Error;
 pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Default lifetime of a signed assertion.
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(120);
 /// Longest lifetime accepted for a signed assertion.
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,7 +64,7 @@ impl AssertionContext {
 #[derive(Clone)]
 pub(crate) enum AssertionSource {
     /// Signed by the crate with this key.
-    #[cfg(feature = "private-key-jwt")]
+    #[cfg(signing)]
     Key(PrivateKey),
     /// Made by the application, once per token request. `reads_context`:
     /// given with `client_assertion_with`, so it sees the audience setting.
@@ -138,7 +138,7 @@ impl AssertionSettings {
             return Ok(None);
         };
         match source {
-            #[cfg(feature = "private-key-jwt")]
+            #[cfg(signing)]
             AssertionSource::Key(key) => {
                 let lifetime = self.lifetime.unwrap_or(DEFAULT_LIFETIME);
                 if lifetime < Duration::from_secs(1) || lifetime > MAX_LIFETIME {
@@ -183,12 +183,12 @@ impl AssertionSettings {
 /// A checked assertion source, ready to make one assertion per request.
 #[derive(Clone)]
 pub(crate) enum Assertion {
-    #[cfg(feature = "private-key-jwt")]
+    #[cfg(signing)]
     Signed(Arc<Signed>),
     Callback(Arc<FromCallback>),
 }
 
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 pub(crate) struct Signed {
     key: PrivateKey,
     client_id: String,
@@ -209,7 +209,7 @@ impl Assertion {
     /// assertions, which the crate does not see inside.
     pub(crate) fn algorithm(&self) -> Option<&'static str> {
         match self {
-            #[cfg(feature = "private-key-jwt")]
+            #[cfg(signing)]
             Self::Signed(signed) => Some(signed.key.algorithm().as_str()),
             Self::Callback(_) => None,
         }
@@ -218,7 +218,7 @@ impl Assertion {
     /// A fresh assertion for one request to `token_url`.
     pub(crate) async fn make(&self, token_url: &Url) -> Result<SecretString, Error> {
         match self {
-            #[cfg(feature = "private-key-jwt")]
+            #[cfg(signing)]
             Self::Signed(signed) => {
                 let audience = signed.audience.as_deref().unwrap_or(token_url.as_str());
                 signed
@@ -255,33 +255,29 @@ impl Assertion {
     }
 }
 
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 pub use key::{JwsAlgorithm, PrivateKey};
 
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 mod key {
     use std::{
         sync::Arc,
         time::{Duration, UNIX_EPOCH},
     };
 
-    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-    use p256::{
-        elliptic_curve::{sec1::ToEncodedPoint as _, zeroize::Zeroizing},
-        pkcs8::DecodePrivateKey as _,
+    use base64::{
+        engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+        Engine as _,
     };
-    use rsa::{
-        pkcs1::DecodeRsaPrivateKey as _,
-        rand_core::OsRng,
-        signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _},
-        traits::PublicKeyParts as _,
-        BigUint, RsaPrivateKey,
-    };
-    use secrecy::SecretString;
+    use secrecy::{zeroize::Zeroizing, SecretString};
     use serde_json::{json, Map, Value};
     use sha2::Sha256;
 
-    use crate::{clock, Error};
+    use crate::{
+        clock,
+        crypto::{self, Rejected, RsaPadding, RsaParts, SigningKey},
+        Error,
+    };
 
     /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
     const MIN_RSA_BITS: usize = 2048;
@@ -315,14 +311,11 @@ mod key {
         }
     }
 
-    enum Signer {
-        Rs256(rsa::pkcs1v15::SigningKey<Sha256>),
-        Ps256(rsa::pss::BlindedSigningKey<Sha256>),
-        Es256(p256::ecdsa::SigningKey),
-    }
-
     /// A private key that signs `private_key_jwt` client assertions
-    /// (RFC 7523 §2.2). Cheap to clone. Needs the `private-key-jwt` feature.
+    /// (RFC 7523 §2.2). Cheap to clone. Needs the `private-key-jwt` feature
+    /// and a signing backend: aws-lc-rs (the `aws-lc-rs` feature, which the
+    /// default `reqwest` turns on) or ring (the `ring` feature, which
+    /// `reqwest-rustls-ring` turns on); aws-lc-rs signs when both are on.
     ///
     /// Load it from PEM ([`from_pem`](Self::from_pem)) or from a private JWK
     /// ([`from_jwk`](Self::from_jwk)), both `(algorithm, key text or bytes)`;
@@ -356,7 +349,7 @@ mod key {
     pub struct PrivateKey {
         alg: JwsAlgorithm,
         kid: Option<String>,
-        signer: Arc<Signer>,
+        signer: Arc<SigningKey>,
     }
 
     impl std::fmt::Debug for PrivateKey {
@@ -374,8 +367,11 @@ mod key {
         /// RSA keys (for [`Rs256`](JwsAlgorithm::Rs256) and
         /// [`Ps256`](JwsAlgorithm::Ps256)) may be PKCS#8 (`BEGIN PRIVATE KEY`)
         /// or PKCS#1 (`BEGIN RSA PRIVATE KEY`) and must have at least 2048
-        /// bits; P-256 keys (for [`Es256`](JwsAlgorithm::Es256)) PKCS#8 or
-        /// SEC1 (`BEGIN EC PRIVATE KEY`). Encrypted keys are not supported.
+        /// bits (and at most 4096 with ring, 8192 with aws-lc-rs); P-256 keys
+        /// (for [`Es256`](JwsAlgorithm::Es256)) PKCS#8 or SEC1 (`BEGIN EC
+        /// PRIVATE KEY`), with the public key inside, as OpenSSL writes them
+        /// (ring needs it). Encrypted keys are not supported. An RSA key must
+        /// sign a probe that its public key verifies before it is accepted.
         ///
         /// # Errors
         ///
@@ -395,28 +391,34 @@ mod key {
                     ))
                 }
                 (JwsAlgorithm::Rs256 | JwsAlgorithm::Ps256, "PRIVATE KEY" | "RSA PRIVATE KEY") => {
-                    let key = if label == "PRIVATE KEY" {
-                        RsaPrivateKey::from_pkcs8_pem(pem).ok()
+                    let der = pem_body(pem, label)?;
+                    let padding = rsa_padding(alg)?;
+                    if label == "PRIVATE KEY" {
+                        SigningKey::rsa_pkcs8(&der, padding)
                     } else {
-                        RsaPrivateKey::from_pkcs1_pem(pem).ok()
+                        SigningKey::rsa_pkcs1(&der, padding)
                     }
-                    .ok_or_else(|| {
-                        Error::config(format!(
-                            "the PEM is not an RSA private key ({alg} needs one)"
-                        ))
-                    })?;
-                    rsa_signer(alg, key)?
+                    .map_err(|rejected| {
+                        rsa_rejected(
+                            alg,
+                            rejected,
+                            format!("the PEM is not an RSA private key ({alg} needs one)"),
+                        )
+                    })?
                 }
                 (JwsAlgorithm::Es256, "PRIVATE KEY" | "EC PRIVATE KEY") => {
-                    let key = if label == "PRIVATE KEY" {
-                        p256::SecretKey::from_pkcs8_pem(pem).ok()
+                    let der = pem_body(pem, label)?;
+                    if label == "PRIVATE KEY" {
+                        SigningKey::p256_pkcs8(&der)
                     } else {
-                        p256::SecretKey::from_sec1_pem(pem).ok()
+                        SigningKey::p256_sec1(&der)
                     }
-                    .ok_or_else(|| {
-                        Error::config("the PEM is not a P-256 private key (ES256 needs one)")
-                    })?;
-                    Signer::Es256(key.into())
+                    .map_err(|_| {
+                        Error::config(
+                            "the PEM is not a P-256 private key with its public key \
+                             (ES256 needs one)",
+                        )
+                    })?
                 }
                 _ => {
                     return Err(Error::config(format!(
@@ -432,8 +434,9 @@ mod key {
         }
 
         /// Loads a private JWK (RFC 7517) to sign with `alg`: an RSA key
-        /// (`kty` `RSA`, with `d`, and `p`, `q` when present; at least 2048
-        /// bits) for [`Rs256`](JwsAlgorithm::Rs256) or
+        /// (`kty` `RSA`, with `d` and the CRT members `p`, `q`, `dp`, `dq`,
+        /// `qi`, which JWK libraries write by default; at least 2048 bits)
+        /// for [`Rs256`](JwsAlgorithm::Rs256) or
         /// [`Ps256`](JwsAlgorithm::Ps256), a P-256 key (`kty` `EC`, `crv`
         /// `P-256`, with `d`) for [`Es256`](JwsAlgorithm::Es256).
         ///
@@ -490,7 +493,7 @@ mod key {
                             "the JWK is an RSA key; ES256 needs a P-256 key",
                         ));
                     }
-                    rsa_signer(alg, rsa_from_jwk(object)?)?
+                    rsa_from_jwk(alg, object)?
                 }
                 Some("EC") => {
                     if field("crv")? != Some("P-256") {
@@ -503,7 +506,7 @@ mod key {
                             "the JWK is a P-256 key; {alg} needs an RSA key"
                         )));
                     }
-                    Signer::Es256(p256_from_jwk(object)?.into())
+                    p256_from_jwk(object)?
                 }
                 _ => {
                     return Err(Error::config(
@@ -577,21 +580,18 @@ mod key {
 
         /// The members RFC 7638 requires, `kty` included, in any order.
         fn public_members(&self) -> Vec<(&'static str, String)> {
-            match &*self.signer {
-                Signer::Rs256(key) => rsa_members(key.as_ref()),
-                Signer::Ps256(key) => rsa_members(key.as_ref()),
-                Signer::Es256(key) => {
-                    let point = key.verifying_key().to_encoded_point(false);
-                    let coordinate = |c: Option<&p256::FieldBytes>| {
-                        URL_SAFE_NO_PAD.encode(c.map_or(&[][..], |c| &c[..]))
-                    };
-                    vec![
-                        ("kty", "EC".to_owned()),
-                        ("crv", "P-256".to_owned()),
-                        ("x", coordinate(point.x())),
-                        ("y", coordinate(point.y())),
-                    ]
-                }
+            match self.signer.public() {
+                crypto::PublicKey::Rsa { n, e } => vec![
+                    ("kty", "RSA".to_owned()),
+                    ("n", URL_SAFE_NO_PAD.encode(n)),
+                    ("e", URL_SAFE_NO_PAD.encode(e)),
+                ],
+                crypto::PublicKey::P256 { x, y } => vec![
+                    ("kty", "EC".to_owned()),
+                    ("crv", "P-256".to_owned()),
+                    ("x", URL_SAFE_NO_PAD.encode(x)),
+                    ("y", URL_SAFE_NO_PAD.encode(y)),
+                ],
             }
         }
 
@@ -632,37 +632,41 @@ mod key {
                 URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()),
                 URL_SAFE_NO_PAD.encode(claims.to_string()),
             );
-            let failed =
-                |_| Error::client_assertion("signing the client assertion failed", None, false);
-            let signature = match &*self.signer {
-                Signer::Rs256(key) => key
-                    .try_sign_with_rng(&mut OsRng, jws.as_bytes())
-                    .map_err(failed)?
-                    .to_vec(),
-                Signer::Ps256(key) => key
-                    .try_sign_with_rng(&mut OsRng, jws.as_bytes())
-                    .map_err(failed)?
-                    .to_vec(),
-                Signer::Es256(key) => {
-                    let signature: p256::ecdsa::Signature =
-                        key.try_sign(jws.as_bytes()).map_err(failed)?;
-                    signature.to_bytes().to_vec()
-                }
-            };
+            let signature = self.signer.sign(jws.as_bytes()).map_err(|_| {
+                Error::client_assertion("signing the client assertion failed", None, false)
+            })?;
             jws.push('.');
             jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
             Ok(jws)
         }
     }
 
-    /// `kty`, `n` and `e` of an RSA key: unsigned big-endian, no leading
-    /// zero bytes (RFC 7518 §6.3.1).
-    fn rsa_members(key: &RsaPrivateKey) -> Vec<(&'static str, String)> {
-        vec![
-            ("kty", "RSA".to_owned()),
-            ("n", URL_SAFE_NO_PAD.encode(key.n().to_bytes_be())),
-            ("e", URL_SAFE_NO_PAD.encode(key.e().to_bytes_be())),
-        ]
+    /// The padding of an RSA algorithm.
+    fn rsa_padding(alg: JwsAlgorithm) -> Result<RsaPadding, Error> {
+        match alg {
+            JwsAlgorithm::Rs256 => Ok(RsaPadding::Pkcs1),
+            JwsAlgorithm::Ps256 => Ok(RsaPadding::Pss),
+            JwsAlgorithm::Es256 => Err(Error::config("ES256 needs a P-256 key, not an RSA key")),
+        }
+    }
+
+    /// The error for an RSA key the backend refused: its size when that was
+    /// the reason, `otherwise` when not.
+    fn rsa_rejected(alg: JwsAlgorithm, rejected: Rejected, otherwise: String) -> Error {
+        match rejected {
+            Rejected::TooSmall => Error::config(format!(
+                "the RSA key is too short for {alg}: at least {MIN_RSA_BITS} bits"
+            )),
+            Rejected::TooLarge => Error::config(format!(
+                "the RSA key is too long for the signing backend ({})",
+                if cfg!(feature = "aws-lc-rs") {
+                    "aws-lc-rs: at most 8192 bits"
+                } else {
+                    "ring: at most 4096 bits"
+                }
+            )),
+            Rejected::Invalid => Error::config(otherwise),
+        }
     }
 
     /// RFC 7638 §3: the members sorted by name, as JSON without whitespace,
@@ -690,79 +694,108 @@ mod key {
         Some(&rest[..rest.find("-----")?])
     }
 
-    fn rsa_signer(alg: JwsAlgorithm, key: RsaPrivateKey) -> Result<Signer, Error> {
-        if key.size() * 8 < MIN_RSA_BITS {
-            return Err(Error::config(format!(
-                "the RSA key is too short for {alg}: at least {MIN_RSA_BITS} bits"
-            )));
+    /// The DER inside the PEM block labelled `label` (RFC 7468): base64
+    /// between its `BEGIN` and `END` lines. A block with headers (the
+    /// `Proc-Type: 4,ENCRYPTED` of OpenSSL's legacy encrypted keys) is
+    /// refused.
+    fn pem_body(pem: &str, label: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        let rest = pem
+            .find(&begin)
+            .map(|at| &pem[at + begin.len()..])
+            .ok_or_else(|| Error::config("the private key is not PEM"))?;
+        let body = rest
+            .find(&end)
+            .map(|at| &rest[..at])
+            .ok_or_else(|| Error::config("the private key PEM has no `-----END` line"))?;
+        if body.contains(':') {
+            return Err(Error::config(
+                "encrypted private keys are not supported; decrypt the PEM first",
+            ));
         }
-        Ok(match alg {
-            JwsAlgorithm::Rs256 => Signer::Rs256(rsa::pkcs1v15::SigningKey::new(key)),
-            JwsAlgorithm::Ps256 => Signer::Ps256(rsa::pss::BlindedSigningKey::new(key)),
-            JwsAlgorithm::Es256 => {
-                return Err(Error::config("ES256 needs a P-256 key, not an RSA key"))
-            }
-        })
+        let base64: Zeroizing<String> =
+            Zeroizing::new(body.chars().filter(|c| !c.is_ascii_whitespace()).collect());
+        STANDARD
+            .decode(base64.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| Error::config("the private key PEM is not valid base64"))
     }
 
-    /// A P-256 private key from a JWK's `d`, checked against its `x` and `y`.
-    fn p256_from_jwk(object: &Map<String, Value>) -> Result<p256::SecretKey, Error> {
+    /// A JWK member holding an unsigned big-endian number (RFC 7518 §2,
+    /// `Base64urlUInt`); `None` when absent.
+    fn jwk_number(
+        object: &Map<String, Value>,
+        name: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+        let Some(value) = object.get(name) else {
+            return Ok(None);
+        };
+        value
+            .as_str()
+            .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+            .map(|bytes| Some(Zeroizing::new(bytes)))
+            .ok_or_else(|| Error::config(format!("the JWK's `{name}` is not base64url")))
+    }
+
+    /// A P-256 key from a JWK's `d`, checked against its `x` and `y`.
+    fn p256_from_jwk(object: &Map<String, Value>) -> Result<SigningKey, Error> {
         let invalid = || Error::config("the JWK is not a valid P-256 private key");
         let coordinate = |name: &str| {
-            object
-                .get(name)
-                .and_then(Value::as_str)
-                .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+            jwk_number(object, name)
+                .ok()
+                .flatten()
                 .filter(|bytes| bytes.len() == 32)
                 .ok_or_else(invalid)
         };
-        let d = Zeroizing::new(coordinate("d")?);
-        let key = p256::SecretKey::from_slice(&d).map_err(|_| invalid())?;
-        let point = key.public_key().to_encoded_point(false);
-        if point.x().map(|x| x.as_slice()) != Some(&coordinate("x")?[..])
-            || point.y().map(|y| y.as_slice()) != Some(&coordinate("y")?[..])
-        {
-            return Err(Error::config(
-                "the JWK's `x` and `y` are not the public half of its `d`",
-            ));
-        }
-        Ok(key)
+        let (d, x, y) = (coordinate("d")?, coordinate("x")?, coordinate("y")?);
+        SigningKey::p256_parts(&d, &x, &y).map_err(|_| {
+            Error::config(
+                "the JWK is not a valid P-256 private key, or its `x` and `y` are not the \
+                 public half of its `d`",
+            )
+        })
     }
 
-    /// An RSA private key from a JWK's `n`, `e`, `d` (and `p`, `q`).
-    fn rsa_from_jwk(object: &Map<String, Value>) -> Result<RsaPrivateKey, Error> {
-        let number = |name: &str| -> Result<Option<BigUint>, Error> {
-            let Some(value) = object.get(name) else {
-                return Ok(None);
-            };
-            let bytes = value
-                .as_str()
-                .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
-                .map(Zeroizing::new)
-                .ok_or_else(|| Error::config(format!("the JWK's `{name}` is not base64url")))?;
-            Ok(Some(BigUint::from_bytes_be(&bytes)))
-        };
+    /// An RSA key from a JWK's `n`, `e`, `d` and CRT members (`p`, `q`,
+    /// `dp`, `dq`, `qi`).
+    fn rsa_from_jwk(alg: JwsAlgorithm, object: &Map<String, Value>) -> Result<SigningKey, Error> {
         let required = |name: &str| {
-            number(name)?.ok_or_else(|| Error::config(format!("the RSA JWK has no `{name}`")))
+            jwk_number(object, name)?
+                .ok_or_else(|| Error::config(format!("the RSA JWK has no `{name}`")))
         };
         let (n, e, d) = (required("n")?, required("e")?, required("d")?);
-        let primes = match (number("p")?, number("q")?) {
-            (Some(p), Some(q)) => vec![p, q],
-            _ => Vec::new(),
+        let crt = |name: &str| {
+            jwk_number(object, name)?.ok_or_else(|| {
+                Error::config(format!(
+                    "the RSA JWK has no `{name}`: the signing backends need the CRT members \
+                     (p, q, dp, dq, qi) beside `d`, which JWK libraries write by default"
+                ))
+            })
         };
-        let mut key = RsaPrivateKey::from_components(n, e, d, primes)
-            .map_err(|_| Error::config("the JWK is not a valid RSA private key"))?;
-        key.validate()
-            .map_err(|_| Error::config("the JWK is not a valid RSA private key"))?;
-        key.precompute()
-            .map_err(|_| Error::config("the JWK is not a valid RSA private key"))?;
-        Ok(key)
+        let (p, q, dp, dq, qi) = (crt("p")?, crt("q")?, crt("dp")?, crt("dq")?, crt("qi")?);
+        let parts = RsaParts {
+            n: &n,
+            e: &e,
+            d: &d,
+            p: &p,
+            q: &q,
+            dp: &dp,
+            dq: &dq,
+            qi: &qi,
+        };
+        SigningKey::rsa_parts(&parts, rsa_padding(alg)?).map_err(|rejected| {
+            rsa_rejected(
+                alg,
+                rejected,
+                "the JWK is not a valid RSA private key".to_owned(),
+            )
+        })
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
-        use p256::ecdsa::signature::Verifier as _;
 
         const RSA_PEM: &str = include_str!("../../tests/keys/rsa.pem");
         const RSA_PKCS1_PEM: &str = include_str!("../../tests/keys/rsa-pkcs1.pem");
@@ -800,35 +833,31 @@ mod key {
             .to_owned()
         }
 
-        /// Verifies `jws` with the public half of `pem`, as `alg`.
-        fn verify(alg: JwsAlgorithm, pem: &str, jws: &str) {
+        /// Verifies `jws` as `alg` with the public members of the fixture
+        /// JWK `jwk` (its `n` and `e`, or `x` and `y`).
+        fn verify(alg: JwsAlgorithm, jwk: &str, jws: &str) {
             let (header, _, input, signature) = split(jws);
             assert_eq!(header["alg"], alg.as_str());
-            match alg {
-                JwsAlgorithm::Rs256 => {
-                    let public = RsaPrivateKey::from_pkcs8_pem(pem).unwrap().to_public_key();
-                    let signature = rsa::pkcs1v15::Signature::try_from(&signature[..]).unwrap();
-                    rsa::pkcs1v15::VerifyingKey::<Sha256>::new(public)
-                        .verify(input.as_bytes(), &signature)
-                        .expect("RS256 signature verifies");
-                }
-                JwsAlgorithm::Ps256 => {
-                    let public = RsaPrivateKey::from_pkcs8_pem(pem).unwrap().to_public_key();
-                    let signature = rsa::pss::Signature::try_from(&signature[..]).unwrap();
-                    rsa::pss::VerifyingKey::<Sha256>::new(public)
-                        .verify(input.as_bytes(), &signature)
-                        .expect("PS256 signature verifies");
-                }
+            let jwk: Value = serde_json::from_str(jwk).unwrap();
+            let member = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+            let public = match alg {
+                JwsAlgorithm::Rs256 | JwsAlgorithm::Ps256 => crypto::PublicKey::Rsa {
+                    n: member("n"),
+                    e: member("e"),
+                },
                 JwsAlgorithm::Es256 => {
                     assert_eq!(signature.len(), 64, "ES256 is r || s, 32 bytes each");
-                    let secret = p256::SecretKey::from_pkcs8_pem(pem).unwrap();
-                    let public = p256::ecdsa::VerifyingKey::from(secret.public_key());
-                    let signature = p256::ecdsa::Signature::from_slice(&signature).unwrap();
-                    public
-                        .verify(input.as_bytes(), &signature)
-                        .expect("ES256 signature verifies");
+                    crypto::PublicKey::P256 {
+                        x: member("x"),
+                        y: member("y"),
+                    }
                 }
-            }
+            };
+            assert!(
+                crypto::verify(&public, alg.as_str(), input.as_bytes(), &signature),
+                "{alg} signature verifies"
+            );
+            assert!(!crypto::verify(&public, alg.as_str(), b"other", &signature));
         }
 
         #[tokio::test(start_paused = true)]
@@ -886,23 +915,25 @@ mod key {
 
         #[test]
         fn signatures_verify_with_the_public_key() {
-            for (alg, pem) in [
-                (JwsAlgorithm::Rs256, RSA_PEM),
-                (JwsAlgorithm::Ps256, RSA_PEM),
-                (JwsAlgorithm::Es256, EC_PEM),
+            for (alg, pem, jwk) in [
+                (JwsAlgorithm::Rs256, RSA_PEM, RSA_JWK),
+                (JwsAlgorithm::Ps256, RSA_PEM, RSA_JWK),
+                (JwsAlgorithm::Es256, EC_PEM, EC_JWK),
             ] {
                 let key = PrivateKey::from_pem(alg, pem).unwrap();
                 assert_eq!(key.algorithm(), alg);
-                verify(alg, pem, &assertion(&key));
+                verify(alg, jwk, &assertion(&key));
             }
         }
 
         #[test]
         fn pkcs1_sec1_and_jwk_load_the_same_keys() {
-            let key = PrivateKey::from_pem(JwsAlgorithm::Rs256, RSA_PKCS1_PEM).unwrap();
-            verify(JwsAlgorithm::Rs256, RSA_PEM, &assertion(&key));
+            for alg in [JwsAlgorithm::Rs256, JwsAlgorithm::Ps256] {
+                let key = PrivateKey::from_pem(alg, RSA_PKCS1_PEM).unwrap();
+                verify(alg, RSA_JWK, &assertion(&key));
+            }
             let key = PrivateKey::from_pem(JwsAlgorithm::Es256, EC_SEC1_PEM).unwrap();
-            verify(JwsAlgorithm::Es256, EC_PEM, &assertion(&key));
+            verify(JwsAlgorithm::Es256, EC_JWK, &assertion(&key));
 
             // The fixtures' JWKs name PS256 / ES256 and a kid.
             let key = PrivateKey::from_jwk(JwsAlgorithm::Ps256, RSA_JWK).unwrap();
@@ -912,7 +943,7 @@ mod key {
             );
             let jws = assertion(&key);
             assert_eq!(split(&jws).0["kid"], "rsa-jwk");
-            verify(JwsAlgorithm::Ps256, RSA_PEM, &jws);
+            verify(JwsAlgorithm::Ps256, RSA_JWK, &jws);
             let key = PrivateKey::from_jwk(JwsAlgorithm::Es256, EC_JWK)
                 .unwrap()
                 .with_kid("other");
@@ -920,20 +951,31 @@ mod key {
                 (key.algorithm(), key.kid()),
                 (JwsAlgorithm::Es256, Some("other"))
             );
-            verify(JwsAlgorithm::Es256, EC_PEM, &assertion(&key));
+            verify(JwsAlgorithm::Es256, EC_JWK, &assertion(&key));
 
             // Without its own `alg`, a JWK signs with the one it is loaded
-            // for; without p and q, the primes are recovered.
+            // for.
             let mut jwk: Map<String, Value> = serde_json::from_str(RSA_JWK).unwrap();
             jwk.remove("alg");
-            for name in ["p", "q", "dp", "dq", "qi"] {
-                jwk.remove(name);
-            }
-            let jwk = Value::Object(jwk).to_string();
+            let full = Value::Object(jwk.clone()).to_string();
             for alg in [JwsAlgorithm::Rs256, JwsAlgorithm::Ps256] {
-                let key = PrivateKey::from_jwk(alg, &jwk).unwrap();
+                let key = PrivateKey::from_jwk(alg, &full).unwrap();
                 assert_eq!(key.algorithm(), alg);
-                verify(alg, RSA_PEM, &assertion(&key));
+                verify(alg, RSA_JWK, &assertion(&key));
+            }
+            // Without a CRT member, the key is refused, by name: the backends
+            // sign with p, q, dp, dq and qi, and do not recover them.
+            for name in ["p", "q", "dp", "dq", "qi"] {
+                let mut partial = jwk.clone();
+                partial.remove(name);
+                let error =
+                    PrivateKey::from_jwk(JwsAlgorithm::Rs256, Value::Object(partial).to_string())
+                        .expect_err(name);
+                assert_eq!(error.kind(), &crate::ErrorKind::Config);
+                assert!(
+                    error.to_string().contains(&format!("no `{name}`")),
+                    "{error}"
+                );
             }
         }
 
@@ -964,6 +1006,12 @@ mod key {
                 PrivateKey::from_pem(
                     JwsAlgorithm::Rs256,
                     "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----",
+                ),
+                // OpenSSL's legacy encryption: headers inside the block.
+                PrivateKey::from_pem(
+                    JwsAlgorithm::Rs256,
+                    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                     DEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----",
                 ),
                 PrivateKey::from_jwk(Es256, Value::Object(public_jwk).to_string()),
                 PrivateKey::from_jwk(Es256, Value::Object(wrong_alg).to_string()),

@@ -52,7 +52,7 @@ use url::{Host, Url};
 
 pub use assertion::AssertionContext;
 pub(crate) use assertion::{AssertionSettings, AssertionSource};
-#[cfg(feature = "private-key-jwt")]
+#[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use assertion::{JwsAlgorithm, PrivateKey};
 pub use auth::AuthMethod;
@@ -574,7 +574,7 @@ macro_rules! endpoint_settings {
         /// request carries a fresh assertion signed with `key`. Implies
         /// [`AuthMethod::PrivateKeyJwt`](crate::AuthMethod::PrivateKeyJwt);
         /// replaces a [`client_assertion`](Self::client_assertion) callback.
-        #[cfg(feature = "private-key-jwt")]
+        #[cfg(signing)]
         #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
         pub fn private_key_jwt(mut self, key: crate::PrivateKey) -> Self {
             self.endpoint.assertion.source = Some(crate::endpoint::AssertionSource::Key(key));
@@ -598,7 +598,7 @@ macro_rules! endpoint_settings {
         /// and 1 h, 120 s by default. Only for
         /// [`private_key_jwt`](Self::private_key_jwt): `build` refuses it
         /// next to a callback, which dates its own assertions.
-        #[cfg(feature = "private-key-jwt")]
+        #[cfg(signing)]
         #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
         pub fn client_assertion_lifetime(mut self, lifetime: std::time::Duration) -> Self {
             self.endpoint.assertion.lifetime = Some(lifetime);
@@ -679,8 +679,15 @@ macro_rules! endpoint_settings {
         /// `redirect(reqwest::redirect::Policy::none())`: a client that follows
         /// redirects may send the credentials to the redirect target before the
         /// crate can refuse the answer.
-        #[cfg(feature = "reqwest")]
-        #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+        #[cfg(reqwest_client)]
+        #[cfg_attr(
+            docsrs,
+            doc(cfg(any(
+                feature = "reqwest",
+                feature = "reqwest-rustls-ring",
+                feature = "reqwest-native-tls"
+            )))
+        )]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.endpoint.transport = Some(crate::endpoint::Transport::reqwest(client));
             self

@@ -106,7 +106,7 @@ impl Transport {
 
     /// reqwest's client, which reports where it ended up: a client that was
     /// built to follow redirects is caught here.
-    #[cfg(feature = "reqwest")]
+    #[cfg(reqwest_client)]
     pub(crate) fn reqwest(client: reqwest::Client) -> Self {
         let service = tower::service_fn(move |request: http::Request<String>| {
             let client = client.clone();
@@ -123,19 +123,31 @@ impl Transport {
         Self::new(service)
     }
 
-    /// The default transport: reqwest with rustls, following no redirect.
+    /// The default transport: reqwest with the TLS stack the features
+    /// picked, following no redirect.
+    ///
+    /// With `reqwest-rustls-ring` (and not `reqwest`, whose rustls brings
+    /// aws-lc-rs as its own default), reqwest's rustls has no provider of its
+    /// own and would panic here: ring becomes the process's default rustls
+    /// `CryptoProvider` first, unless the application installed one.
     pub(crate) fn default_client() -> Result<Self, Error> {
-        #[cfg(feature = "reqwest")]
+        #[cfg(reqwest_client)]
         {
+            #[cfg(all(feature = "reqwest-rustls-ring", not(feature = "reqwest")))]
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                // Losing a race to another installer leaves a provider in place all the same.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|_| Error::config("could not build the HTTP client"))?;
             Ok(Self::reqwest(client))
         }
-        #[cfg(not(feature = "reqwest"))]
+        #[cfg(not(reqwest_client))]
         Err(Error::config(
-            "no HTTP transport: enable the `reqwest` feature or call `transport(...)`",
+            "no HTTP transport: enable the `reqwest` feature (or `reqwest-rustls-ring`, \
+             `reqwest-native-tls`) or call `transport(...)`",
         ))
     }
 
@@ -224,7 +236,7 @@ fn from_transport(error: BoxError) -> Error {
         Ok(error) => return *error,
         Err(error) => error,
     };
-    #[cfg(feature = "reqwest")]
+    #[cfg(reqwest_client)]
     let error = match error.downcast::<reqwest::Error>() {
         Ok(error) => return Error::from_transport(*error),
         Err(error) => error,

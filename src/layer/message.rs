@@ -47,10 +47,26 @@ pub trait AuthRequest: sealed::Request {}
 pub trait AuthResponse: sealed::Response {}
 
 impl<B> AuthRequest for http::Request<B> {}
-#[cfg(feature = "reqwest")]
+#[cfg(reqwest_client)]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "reqwest",
+        feature = "reqwest-rustls-ring",
+        feature = "reqwest-native-tls"
+    )))
+)]
 impl AuthRequest for reqwest::Request {}
 impl<B> AuthResponse for http::Response<B> {}
-#[cfg(feature = "reqwest")]
+#[cfg(reqwest_client)]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "reqwest",
+        feature = "reqwest-rustls-ring",
+        feature = "reqwest-native-tls"
+    )))
+)]
 impl AuthResponse for reqwest::Response {}
 
 impl<B> sealed::Request for http::Request<B> {
@@ -74,7 +90,7 @@ impl<B> sealed::Request for http::Request<B> {
     }
 }
 
-#[cfg(feature = "reqwest")]
+#[cfg(reqwest_client)]
 impl sealed::Request for reqwest::Request {
     #[inline]
     fn opted_out(&self) -> bool {
@@ -124,7 +140,7 @@ macro_rules! response_via_inherent_methods {
 }
 
 response_via_inherent_methods!(impl<B> for http::Response<B>);
-response_via_inherent_methods!(#[cfg(feature = "reqwest")] impl for reqwest::Response);
+response_via_inherent_methods!(#[cfg(reqwest_client)] impl for reqwest::Response);
 
 /// Marks `response` when it says the token sent was rejected.
 pub(crate) fn mark_if_rejected<R: sealed::Response>(response: &mut R, plain_401: bool) -> bool {

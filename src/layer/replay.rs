@@ -247,10 +247,10 @@ impl<B, C: CopyBody<B>> ReplayRequest<C> for Request<B> {
     }
 }
 
-#[cfg(feature = "reqwest")]
+#[cfg(reqwest_client)]
 impl sealed::Sealed for reqwest::Request {}
 
-#[cfg(feature = "reqwest")]
+#[cfg(reqwest_client)]
 impl<C> ReplayRequest<C> for reqwest::Request {
     fn copy_with(&self, _: &C) -> Option<Self> {
         self.try_clone()

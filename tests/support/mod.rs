@@ -12,6 +12,7 @@
 //!   demand (client tests).
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
 //! - [`logs`]: what a test's `tracing` subscriber wrote, to search.
+//! - [`jws`]: verifies a signed JWT with a public JWK, as a server would.
 //! - [`redis`]: a real `redis-server` on a free loopback port, killed and
 //!   restarted empty or from an older snapshot (fleet and chaos tests).
 //! - [`proxy`]: a TCP proxy in front of it that holds replies or drops
@@ -26,6 +27,7 @@ pub mod apt;
 pub mod child;
 pub mod faketime;
 pub mod grpc;
+pub mod jws;
 pub mod logs;
 pub mod proxy;
 pub mod recorder;
