@@ -15,13 +15,15 @@
 //! # }
 //! ```
 
+use std::{future::Future, pin::Pin};
+
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::{
-    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, Entry, NoBearerAuth},
-    TokenCache,
+    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, NoBearerAuth},
+    Error, TokenCache,
 };
 
 /// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer
@@ -56,6 +58,29 @@ impl BearerAuthMiddleware {
         self.replay = replay;
         self
     }
+
+    /// Sends the token only to this origin (`scheme://host[:port]`); may be
+    /// called several times. Without any, every request gets the token.
+    /// Requests to other origins are sent without it. The same rule as
+    /// [`BearerAuthLayer::allow_origin`].
+    ///
+    /// ```
+    /// # async fn run(cache: tower_oauth2::TokenCache) -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::BearerAuthMiddleware;
+    ///
+    /// let middleware = BearerAuthMiddleware::new(cache)
+    ///     .allow_origin("https://api.example.com")?;
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(middleware)
+    ///     .build();
+    /// # drop(client);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn allow_origin(mut self, origin: &str) -> std::result::Result<Self, Error> {
+        self.layer = self.layer.allow_origin(origin)?;
+        Ok(self)
+    }
 }
 
 impl From<BearerAuthLayer> for BearerAuthMiddleware {
@@ -67,7 +92,40 @@ impl From<BearerAuthLayer> for BearerAuthMiddleware {
     }
 }
 
+/// What `handle` returns: `async_trait`'s type for the trait's future.
+type Handled<'a> = Pin<Box<dyn Future<Output = Result<Response>> + Send + 'a>>;
+
 impl BearerAuthMiddleware {
+    /// The cache whose token `request` gets, if any.
+    #[inline]
+    fn cache_for(&self, request: &Request, extensions: &Extensions) -> Option<&TokenCache> {
+        let (caches, routes, _) = self.layer.parts();
+        let index = if routes.routes.is_empty() {
+            routes.fallback?
+        } else {
+            routes.pick(request.target())?
+        };
+        let entry = caches.get(index)?;
+        if extensions.get::<NoBearerAuth>().is_some() {
+            return None;
+        }
+        Some(&entry.cache)
+    }
+
+    /// Marks and reports the answer when it rejects the token sent;
+    /// whether it did.
+    fn check(&self, cache: &TokenCache, token_id: u64, response: &mut Response) -> bool {
+        let (_, _, plain_401) = self.layer.parts();
+        let rejected = mark_if_rejected(response, plain_401);
+        if rejected {
+            tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
+            cache.invalidate_id(token_id);
+            crate::metrics::rejected_by(response.extensions_mut(), Some(cache));
+        }
+        rejected
+    }
+
+    /// One attempt, waiting for a token when none is ready.
     async fn send(
         &self,
         cache: &TokenCache,
@@ -87,40 +145,20 @@ impl BearerAuthMiddleware {
         };
         request.set_authorization(header);
         let mut response = next.run(request, extensions).await?;
-        let (_, _, plain_401) = self.layer.parts();
-        let rejected = mark_if_rejected(&mut response, plain_401);
-        if rejected {
-            tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
-            cache.invalidate_id(token_id);
-            crate::metrics::rejected_by(response.extensions_mut(), Some(cache));
-        }
+        let rejected = self.check(cache, token_id, &mut response);
         Ok((response, rejected))
     }
-}
 
-#[async_trait::async_trait]
-impl Middleware for BearerAuthMiddleware {
-    async fn handle(
+    /// `replay(true)`: a copy made before the first attempt, sent once more
+    /// with a new token when the first is rejected.
+    async fn send_with_replay(
         &self,
+        cache: &TokenCache,
         request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<Response> {
-        let (caches, routes, _) = self.layer.parts();
-        let entry = routes
-            .pick(request.target())
-            .and_then(|index| caches.get(index));
-        let Some(Entry { cache, .. }) = entry else {
-            return next.run(request, extensions).await;
-        };
-        if extensions.get::<NoBearerAuth>().is_some() {
-            return next.run(request, extensions).await;
-        }
-        let copy = if self.replay {
-            request.try_clone()
-        } else {
-            None
-        };
+        let copy = request.try_clone();
         let (response, rejected) = self.send(cache, request, extensions, next.clone()).await?;
         match copy {
             Some(copy) if rejected => {
@@ -129,5 +167,45 @@ impl Middleware for BearerAuthMiddleware {
             }
             _ => Ok(response),
         }
+    }
+}
+
+// Written out rather than through `#[async_trait]`, which would box the
+// whole body, request and replay state included, for every request. Here
+// the usual request (a token ready, no replay) gets its header before the
+// future is made, and the box holds only the next middleware's future and
+// what reading its answer needs; a request this middleware leaves alone
+// gets no box of its own.
+impl Middleware for BearerAuthMiddleware {
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        mut request: Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Handled<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        let Some(cache) = self.cache_for(&request, extensions) else {
+            return next.run(request, extensions);
+        };
+        if self.replay {
+            return Box::pin(self.send_with_replay(cache, request, extensions, next));
+        }
+        let Some((header, token_id)) = cache.current_header() else {
+            return Box::pin(
+                async move { Ok(self.send(cache, request, extensions, next).await?.0) },
+            );
+        };
+        request.set_authorization(header);
+        let sent = next.run(request, extensions);
+        Box::pin(async move {
+            let mut response = sent.await?;
+            self.check(cache, token_id, &mut response);
+            Ok(response)
+        })
     }
 }
