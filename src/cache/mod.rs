@@ -326,8 +326,6 @@ impl TokenCache {
     pub(crate) fn header_reader(&self) -> HeaderReader {
         HeaderReader {
             slot: arc_swap::Cache::new(SlotOf(self.shared.clone())),
-            header: None,
-            header_of: 0,
             cache: self.clone(),
         }
     }
@@ -439,12 +437,6 @@ impl TokenCache {
 #[derive(Clone)]
 pub(crate) struct HeaderReader {
     slot: arc_swap::Cache<SlotOf, Arc<Slot>>,
-    /// The header of the slot at `header_of`, kept here so that a read does
-    /// not follow the slot and the token to it. `slot` holds that slot alive
-    /// until it changes, so its address cannot be reused meanwhile.
-    header: Option<(HeaderValue, u64)>,
-    /// The address of the slot `header` was taken from (0: none yet).
-    header_of: usize,
     cache: TokenCache,
 }
 
@@ -452,16 +444,10 @@ impl HeaderReader {
     /// Same answer as [`TokenCache::current_header`], cheaper.
     #[inline]
     pub(crate) fn current_header(&mut self) -> Option<(HeaderValue, u64)> {
-        let slot = self.slot.load();
-        let address = Arc::as_ptr(slot) as usize;
-        if address != self.header_of {
-            self.header = match &**slot {
-                Slot::Ready(token) => Some((token.header_value().clone(), token.id())),
-                _ => None,
-            };
-            self.header_of = address;
+        match &**self.slot.load() {
+            Slot::Ready(token) => Some((token.header_value().clone(), token.id())),
+            _ => None,
         }
-        self.header.clone()
     }
 
     /// The cache this reader reads.
