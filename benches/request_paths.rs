@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{bearer, serve, static_header, warm, Static, TOKEN};
+use common::{bearer, serve, static_header, warm, TOKEN};
 use http::HeaderValue;
 use paths::*;
 use reqwest::Url;
@@ -314,5 +314,9 @@ fn main() {
     for (name, size) in sizes {
         println!("{name:<34} {size:>6}");
     }
-    let _ = Static;
+    println!(
+        "(a reqwest::Request is {} bytes, a reqwest::Response {})",
+        std::mem::size_of::<reqwest::Request>(),
+        std::mem::size_of::<reqwest::Response>()
+    );
 }
