@@ -249,6 +249,16 @@ fn main() {
             }),
         ),
         (
+            "BearerAuthMiddleware replay(true) / static mw",
+            2_000,
+            Box::new(|| {
+                (
+                    middlewares(static_client()),
+                    middlewares(replay_client(&cache)),
+                )
+            }),
+        ),
+        (
             "A/A static-header mw / static-header mw",
             2_000,
             Box::new(|| (middlewares(static_client()), middlewares(static_client()))),
