@@ -28,7 +28,8 @@ use crate::{
 
 /// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer
 /// <token>` to requests, as [`BearerAuth`](crate::BearerAuth) does for tower
-/// services: same caches, same origin rules (build it from a
+/// services: same caches, same origin rules
+/// ([`allow_origin`](Self::allow_origin), or build it from a
 /// [`BearerAuthLayer`] with `From` to choose a cache per origin), same
 /// reading of a rejected token (dropped from the cache; the answer marked
 /// [`TokenRejected`](crate::TokenRejected)).
