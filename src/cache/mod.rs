@@ -198,6 +198,15 @@ impl TokenCache {
     ///
     /// [`ErrorKind::ReauthorizationRequired`]: crate::ErrorKind::ReauthorizationRequired
     pub async fn token(&self) -> Result<Token, Error> {
+        // A ready token needs no waiter: one load, a reference count.
+        if let Slot::Ready(token) = &**self.shared.slot.load() {
+            return Ok(token.clone());
+        }
+        self.wait_for_token().await
+    }
+
+    /// [`token`](Self::token) when the first look found none ready.
+    async fn wait_for_token(&self) -> Result<Token, Error> {
         let mut counted = false;
         loop {
             let notified = self.shared.changed.notified();
