@@ -82,6 +82,14 @@ impl BearerAuthMiddleware {
         self.layer = self.layer.allow_origin(origin)?;
         Ok(self)
     }
+
+    /// How many requests this middleware (and its clones) sent on without
+    /// a token because no cache serves their origin, as
+    /// [`BearerAuthLayer::withheld`] counts them; each such origin is also
+    /// logged once.
+    pub fn withheld(&self) -> u64 {
+        self.layer.withheld()
+    }
 }
 
 impl From<BearerAuthLayer> for BearerAuthMiddleware {
@@ -101,10 +109,16 @@ impl BearerAuthMiddleware {
     #[inline]
     fn cache_for(&self, request: &Request, extensions: &Extensions) -> Option<&TokenCache> {
         let (caches, routes, _) = self.layer.parts();
-        let index = if routes.routes.is_empty() {
-            routes.fallback?
+        let picked = if routes.routes.is_empty() {
+            routes.fallback
         } else {
-            routes.pick(request.target())?
+            routes.pick(request.target())
+        };
+        let Some(index) = picked else {
+            if extensions.get::<NoBearerAuth>().is_none() {
+                routes.withheld.note(request.target());
+            }
+            return None;
         };
         let entry = caches.get(index)?;
         if extensions.get::<NoBearerAuth>().is_some() {

@@ -24,18 +24,18 @@ async fn allow_origin_sends_the_token_to_that_origin_only() {
     let (allowed, other) = (Upstream::start().await, Upstream::start().await);
     let script = Scripted::tokens(HOUR);
     let cache = TokenCache::new(script.source());
+    let middleware = BearerAuthMiddleware::new(cache.clone())
+        .allow_origin(&allowed.origin)
+        .unwrap();
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(
-            BearerAuthMiddleware::new(cache.clone())
-                .allow_origin(&allowed.origin)
-                .unwrap(),
-        )
+        .with(middleware.clone())
         .build();
 
     let response = client.get(&other.url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(other.seen(), [""]);
     assert_eq!(script.calls(), 0, "no token fetched for another origin");
+    assert_eq!(middleware.withheld(), 1, "counted, shared by clones");
 
     let response = client.get(&allowed.url).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "Bearer token-1 0");

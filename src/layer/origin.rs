@@ -161,7 +161,7 @@ impl Withheld {
     }
 
     #[cold]
-    fn note(&self, target: Option<Target<'_>>) {
+    pub(crate) fn note(&self, target: Option<Target<'_>>) {
         self.count.fetch_add(1, Ordering::Relaxed);
         crate::metrics::withheld(target.is_none());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
