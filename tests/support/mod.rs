@@ -19,11 +19,14 @@
 //!   connections on demand (chaos tests).
 //! - [`child`]: this test binary as a child process, running one ignored
 //!   test (crash and fleet tests).
+//! - [`authorize`]: an authorization endpoint and the person's browser
+//!   (code flow tests).
 //! - [`faketime`]: a system clock the test steps under a child process
 //!   (clock tests).
 #![allow(dead_code)]
 
 pub mod apt;
+pub mod authorize;
 pub mod child;
 pub mod faketime;
 pub mod grpc;
