@@ -214,7 +214,7 @@ async fn stack(cache: TokenCache, http: reqwest::Client, url: &str) -> Result {
 
     // reqwest-middleware (cargo feature `reqwest-middleware`)
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(BearerAuthMiddleware::new(cache).replay(true))
+        .with(BearerAuthMiddleware::new(cache).allow_origin("https://api.example.com")?.replay(true))
         .build();
     // end
     Ok(())

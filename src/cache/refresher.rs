@@ -623,22 +623,26 @@ impl<T: TokenStore> Refresher<T> {
                 if error.is_reauthorization_required()
                     && self.reread(source, sent.as_ref()).await =>
             {
-                // Another process rotated the refresh token: try it at once.
-                span.in_scope(|| {
-                    tracing::info!(target: "tower_oauth2", "refresh token rejected; the store holds a newer one")
-                });
-                // Tried again at once: not a stop.
                 metrics::token_request(&self.metrics, Outcome::Transient, took);
                 if let Some(shared) = self.shared.upgrade() {
                     shared.counters.failures.fetch_add(1, Ordering::Relaxed);
                 }
-                self.phase = Phase::Failing {
-                    live,
-                    error,
-                    failures: 0,
-                    retry_at: now,
-                    wanted: true,
-                };
+                // The stored state came with a valid access token (another
+                // process exchanged a code, or refreshed): serving it.
+                if !matches!(self.phase, Phase::Serving(_)) {
+                    // Another process rotated the refresh token: try it at once.
+                    span.in_scope(|| {
+                        tracing::info!(target: "tower_oauth2", "refresh token rejected; the store holds a newer one")
+                    });
+                    // Tried again at once: not a stop.
+                    self.phase = Phase::Failing {
+                        live,
+                        error,
+                        failures: 0,
+                        retry_at: now,
+                        wanted: true,
+                    };
+                }
             }
             Err(error) => {
                 metrics::token_request(&self.metrics, Outcome::of(&error), took);
@@ -1035,8 +1039,12 @@ impl<T: TokenStore> Refresher<T> {
         }
     }
 
-    /// After `invalid_grant` for `sent`: whether the store holds a refresh
-    /// token other than the one just refused, now handed to the source.
+    /// After `invalid_grant` for `sent` (or no refresh token at all):
+    /// whether the store holds a refresh token other than the one just
+    /// refused, now handed to the source. Its access token, when still
+    /// good, is served at once (the phase is then `Serving`): a process
+    /// that has just exchanged a code stored both, and refreshing would
+    /// cost a token request and a rotation for nothing.
     async fn reread<S: TokenSource>(
         &mut self,
         source: &mut S,
@@ -1050,6 +1058,7 @@ impl<T: TokenStore> Refresher<T> {
                 if let Some(refresh_token) = state.refresh_token() {
                     source.resume(refresh_token.clone());
                 }
+                self.take_state(state, source);
                 true
             }
             None => false,

@@ -114,7 +114,7 @@ use tower_service::Service;
 pub use future::ResponseFuture;
 pub use message::{AuthRequest, AuthResponse};
 pub use rejection::TokenRejected;
-pub use replay::Replay;
+pub use replay::{CloneBody, Replay};
 
 #[cfg(feature = "reqwest-middleware")]
 pub(crate) use message::{mark_if_rejected, sealed};
