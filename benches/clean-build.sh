@@ -8,8 +8,11 @@
 #     bash benches/clean-build.sh            # debug builds (what `cargo run` does)
 #     PROFILE=release bash benches/clean-build.sh
 #
-# Prints one Markdown table row per build: feature set, wall time, crates
-# compiled, and whether aws-lc-sys (C, the slow part) or ring is among them.
+# Prints one Markdown table row per feature set: wall time and CPU time
+# (user + system, summed over every compiler process: what the build costs
+# whatever else the machine does), crates compiled, and whether aws-lc-sys
+# or ring is among them. ROUNDS=n builds each set n times, interleaved, and
+# shows the fastest round and every round.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -31,30 +34,56 @@ if [[ -n "${ONLY:-}" ]]; then
   mapfile -t sets < <(printf '%s\n' "${sets[@]}" | grep -F -- "$ONLY")
 fi
 
-echo "| program depends on | clean build, ${profile} (s) | crates compiled | aws-lc-sys | ring |"
-echo "|---|---:|---:|:-:|:-:|"
+rounds="${ROUNDS:-1}"
+declare -A times
+declare -A info
+declare -A cpu
+echo "| program depends on | clean build, ${profile}: wall (s) | CPU time, user + system (s) | crates compiled | aws-lc-sys | ring |"
+echo "|---|---:|---:|---:|:-:|:-:|"
+# Rounds interleave the feature sets, so a disturbance hits all alike; the
+# table shows each set's fastest round (and every round, with ROUNDS > 1).
+for round in $(seq "$rounds"); do
+  i=0
+  for entry in "${sets[@]}"; do
+    name="${entry%%|*}"
+    dep="${entry#*|}"
+    i=$((i + 1))
+    dir="$work/p$i"
+    mkdir -p "$dir/src"
+    printf '[package]\nname = "p%s"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n%s\n' "$i" "$dep" >"$dir/Cargo.toml"
+    echo 'fn main() {}' >"$dir/src/main.rs"
+    if ! (cd "$dir" && cargo fetch -q 2>/dev/null); then
+      info[$i]="$name|could not resolve"
+      continue
+    fi
+    TIMEFORMAT='%R %U %S'
+    if ! { took=$( { time (cd "$dir" && CARGO_TARGET_DIR="$dir/target" cargo build -j "$jobs" --profile "$profile" >"$dir/log" 2>&1); } 2>&1 ); }; then
+      info[$i]="$name|failed to build: $(grep -m1 -E '^error' "$dir/log" || true)"
+      rm -rf "$dir/target"
+      continue
+    fi
+    log=$(cat "$dir/log")
+    read -r wall user sys <<<"$took"
+    times[$i]="${times[$i]:-} $(awk -v w="$wall" 'BEGIN { printf "%.1f", w }')"
+    cpu[$i]="${cpu[$i]:-} $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')"
+    crates=$(echo "$log" | grep -c '^ *Compiling ' || true)
+    lc=$(echo "$log" | grep -q 'Compiling aws-lc-sys' && echo yes || echo no)
+    ring=$(echo "$log" | grep -q 'Compiling ring ' && echo yes || echo no)
+    info[$i]="$name|$crates|$lc|$ring"
+    rm -rf "$dir/target"
+  done
+done
 i=0
 for entry in "${sets[@]}"; do
-  name="${entry%%|*}"
-  dep="${entry#*|}"
   i=$((i + 1))
-  dir="$work/p$i"
-  mkdir -p "$dir/src"
-  printf '[package]\nname = "p%s"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n%s\n' "$i" "$dep" >"$dir/Cargo.toml"
-  echo 'fn main() {}' >"$dir/src/main.rs"
-  if ! (cd "$dir" && cargo fetch -q 2>/dev/null); then
-    echo "| $name | could not resolve | | | |"
+  IFS='|' read -r name crates lc ring <<<"${info[$i]:-${entry%%|*}|not built}"
+  if [[ -z "${times[$i]:-}" ]]; then
+    echo "| $name | $crates | | | | |"
     continue
   fi
-  start=$(date +%s.%N)
-  if ! log=$(cd "$dir" && CARGO_TARGET_DIR="$dir/target" cargo build -j "$jobs" --profile "$profile" 2>&1); then
-    echo "| $name | failed to build: $(echo "$log" | grep -m1 -E '^error' || true) | | | |"
-    continue
-  fi
-  end=$(date +%s.%N)
-  crates=$(echo "$log" | grep -c '^ *Compiling ' || true)
-  lc=$(echo "$log" | grep -q 'Compiling aws-lc-sys' && echo yes || echo no)
-  ring=$(echo "$log" | grep -q 'Compiling ring ' && echo yes || echo no)
-  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
-  printf '| %s | %s | %s | %s | %s |\n' "$name" "$secs" "$crates" "$lc" "$ring"
+  best=$(tr ' ' '\n' <<<"${times[$i]}" | grep . | sort -n | head -1)
+  least=$(tr ' ' '\n' <<<"${cpu[$i]}" | grep . | sort -n | head -1)
+  all="" allcpu=""
+  if ((rounds > 1)); then all=" (${times[$i]# })" allcpu=" (${cpu[$i]# })"; fi
+  echo "| $name | $best$all | $least$allcpu | $crates | $lc | $ring |"
 done
