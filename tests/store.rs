@@ -534,8 +534,18 @@ async fn invalid_grant_reads_the_store_again_before_giving_up() {
         .build();
     other.token().await.unwrap();
     other.shutdown().await.unwrap();
+    // The store holds the other process's rotated refresh token and its
+    // access token, still good: that token serves, with no further request.
     let token = stale.token().await.expect("recovered from the store");
-    assert_eq!(token.access_token().expose_secret(), "at-rt-2");
+    assert_eq!(token.access_token().expose_secret(), "at-rt-1");
+    let sent: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("refresh_token"))
+        .collect();
+    assert_eq!(sent, ["rt-0", "rt-0"]);
+    // Its next refresh continues from the stored refresh token.
+    stale.refresh_now().await.unwrap();
     let sent: Vec<_> = server
         .requests()
         .iter()
