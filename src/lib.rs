@@ -91,6 +91,9 @@ mod clock;
 #[cfg(signing)]
 mod crypto;
 pub mod discovery;
+#[cfg(dpop)]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub mod dpop;
 pub mod endpoint;
 mod error;
 pub mod grant;
@@ -102,6 +105,9 @@ pub mod store;
 mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
+#[cfg(dpop)]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use dpop::{DpopKey, DpopSigner};
 pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint};
 #[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
