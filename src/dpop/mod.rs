@@ -47,7 +47,10 @@
 mod nonce;
 mod proof;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, Mutex, Weak},
+};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use http::HeaderValue;
@@ -114,6 +117,9 @@ struct KeyInner {
     jkt: String,
     nonces: nonce::Nonces,
 }
+
+/// Every key alive in this process, to adopt stored tokens with.
+static KEYS: Mutex<Vec<Weak<KeyInner>>> = Mutex::new(Vec::new());
 
 enum Signer {
     Key(PrivateKey),
@@ -183,7 +189,7 @@ impl DpopKey {
             r#"{{"typ":"dpop+jwt","alg":"{}","jwk":{jwk}}}"#,
             alg.as_str()
         );
-        Ok(Self {
+        let key = Self {
             inner: Arc::new(KeyInner {
                 signer,
                 alg,
@@ -192,7 +198,21 @@ impl DpopKey {
                 jkt,
                 nonces: nonce::Nonces::default(),
             }),
-        })
+        };
+        let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        keys.retain(|weak| weak.strong_count() > 0);
+        keys.push(Arc::downgrade(&key.inner));
+        Ok(key)
+    }
+
+    /// A key of this process with thumbprint `jkt`, if one is alive: the
+    /// only keys a token from a store may be adopted with.
+    pub(crate) fn with_thumbprint(jkt: &str) -> Option<DpopKey> {
+        let keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .filter_map(Weak::upgrade)
+            .find(|inner| inner.jkt == jkt)
+            .map(|inner| DpopKey { inner })
     }
 
     /// The algorithm of the proofs.
@@ -225,11 +245,6 @@ impl DpopKey {
             Some(value) => self.inner.nonces.remember(origin, value),
             None => false,
         }
-    }
-
-    /// Whether `self` and `other` are clones of one key.
-    pub(crate) fn same_as(&self, other: &DpopKey) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner) || self.inner.jkt == other.inner.jkt
     }
 
     /// A proof for a request to the token endpoint (no `ath`), with the

@@ -16,8 +16,9 @@ use crate::{clock, Error};
 /// Where a request goes, as a proof names it: `htu` is the URI without
 /// query and fragment (RFC 9449 §4.2), and its first `origin_len` bytes are
 /// the origin (`scheme://authority`) nonces are remembered under.
+/// (`pub` in a private module: it appears in the sealed request trait.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Htu {
+pub struct Htu {
     pub(crate) htu: String,
     pub(crate) origin_len: usize,
 }

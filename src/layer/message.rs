@@ -13,6 +13,12 @@ pub(crate) mod sealed {
         fn opted_out(&self) -> bool;
         fn target(&self) -> Option<Target<'_>>;
         fn set_authorization(&mut self, value: HeaderValue);
+        /// The method and where the request goes, as a DPoP proof names them.
+        #[cfg(dpop)]
+        fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)>;
+        /// Sets the `DPoP` proof header.
+        #[cfg(dpop)]
+        fn set_dpop(&mut self, proof: HeaderValue);
     }
 
     /// What the layer reads from a response.
@@ -88,6 +94,19 @@ impl<B> sealed::Request for http::Request<B> {
     fn set_authorization(&mut self, value: HeaderValue) {
         self.headers_mut().insert(AUTHORIZATION, value);
     }
+
+    #[cfg(dpop)]
+    fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)> {
+        Some((
+            self.method().as_str(),
+            crate::dpop::Htu::of_uri(self.uri())?,
+        ))
+    }
+
+    #[cfg(dpop)]
+    fn set_dpop(&mut self, proof: HeaderValue) {
+        self.headers_mut().insert(crate::dpop::DPOP, proof);
+    }
 }
 
 #[cfg(reqwest_client)]
@@ -110,6 +129,19 @@ impl sealed::Request for reqwest::Request {
     #[inline]
     fn set_authorization(&mut self, value: HeaderValue) {
         self.headers_mut().insert(AUTHORIZATION, value);
+    }
+
+    #[cfg(dpop)]
+    fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)> {
+        Some((
+            self.method().as_str(),
+            crate::dpop::Htu::of_url(self.url())?,
+        ))
+    }
+
+    #[cfg(dpop)]
+    fn set_dpop(&mut self, proof: HeaderValue) {
+        self.headers_mut().insert(crate::dpop::DPOP, proof);
     }
 }
 

@@ -95,6 +95,8 @@
 //! [`origin`]: BearerAuthLayer::origin
 //! [`tower::retry`]: https://docs.rs/tower/latest/tower/retry/index.html
 
+#[cfg(dpop)]
+mod dpop;
 mod future;
 mod message;
 mod origin;
@@ -276,6 +278,8 @@ impl<S> Layer<S> for BearerAuthLayer {
         let source = |entry: &Entry| Source {
             reader: entry.cache.header_reader(),
             index: entry.index,
+            #[cfg(dpop)]
+            dpop: None,
         };
         let sources = match &self.caches[..] {
             [] => Sources::Nothing,
@@ -322,6 +326,9 @@ enum Sources {
 struct Source {
     reader: HeaderReader,
     index: usize,
+    /// The binding of the last DPoP token this clone sent, by token id.
+    #[cfg(dpop)]
+    dpop: Option<(u64, Arc<crate::dpop::Binding>)>,
 }
 
 impl<S> fmt::Debug for BearerAuth<S> {
@@ -407,6 +414,25 @@ where
         };
         let cache = source.index;
         if let Some((header, token_id)) = source.reader.current_header() {
+            #[cfg(dpop)]
+            if dpop::is_dpop(&header) {
+                let binding = match &source.dpop {
+                    Some((id, binding)) if *id == token_id => Some(binding.clone()),
+                    _ => dpop::current_binding(source.reader.cache(), token_id),
+                };
+                if let Some(binding) = binding {
+                    source.dpop = Some((token_id, binding.clone()));
+                    let sent = Sent {
+                        cache,
+                        token_id,
+                        plain_401,
+                    };
+                    return self.call_dpop(request, header, binding, sent);
+                }
+                // Not ready after all: the waiting path.
+                let tokens = source.reader.cache().clone();
+                return self.call_waiting(request, tokens, cache, plain_401);
+            }
             request.set_authorization(header);
             let sent = Sent {
                 cache,
@@ -415,14 +441,36 @@ where
             };
             return ResponseFuture::sent(self.inner.call(request), Some(sent));
         }
-        // No token ready: wait for one, with the service that was polled
-        // ready (a clone stays behind for the next request).
-        // The future holds a handle: the service may be gone before it ends.
         let tokens = source.reader.cache().clone();
+        self.call_waiting(request, tokens, cache, plain_401)
+    }
+}
+
+impl<S> BearerAuth<S> {
+    /// No token ready: waits for one, with the service that was polled
+    /// ready (a clone stays behind for the next request).
+    fn call_waiting<R>(
+        &mut self,
+        mut request: R,
+        tokens: TokenCache,
+        cache: usize,
+        plain_401: bool,
+    ) -> ResponseFuture<S::Future, S::Response, S::Error>
+    where
+        R: AuthRequest + Send + 'static,
+        S: Service<R> + Clone + Send + 'static,
+        S::Response: AuthResponse + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
+        // The future holds a handle: the service may be gone before it ends.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::waiting(Box::pin(async move {
             let token = tokens.token().await.map_err(BearerAuthError::Token)?;
+            #[cfg(dpop)]
+            let proved = dpop::authorize(&mut request, &token).map_err(BearerAuthError::Token)?;
+            #[cfg(not(dpop))]
             request.set_authorization(token.header_value().clone());
             let mut response = ready
                 .call(request)
@@ -433,7 +481,42 @@ where
                 token_id: token.id(),
                 plain_401,
             };
+            #[cfg(dpop)]
+            if let Some((binding, htu)) = proved {
+                dpop::Proved { binding, htu, sent }.check(&mut response);
+                return Ok(response);
+            }
             sent.check(&mut response);
+            Ok(response)
+        }))
+    }
+
+    /// A DPoP-bound token is ready: the proof is made here, synchronously
+    /// (one signature), and the answer read for its nonce.
+    #[cfg(dpop)]
+    fn call_dpop<R>(
+        &mut self,
+        mut request: R,
+        header: http::HeaderValue,
+        binding: Arc<crate::dpop::Binding>,
+        sent: Sent,
+    ) -> ResponseFuture<S::Future, S::Response, S::Error>
+    where
+        R: AuthRequest + Send + 'static,
+        S: Service<R> + Clone + Send + 'static,
+        S::Response: AuthResponse + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
+        let htu = match dpop::prove(&mut request, &binding) {
+            Ok(htu) => htu,
+            Err(error) => return ResponseFuture::waiting(dpop::failed(error)),
+        };
+        request.set_authorization(header);
+        let future = self.inner.call(request);
+        ResponseFuture::waiting(Box::pin(async move {
+            let mut response = future.await.map_err(BearerAuthError::Service)?;
+            dpop::Proved { binding, htu, sent }.check(&mut response);
             Ok(response)
         }))
     }
