@@ -50,6 +50,8 @@
 //! [`endpoint`] and [`discovery`] go further, each with an example; [`layer::replay`] sends a
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
+//! The `dpop` feature binds tokens to a key the client holds (RFC 9449):
+//! see its `dpop` module.
 //! The `metrics` feature counts token requests, waits, rejected tokens,
 //! replays and saves through the `metrics` facade: see [`metrics`] for the
 //! names.

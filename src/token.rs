@@ -52,6 +52,17 @@ struct Inner {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Set in the id of a DPoP token: the layer tells such a token from a
+/// bearer one by the id it already holds, without reading anything more.
+pub(crate) const DPOP_ID: u64 = 1 << 63;
+
+/// Whether `id` is a DPoP token's.
+#[cfg(dpop)]
+#[inline]
+pub(crate) fn is_dpop_id(id: u64) -> bool {
+    id & DPOP_ID != 0
+}
+
 impl Token {
     /// Starts building a bearer token from its access token string.
     ///
@@ -266,7 +277,8 @@ impl TokenBuilder {
         header.set_sensitive(true);
         Ok(Token {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                    | if self.dpop_type { DPOP_ID } else { 0 },
                 access_token: SecretString::from(access),
                 header,
                 refresh_token: self.refresh_token,

@@ -19,8 +19,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_oauth2::{
     dpop::DpopRejected,
     layer::{Replay, TokenRejected},
-    BearerAuthLayer, ClientCredentials, DpopKey, JwsAlgorithm, PrivateKey, RefreshPolicy,
-    TokenCache, TokenSource,
+    BearerAuthLayer, ClientCredentials, DpopKey, FileStore, JwsAlgorithm, PrivateKey,
+    RefreshPolicy, TokenCache, TokenSource,
 };
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -207,4 +207,50 @@ async fn reqwest_requests_carry_the_proof_too() {
     }
     assert_eq!(api.accepted(), 3);
     assert_eq!(api.refused().len(), 1, "the first nonce only");
+}
+
+#[tokio::test]
+async fn a_replica_adopts_a_stored_token_only_with_the_key_it_is_bound_to() {
+    let issuer = DpopServer::token_endpoint(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let shared_key = || {
+        let pem = include_str!("keys/ec.pem");
+        DpopKey::from_private_key(PrivateKey::from_pem(JwsAlgorithm::Es256, pem).unwrap()).unwrap()
+    };
+    let replica = |key: DpopKey| {
+        TokenCache::builder(grant(&issuer, key))
+            .store(FileStore::new(&path))
+            .build()
+    };
+
+    let first = replica(shared_key());
+    let jkt = first.token().await.unwrap().dpop_jkt().unwrap().to_owned();
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        stored.contains(r#""token_type":"DPoP""#),
+        "{}",
+        stored.len()
+    );
+    assert!(stored.contains(&jkt));
+    assert_eq!(issuer.issued(), 1);
+
+    // Same key (loaded on its own, as another replica would): adopted.
+    let second = replica(shared_key());
+    assert_eq!(second.token().await.unwrap().dpop_jkt(), Some(jkt.as_str()));
+    assert_eq!(issuer.issued(), 1, "adopted, not fetched");
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    drop((first, second));
+
+    // Another key, and no holder of the first one left: its own token.
+    let other = DpopKey::generate().unwrap();
+    let third = replica(other.clone());
+    let token = third.token().await.unwrap();
+    assert_eq!(token.dpop_jkt(), Some(other.thumbprint()));
+    assert_eq!(
+        issuer.issued(),
+        2,
+        "a token bound to another key is not adopted"
+    );
 }

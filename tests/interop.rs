@@ -859,3 +859,50 @@ async fn a_client_assertion_callback_is_called_once_per_token_request() {
         "one call per token request"
     );
 }
+
+// -- DPoP (RFC 9449) ------------------------------------------------------------
+
+/// DPoP-bound tokens from the real server, nonces required: the first
+/// request of each grant is answered `use_dpop_nonce` and retried once with
+/// the nonce (and, for private_key_jwt, a fresh assertion, since the server
+/// refuses a replayed one); introspection shows the binding (`cnf.jkt`).
+#[tokio::test]
+async fn dpop_bound_tokens_for_client_credentials_with_nonces() {
+    use tower_oauth2::{DpopKey, JwsAlgorithm::Es256};
+    let provider = Provider::start();
+    // A key each: nonces are remembered per key, and each grant is to meet
+    // the server's first use_dpop_nonce answer itself.
+    let grant = |builder: tower_oauth2::grant::ClientCredentialsBuilder| {
+        let dpop_key = DpopKey::generate().unwrap();
+        (builder.dpop(dpop_key.clone()).build().unwrap(), dpop_key)
+    };
+    let secret = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("cc-basic")
+        .client_secret("basic-secret")
+        .scope("api.read");
+    let jwt = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("jwt-es256")
+        .private_key_jwt(key(Es256, "ec.pem"))
+        .scope("api.read");
+    for (id, builder) in [("cc-basic", secret), ("jwt-es256", jwt)] {
+        let (mut grant, dpop_key) = grant(builder);
+        for attempt in 1..=2 {
+            let token = grant
+                .fetch()
+                .await
+                .unwrap_or_else(|e| panic!("{id}, request {attempt}: {e}"));
+            assert_eq!(token.token_type(), "DPoP", "{id}");
+            assert_eq!(token.dpop_jkt(), Some(dpop_key.thumbprint()));
+            let info = provider.introspect(&secret_of(&token)).await;
+            assert_eq!(info["active"], true, "{id}: {info}");
+            assert_eq!(info["token_type"], "DPoP", "{id}: {info}");
+            assert_eq!(info["cnf"]["jkt"], dpop_key.thumbprint(), "{id}: {info}");
+        }
+        // One use_dpop_nonce answer and its retry, then the nonce is known
+        // (one more pair if the server's nonce window turned in between).
+        let requests = provider.token_requests(id).await;
+        assert!((3..=4).contains(&requests), "{id}: {requests}");
+    }
+}

@@ -15,11 +15,11 @@ use crate::{
     Error, Token, TokenCache,
 };
 
-/// Whether an `Authorization` value is a DPoP one (`DPoP <token>`): the
-/// only other value the cache holds is `Bearer <token>`.
+/// Whether the token of id `token_id` is a DPoP one: a bit of the id the
+/// hot path already holds, so a bearer request reads nothing more.
 #[inline]
-pub(super) fn is_dpop(header: &http::HeaderValue) -> bool {
-    header.as_bytes().first() == Some(&b'D')
+pub(super) fn is_dpop(token_id: u64) -> bool {
+    crate::token::is_dpop_id(token_id)
 }
 
 /// The binding of the cache's current token, if it is `token_id` and ready

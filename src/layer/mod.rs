@@ -55,6 +55,14 @@
 //!   [`TokenRejected`]): the token that was sent is dropped from the cache,
 //!   so the next request gets a new one, and the answer is returned marked
 //!   [`TokenRejected`]. Many rejections of one token cause one refresh.
+//! - The token is DPoP-bound (the `dpop` feature, a grant given a
+//!   `DpopKey`): the request leaves with `Authorization: DPoP <token>` and a
+//!   `DPoP` proof for its method and URI (one signature; the token's hash
+//!   and the proof header are computed once per token), and the answer's
+//!   `DPoP-Nonce` is remembered for its origin. A `401` asking for a nonce
+//!   (`use_dpop_nonce`) keeps the token and is marked for [`Replay`], which
+//!   sends the request once more with the nonce. Bearer tokens never take
+//!   this branch. A DPoP request needs an absolute URI.
 //! - A request carrying the [`NoBearerAuth`] extension, or going to an origin
 //!   no cache serves (see [`allow_origin`] and [`origin`]), is passed on
 //!   untouched. The second kind is logged once per origin and counted
@@ -415,7 +423,7 @@ where
         let cache = source.index;
         if let Some((header, token_id)) = source.reader.current_header() {
             #[cfg(dpop)]
-            if dpop::is_dpop(&header) {
+            if dpop::is_dpop(token_id) {
                 let binding = match &source.dpop {
                     Some((id, binding)) if *id == token_id => Some(binding.clone()),
                     _ => dpop::current_binding(source.reader.cache(), token_id),
