@@ -906,3 +906,57 @@ async fn dpop_bound_tokens_for_client_credentials_with_nonces() {
         assert!((3..=4).contains(&requests), "{id}: {requests}");
     }
 }
+
+/// The code flow with DPoP: `dpop_jkt` on the authorization request binds
+/// the code to the key; the exchange and every refresh carry proofs (each
+/// meeting the server's nonce), every access token is bound to the key, and
+/// the refresh tokens rotate.
+#[tokio::test]
+async fn dpop_code_flow_with_rotating_refresh_tokens() {
+    use tower_oauth2::{grant::AuthorizationRequest, DpopKey};
+    let provider = Provider::start();
+    let dpop_key = DpopKey::generate().unwrap();
+    let request = AuthorizationRequest::builder(format!("{}/auth", provider.base))
+        .client_id("web-app")
+        .redirect_uri(REDIRECT_URI)
+        .scope("openid offline_access api.read")
+        .param("resource", AUDIENCE)
+        .dpop(&dpop_key)
+        .build()
+        .unwrap();
+    let query = request.url().query().unwrap().to_owned();
+    assert!(query.contains(&format!("dpop_jkt={}", dpop_key.thumbprint())));
+    let code: Value = provider.get_json(&format!("/test/code?{query}")).await;
+    let code = code["code"].as_str().expect("a code").to_owned();
+
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = issued.clone();
+    let grant = AuthorizationCode::builder()
+        .token_url(provider.token_url())
+        .client_id("web-app")
+        .client_secret("web-secret")
+        .code(code)
+        .redirect_uri(REDIRECT_URI)
+        .code_verifier(request.code_verifier().expose_secret())
+        .on_refresh_token(move |rt| record.lock().unwrap().push(rt.expose_secret().to_owned()))
+        .dpop(dpop_key.clone())
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(grant);
+    let mut tokens = vec![cache.token().await.unwrap()];
+    for _ in 0..3 {
+        tokens.push(cache.refresh_now().await.unwrap());
+    }
+    for token in &tokens {
+        assert_eq!(token.token_type(), "DPoP");
+        let info = provider.introspect(&secret_of(token)).await;
+        assert_eq!(info["active"], true, "{info}");
+        assert_eq!(info["cnf"]["jkt"], dpop_key.thumbprint(), "{info}");
+    }
+    let mut issued = issued.lock().unwrap().clone();
+    assert_eq!(issued.len(), 4, "one from the code, one per refresh");
+    issued.sort();
+    issued.dedup();
+    assert_eq!(issued.len(), 4, "every refresh rotated the refresh token");
+    assert_eq!(cache.stats().failures, 0);
+}
