@@ -254,3 +254,73 @@ async fn a_replica_adopts_a_stored_token_only_with_the_key_it_is_bound_to() {
         "a token bound to another key is not adopted"
     );
 }
+
+#[tokio::test]
+async fn token_type_dpop_only_after_a_proof_and_nonces_retried_only_once() {
+    use support::recorder::{Recorder, Reply};
+    use tower_oauth2::{ErrorKind, OAuthErrorCode};
+    let server = Recorder::start().await;
+    let dpop_answer = r#"{"access_token":"at","token_type":"DPoP","expires_in":60}"#;
+
+    // No key: a DPoP answer is not a token this client can use.
+    server.reply([Reply::json(200, dpop_answer)]);
+    let mut bearer = ClientCredentials::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .build()
+        .unwrap();
+    let error = bearer.fetch().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::InvalidResponse);
+    assert!(server.last().header("dpop").is_none());
+
+    // A key: the proof is sent, and the server may still answer Bearer.
+    let key = DpopKey::generate().unwrap();
+    let mut grant = ClientCredentials::builder()
+        .token_url(server.url("/token?tenant=a"))
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+    server.reply([Reply::token("plain")]);
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.token_type(), "Bearer");
+    assert_eq!(token.dpop_jkt(), None);
+    let proof = server.last().header("dpop").unwrap().to_owned();
+    let jwk = {
+        use base64::Engine as _;
+        let header = proof.split('.').next().unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["jwk"].to_string()
+    };
+    let (_, claims) = support::jws::verify(&proof, &jwk).unwrap();
+    assert_eq!(claims["htm"], "POST");
+    assert_eq!(claims["htu"], server.url("/token"), "no query in htu");
+    assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
+
+    // use_dpop_nonce twice in a row: one retry, then the error, typed.
+    let nonce = |n: &str| {
+        Reply::json(400, r#"{"error":"use_dpop_nonce"}"#).with_header("dpop-nonce", n)
+    };
+    server.reply([nonce("n1"), nonce("n2")]);
+    let before = server.requests().len();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::Other("use_dpop_nonce".into()))
+    );
+    assert_eq!(server.requests().len(), before + 2, "retried once");
+    // The next request carries the last nonce given.
+    server.reply([Reply::json(200, dpop_answer)]);
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.dpop_jkt(), Some(key.thumbprint()));
+    let proof = server.last().header("dpop").unwrap().to_owned();
+    let (_, claims) = support::jws::verify(&proof, &jwk).unwrap();
+    assert_eq!(claims["nonce"], "n2");
+}
