@@ -15,7 +15,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use support::dpop::DpopServer;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_oauth2::{
     dpop::DpopRejected,
     layer::{Replay, TokenRejected},
@@ -305,9 +305,8 @@ async fn token_type_dpop_only_after_a_proof_and_nonces_retried_only_once() {
     assert!(claims.get("ath").is_none() && claims.get("nonce").is_none());
 
     // use_dpop_nonce twice in a row: one retry, then the error, typed.
-    let nonce = |n: &str| {
-        Reply::json(400, r#"{"error":"use_dpop_nonce"}"#).with_header("dpop-nonce", n)
-    };
+    let nonce =
+        |n: &str| Reply::json(400, r#"{"error":"use_dpop_nonce"}"#).with_header("dpop-nonce", n);
     server.reply([nonce("n1"), nonce("n2")]);
     let before = server.requests().len();
     let error = grant.fetch().await.unwrap_err();
@@ -323,4 +322,44 @@ async fn token_type_dpop_only_after_a_proof_and_nonces_retried_only_once() {
     let proof = server.last().header("dpop").unwrap().to_owned();
     let (_, claims) = support::jws::verify(&proof, &jwk).unwrap();
     assert_eq!(claims["nonce"], "n2");
+}
+
+#[tokio::test]
+async fn a_relative_uri_is_proved_for_the_layers_relative_uri_origin() {
+    let issuer = DpopServer::token_endpoint(Duration::from_secs(60)).await;
+    let api = DpopServer::api().await;
+    let cache = TokenCache::new(grant(&issuer, DpopKey::generate().unwrap()));
+    // Below the layer, as a tonic channel does: the origin is added to a
+    // path-only URI.
+    let http = hyper_client();
+    let origin = api.origin.clone();
+    let channel = tower::service_fn(move |mut request: Request<Full<Bytes>>| {
+        let http = http.clone();
+        *request.uri_mut() = format!("{origin}{}", request.uri()).parse().unwrap();
+        http.oneshot(request)
+    });
+    let mut client = ServiceBuilder::new()
+        .layer(
+            BearerAuthLayer::new(cache)
+                .relative_uri_origin(&api.origin)
+                .unwrap(),
+        )
+        .service(channel);
+    let response = get(&mut client, "/api/pkg.Service/Method").await;
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", api.refused());
+
+    // Without the setting, such a request fails before it is sent, typed.
+    let cache = TokenCache::new(grant(&issuer, DpopKey::generate().unwrap()));
+    let mut bare =
+        BearerAuthLayer::new(cache).layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+    let request = Request::get("/api/x").body(Full::default()).unwrap();
+    let error = bare.ready().await.unwrap().call(request).await.unwrap_err();
+    match error {
+        tower_oauth2::BearerAuthError::Token(e) => {
+            assert_eq!(e.kind(), &tower_oauth2::ErrorKind::Config)
+        }
+        other => panic!("{other:?}"),
+    }
 }

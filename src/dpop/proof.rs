@@ -50,6 +50,19 @@ impl Htu {
         Some(Self { htu, origin_len })
     }
 
+    /// From a URI that is a path only, sent to `origin` (`scheme://host[:port]`).
+    pub(crate) fn of_relative(origin: &str, uri: &http::Uri) -> Option<Self> {
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return None;
+        }
+        let path = uri.path();
+        let mut htu = String::with_capacity(origin.len() + path.len());
+        htu.push_str(origin);
+        let origin_len = htu.len();
+        htu.push_str(if path.is_empty() { "/" } else { path });
+        Some(Self { htu, origin_len })
+    }
+
     /// From a `url::Url` (already normalised by its parser).
     pub(crate) fn of_url(url: &url::Url) -> Option<Self> {
         if url.cannot_be_a_base() || url.host_str().is_none() {
@@ -174,8 +187,11 @@ mod tests {
         assert_eq!(htu.origin(), "https://api.example.com:8443");
         let uri: http::Uri = "http://u:p@h.example/".parse().unwrap();
         assert_eq!(Htu::of_uri(&uri).unwrap().htu, "http://h.example/");
-        let uri: http::Uri = "/only/a/path".parse().unwrap();
+        let uri: http::Uri = "/only/a/path?q".parse().unwrap();
         assert!(Htu::of_uri(&uri).is_none());
+        let htu = Htu::of_relative("https://grpc.example.com", &uri).unwrap();
+        assert_eq!(htu.htu, "https://grpc.example.com/only/a/path");
+        assert_eq!(htu.origin(), "https://grpc.example.com");
         let url = url::Url::parse("https://u:p@Api.Example.com/a/b?x=1#f").unwrap();
         let htu = Htu::of_url(&url).unwrap();
         assert_eq!(htu.htu, "https://api.example.com/a/b");

@@ -43,9 +43,16 @@ pub(super) struct Proved {
 
 /// Adds the proof for `request` to it. `Err` when the request names no
 /// origin (a proof needs an absolute URI) or signing failed.
-pub(super) fn prove<R: AuthRequest>(request: &mut R, binding: &Arc<Binding>) -> Result<Htu, Error> {
-    let (method, htu) = sealed::Request::dpop_target(request).ok_or_else(|| {
-        Error::config("a DPoP-bound token needs an absolute request URI (scheme://host/path)")
+pub(super) fn prove<R: AuthRequest>(
+    request: &mut R,
+    binding: &Arc<Binding>,
+    relative: Option<&str>,
+) -> Result<Htu, Error> {
+    let (method, htu) = sealed::Request::dpop_target(request, relative).ok_or_else(|| {
+        Error::config(
+            "a DPoP-bound token needs an absolute request URI (scheme://host/path), \
+             or the layer's relative_uri_origin",
+        )
     })?;
     let proof = binding.proof(method, &htu)?;
     sealed::Request::set_dpop(request, proof);
@@ -56,11 +63,12 @@ pub(super) fn prove<R: AuthRequest>(request: &mut R, binding: &Arc<Binding>) -> 
 pub(super) fn authorize<R: AuthRequest>(
     request: &mut R,
     token: &Token,
+    relative: Option<&str>,
 ) -> Result<Option<(Arc<Binding>, Htu)>, Error> {
     sealed::Request::set_authorization(request, token.header_value().clone());
     match token.dpop() {
         Some(binding) => {
-            let htu = prove(request, binding)?;
+            let htu = prove(request, binding, relative)?;
             Ok(Some((binding.clone(), htu)))
         }
         None => Ok(None),

@@ -13,9 +13,10 @@ pub(crate) mod sealed {
         fn opted_out(&self) -> bool;
         fn target(&self) -> Option<Target<'_>>;
         fn set_authorization(&mut self, value: HeaderValue);
-        /// The method and where the request goes, as a DPoP proof names them.
+        /// The method and where the request goes, as a DPoP proof names
+        /// them; a URI that is a path only goes to `relative`, if given.
         #[cfg(dpop)]
-        fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)>;
+        fn dpop_target(&self, relative: Option<&str>) -> Option<(&str, crate::dpop::Htu)>;
         /// Sets the `DPoP` proof header.
         #[cfg(dpop)]
         fn set_dpop(&mut self, proof: HeaderValue);
@@ -96,11 +97,11 @@ impl<B> sealed::Request for http::Request<B> {
     }
 
     #[cfg(dpop)]
-    fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)> {
-        Some((
-            self.method().as_str(),
-            crate::dpop::Htu::of_uri(self.uri())?,
-        ))
+    fn dpop_target(&self, relative: Option<&str>) -> Option<(&str, crate::dpop::Htu)> {
+        let uri = self.uri();
+        let htu = crate::dpop::Htu::of_uri(uri)
+            .or_else(|| crate::dpop::Htu::of_relative(relative?, uri))?;
+        Some((self.method().as_str(), htu))
     }
 
     #[cfg(dpop)]
@@ -132,7 +133,7 @@ impl sealed::Request for reqwest::Request {
     }
 
     #[cfg(dpop)]
-    fn dpop_target(&self) -> Option<(&str, crate::dpop::Htu)> {
+    fn dpop_target(&self, _: Option<&str>) -> Option<(&str, crate::dpop::Htu)> {
         Some((
             self.method().as_str(),
             crate::dpop::Htu::of_url(self.url())?,

@@ -304,6 +304,8 @@ impl<S> Layer<S> for BearerAuthLayer {
             sources,
             routes,
             plain_401: self.plain_401,
+            #[cfg(dpop)]
+            relative: self.routes.relative.as_ref().map(|o| o.prefix().into()),
         }
     }
 }
@@ -319,6 +321,9 @@ pub struct BearerAuth<S> {
     /// `None`: every request goes to the one cache (the usual case).
     routes: Option<Arc<Routes>>,
     plain_401: bool,
+    /// `relative_uri_origin`, as a DPoP proof's `htu` starts with it.
+    #[cfg(dpop)]
+    relative: Option<Arc<str>>,
 }
 
 /// Where this service clone reads tokens: one reader per cache, each with
@@ -472,12 +477,15 @@ impl<S> BearerAuth<S> {
         S::Error: Send + 'static,
     {
         // The future holds a handle: the service may be gone before it ends.
+        #[cfg(dpop)]
+        let relative = self.relative.clone();
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::waiting(Box::pin(async move {
             let token = tokens.token().await.map_err(BearerAuthError::Token)?;
             #[cfg(dpop)]
-            let proved = dpop::authorize(&mut request, &token).map_err(BearerAuthError::Token)?;
+            let proved = dpop::authorize(&mut request, &token, relative.as_deref())
+                .map_err(BearerAuthError::Token)?;
             #[cfg(not(dpop))]
             request.set_authorization(token.header_value().clone());
             let mut response = ready
@@ -516,7 +524,7 @@ impl<S> BearerAuth<S> {
         S::Future: Send + 'static,
         S::Error: Send + 'static,
     {
-        let htu = match dpop::prove(&mut request, &binding) {
+        let htu = match dpop::prove(&mut request, &binding, self.relative.as_deref()) {
             Ok(htu) => htu,
             Err(error) => return ResponseFuture::waiting(dpop::failed(error)),
         };
