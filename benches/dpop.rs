@@ -10,74 +10,22 @@
 //! own path does not).
 
 mod common;
+mod dpop_common;
 
 use std::{
     convert::Infallible,
-    future::{ready, Ready},
     hint::black_box,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use common::{bearer, serve, warm, TOKEN};
+use common::{bearer, serve, warm};
+use dpop_common::{dpop_cache, key, Answer, URL};
 use http::{Request, Response, Uri};
 use tower::{Layer, Service};
-use tower_oauth2::{
-    BearerAuth, BearerAuthLayer, ClientCredentials, DpopKey, DpopSigner, JwsAlgorithm, PrivateKey,
-    TokenCache,
-};
+use tower_oauth2::{BearerAuth, BearerAuthLayer, DpopKey, DpopSigner, PrivateKey};
 
 const ROUNDS: usize = 51;
 const SLICE: u64 = 2_000;
-const URL: &str = "https://api.example.com/v1/items/42?expand=owner";
-
-/// The inner service: answers at once, whatever the headers.
-#[derive(Clone, Copy)]
-struct Answer;
-
-impl<B> Service<Request<B>> for Answer {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
-
-fn key() -> PrivateKey {
-    let pem = include_str!("../tests/keys/ec.pem");
-    PrivateKey::from_pem(JwsAlgorithm::Es256, pem).unwrap()
-}
-
-/// A warm cache holding a DPoP-bound token for `key`, from a token
-/// endpoint answered in-process.
-fn dpop_cache(runtime: &tokio::runtime::Runtime, key: DpopKey) -> TokenCache {
-    let answer = format!(r#"{{"access_token":"{TOKEN}","token_type":"DPoP","expires_in":86400}}"#);
-    let transport = tower::service_fn(move |_: Request<String>| {
-        let answer = answer.clone();
-        async move { Ok::<_, Infallible>(Response::new(answer)) }
-    });
-    let grant = ClientCredentials::builder()
-        .token_url("https://auth.example.com/oauth2/token")
-        .client_id("bench")
-        .client_secret("s3cret")
-        .transport(transport)
-        .dpop(key)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let cache = TokenCache::new(grant);
-        let token = cache.token().await.unwrap();
-        assert_eq!(token.token_type(), "DPoP");
-        cache
-    })
-}
-
 type Timer = Box<dyn FnMut(u64) -> Duration>;
 
 /// `iters` requests to `URL` through `service`.

@@ -359,6 +359,7 @@ mod tests {
         let htu = Htu::of_uri(&"https://api.example.com/r?q=1".parse().unwrap()).unwrap();
         let binding = Binding::new(key.clone(), "tok");
         let proof = binding.proof("GET", &htu).unwrap();
+        assert!(proof.is_sensitive());
         let parts: Vec<&str> = proof.to_str().unwrap().split('.').collect();
         assert_eq!(parts.len(), 3);
         let header = decode(parts[0]);

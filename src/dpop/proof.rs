@@ -156,8 +156,11 @@ impl DpopKey {
                 URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
             }
         }
-        // Base64url and dots only: always a valid header value.
-        HeaderValue::from_maybe_shared(Bytes::from(jws)).map_err(|_| failed())
+        // Base64url and dots only: always a valid header value. Sensitive:
+        // kept out of logs like the token it goes with.
+        let mut value = HeaderValue::from_maybe_shared(Bytes::from(jws)).map_err(|_| failed())?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 }
 

@@ -22,9 +22,27 @@ pub(super) fn is_dpop(token_id: u64) -> bool {
     crate::token::is_dpop_id(token_id)
 }
 
+/// The binding of the token `token_id`: the one this service clone used
+/// last (`last`), or the cache's when it has changed.
+#[inline(never)]
+pub(super) fn binding(
+    last: &mut Option<(u64, Arc<Binding>)>,
+    cache: &TokenCache,
+    token_id: u64,
+) -> Option<Arc<Binding>> {
+    if let Some((id, binding)) = last {
+        if *id == token_id {
+            return Some(binding.clone());
+        }
+    }
+    let binding = current_binding(cache, token_id)?;
+    *last = Some((token_id, binding.clone()));
+    Some(binding)
+}
+
 /// The binding of the cache's current token, if it is `token_id` and ready
 /// now: the cache's own answer polled once, never waited for.
-pub(super) fn current_binding(cache: &TokenCache, token_id: u64) -> Option<Arc<Binding>> {
+fn current_binding(cache: &TokenCache, token_id: u64) -> Option<Arc<Binding>> {
     let future = cache.token();
     let mut future = std::pin::pin!(future);
     let mut cx = Context::from_waker(std::task::Waker::noop());

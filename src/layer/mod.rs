@@ -429,22 +429,21 @@ where
         if let Some((header, token_id)) = source.reader.current_header() {
             #[cfg(dpop)]
             if dpop::is_dpop(token_id) {
-                let binding = match &source.dpop {
-                    Some((id, binding)) if *id == token_id => Some(binding.clone()),
-                    _ => dpop::current_binding(source.reader.cache(), token_id),
+                // Out of line: the bearer path above stays as small as it was.
+                let binding = dpop::binding(&mut source.dpop, source.reader.cache(), token_id);
+                let sent = Sent {
+                    cache,
+                    token_id,
+                    plain_401,
                 };
-                if let Some(binding) = binding {
-                    source.dpop = Some((token_id, binding.clone()));
-                    let sent = Sent {
-                        cache,
-                        token_id,
-                        plain_401,
-                    };
-                    return self.call_dpop(request, header, binding, sent);
-                }
-                // Not ready after all: the waiting path.
-                let tokens = source.reader.cache().clone();
-                return self.call_waiting(request, tokens, cache, plain_401);
+                return match binding {
+                    Some(binding) => self.call_dpop(request, header, binding, sent),
+                    // Not ready after all: the waiting path.
+                    None => {
+                        let tokens = source.reader.cache().clone();
+                        self.call_waiting(request, tokens, cache, plain_401)
+                    }
+                };
             }
             request.set_authorization(header);
             let sent = Sent {
@@ -462,6 +461,7 @@ where
 impl<S> BearerAuth<S> {
     /// No token ready: waits for one, with the service that was polled
     /// ready (a clone stays behind for the next request).
+    #[inline(never)]
     fn call_waiting<R>(
         &mut self,
         mut request: R,
@@ -510,6 +510,7 @@ impl<S> BearerAuth<S> {
     /// A DPoP-bound token is ready: the proof is made here, synchronously
     /// (one signature), and the answer read for its nonce.
     #[cfg(dpop)]
+    #[inline(never)]
     fn call_dpop<R>(
         &mut self,
         mut request: R,
