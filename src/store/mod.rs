@@ -588,4 +588,41 @@ mod tests {
             &ErrorKind::Store(StoreErrorKind::OtherCredential)
         );
     }
+
+    /// A DPoP token's state names its key; a bearer document stays as older
+    /// releases wrote and read it; a DPoP token is restored only by a
+    /// process holding the key.
+    #[cfg(dpop)]
+    #[tokio::test]
+    async fn dpop_state() {
+        let bearer = Token::builder("at").build().unwrap();
+        let text = TokenState::of(Some(&bearer), None).encode(&key());
+        assert!(!expose(&text).contains("token_type"), "bearer: as before");
+
+        let dpop_key = crate::DpopKey::generate().unwrap();
+        let bound = Token::builder("at")
+            .dpop_type()
+            .build()
+            .unwrap()
+            .bind_dpop(&dpop_key);
+        let text = TokenState::of(Some(&bound), None).encode(&key());
+        let back = TokenState::decode(&key(), expose(&text)).unwrap();
+        assert_eq!(back.dpop_jkt(), Some(dpop_key.thumbprint()));
+        let restored = back.access_token(Duration::from_secs(60)).unwrap();
+        assert_eq!(restored.dpop_jkt(), Some(dpop_key.thumbprint()));
+        assert_eq!(restored.header_value(), "DPoP at");
+
+        let jkt = dpop_key.thumbprint().to_owned();
+        drop((dpop_key, bound, restored));
+        assert!(
+            back.access_token(Duration::from_secs(60)).is_none(),
+            "no key with that thumbprint in this process"
+        );
+
+        let odd = expose(&text).replace(&format!("\"dpop_jkt\":\"{jkt}\""), "\"dpop_jkt\":7");
+        assert_eq!(
+            TokenState::decode(&key(), &odd).unwrap_err().kind(),
+            &ErrorKind::Store(StoreErrorKind::Corrupt)
+        );
+    }
 }
