@@ -7,11 +7,14 @@
 //! - `signing`: `private-key-jwt` and a backend to sign with (`aws-lc-rs` or
 //!   `ring`); without a backend `lib.rs` refuses the build with a message, and
 //!   nothing else fails to compile beside it.
+//! - `dpop`: the `dpop` feature (which turns on `private-key-jwt`) and a
+//!   backend to sign proofs with.
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(reqwest_client)");
     println!("cargo::rustc-check-cfg=cfg(signing)");
+    println!("cargo::rustc-check-cfg=cfg(dpop)");
     let on = |feature: &str| std::env::var_os(format!("CARGO_FEATURE_{feature}")).is_some();
     if [
         "REQWEST",
@@ -26,5 +29,8 @@ fn main() {
     }
     if on("PRIVATE_KEY_JWT") && (on("AWS_LC_RS") || on("RING")) {
         println!("cargo::rustc-cfg=signing");
+        if on("DPOP") {
+            println!("cargo::rustc-cfg=dpop");
+        }
     }
 }

@@ -212,6 +212,18 @@ macro_rules! signing_key {
                 Ok(Self(Inner::P256(ecdsa_from_pkcs8(der)?)))
             }
 
+            /// A new random P-256 key (for a DPoP key that lives as long as
+            /// the process).
+            #[cfg_attr(not(dpop), allow(dead_code))]
+            pub(crate) fn generate_p256() -> Result<Self, Rejected> {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &SystemRandom::new(),
+                )
+                .map_err(|_| Rejected::Invalid)?;
+                Self::p256_pkcs8(pkcs8.as_ref())
+            }
+
             /// A P-256 key from SEC1 DER (`BEGIN EC PRIVATE KEY`).
             pub(crate) fn p256_sec1(der: &[u8]) -> Result<Self, Rejected> {
                 Self::p256_pkcs8(&super::p256_sec1_to_pkcs8(der)?)
@@ -386,6 +398,16 @@ macro_rules! signing_key {
                     rsa.sign(b"m").unwrap().as_ref(),
                     rsa.sign(b"m").unwrap().as_ref()
                 );
+            }
+
+            #[test]
+            fn generated_p256_keys_sign_and_differ() {
+                let a = SigningKey::generate_p256().unwrap();
+                let b = SigningKey::generate_p256().unwrap();
+                assert_ne!(a.public(), b.public());
+                let signature = a.sign(b"m").unwrap();
+                assert_eq!(signature.as_ref().len(), 64);
+                assert!(verify(&a.public(), "ES256", b"m", signature.as_ref()));
             }
 
             #[test]

@@ -50,6 +50,8 @@
 //! [`endpoint`] and [`discovery`] go further, each with an example; [`layer::replay`] sends a
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
+//! The `dpop` feature binds tokens to a key the client holds (RFC 9449):
+//! see its `dpop` module.
 //! The `metrics` feature counts token requests, waits, rejected tokens,
 //! replays and saves through the `metrics` facade: see [`metrics`] for the
 //! names.
@@ -91,6 +93,9 @@ mod clock;
 #[cfg(signing)]
 mod crypto;
 pub mod discovery;
+#[cfg(dpop)]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub mod dpop;
 pub mod endpoint;
 mod error;
 pub mod grant;
@@ -102,6 +107,9 @@ pub mod store;
 mod token;
 
 pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
+#[cfg(dpop)]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use dpop::{DpopKey, DpopSigner};
 pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint};
 #[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]

@@ -22,7 +22,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::{
-    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, NoBearerAuth},
+    layer::{mark_if_rejected, sealed::Request as _, BearerAuthLayer, Entry, NoBearerAuth},
     Error, TokenCache,
 };
 
@@ -107,7 +107,7 @@ type Handled<'a> = Pin<Box<dyn Future<Output = Result<Response>> + Send + 'a>>;
 impl BearerAuthMiddleware {
     /// The cache whose token `request` gets, if any.
     #[inline]
-    fn cache_for(&self, request: &Request, extensions: &Extensions) -> Option<&TokenCache> {
+    fn cache_for(&self, request: &Request, extensions: &Extensions) -> Option<&Entry> {
         let (caches, routes, _) = self.layer.parts();
         let picked = if routes.routes.is_empty() {
             routes.fallback
@@ -124,7 +124,7 @@ impl BearerAuthMiddleware {
         if extensions.get::<NoBearerAuth>().is_some() {
             return None;
         }
-        Some(&entry.cache)
+        Some(entry)
     }
 
     /// Marks and reports the answer when it rejects the token sent;
@@ -203,6 +203,78 @@ impl BearerAuthMiddleware {
     }
 }
 
+#[cfg(dpop)]
+impl BearerAuthMiddleware {
+    /// One request whose token may be DPoP-bound: each attempt gets the
+    /// current token and, when bound, a proof of its own (the answer's
+    /// nonce is remembered for the next); with `replay(true)`, an answer
+    /// marked [`TokenRejected`](crate::TokenRejected) (`use_dpop_nonce`,
+    /// or a rejected bearer token) is sent once more.
+    #[allow(clippy::manual_async_fn)]
+    fn send_proved<'a>(
+        &'a self,
+        entry: &'a Entry,
+        request: Request,
+        extensions: &'a mut Extensions,
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+        async move {
+            let copy = if self.replay {
+                request.try_clone()
+            } else {
+                None
+            };
+            let response = self
+                .prove_once(entry, request, extensions, next.clone())
+                .await?;
+            let Some(copy) = copy else {
+                return Ok(response);
+            };
+            if response
+                .extensions()
+                .get::<crate::TokenRejected>()
+                .is_none()
+            {
+                return Ok(response);
+            }
+            crate::metrics::replayed(response.extensions());
+            drop(response);
+            self.prove_once(entry, copy, extensions, next).await
+        }
+    }
+
+    async fn prove_once(
+        &self,
+        entry: &Entry,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<Response> {
+        let (_, _, plain_401) = self.layer.parts();
+        let token = entry
+            .cache
+            .token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let sent = crate::layer::Sent {
+            cache: entry.index,
+            token_id: token.id(),
+            plain_401,
+        };
+        let proved = crate::layer::dpop::authorize(&mut request, &token, None)
+            .map_err(reqwest_middleware::Error::middleware)?;
+        drop(token);
+        let mut response = next.run(request, extensions).await?;
+        match proved {
+            Some((binding, htu)) => {
+                crate::layer::dpop::Proved { binding, htu, sent }.check(&mut response)
+            }
+            None => sent.check(&mut response),
+        }
+        Ok(response)
+    }
+}
+
 /// Sends a copy of `request` with `header`, if it can be copied. Not
 /// `async`: the copy never takes room in the caller's future.
 fn send_copy<'b>(
@@ -249,9 +321,19 @@ impl Middleware for BearerAuthMiddleware {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        let Some(cache) = self.cache_for(&request, extensions) else {
+        let Some(entry) = self.cache_for(&request, extensions) else {
             return next.run(request, extensions);
         };
+        let cache = &entry.cache;
+        // A DPoP-bound token, or none yet (it may come back bound): the
+        // path that proves each attempt.
+        #[cfg(dpop)]
+        if cache
+            .current_header()
+            .is_none_or(|(_, id)| crate::layer::dpop::is_dpop(id))
+        {
+            return Box::pin(self.send_proved(entry, request, extensions, next));
+        }
         if self.replay {
             return Box::pin(self.send_with_replay(cache, request, extensions, next));
         }

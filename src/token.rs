@@ -42,9 +42,26 @@ struct Inner {
     scopes: Vec<String>,
     expires_in: Option<Duration>,
     issued_at: Instant,
+    /// `token_type` `DPoP` (RFC 9449 §5): the header says `DPoP`, and every
+    /// request needs a proof.
+    dpop_type: bool,
+    /// The key a DPoP token is bound to, and its `ath`.
+    #[cfg(dpop)]
+    dpop: Option<Arc<crate::dpop::Binding>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Set in the id of a DPoP token: the layer tells such a token from a
+/// bearer one by the id it already holds, without reading anything more.
+pub(crate) const DPOP_ID: u64 = 1 << 63;
+
+/// Whether `id` is a DPoP token's.
+#[cfg(dpop)]
+#[inline]
+pub(crate) fn is_dpop_id(id: u64) -> bool {
+    id & DPOP_ID != 0
+}
 
 impl Token {
     /// Starts building a bearer token from its access token string.
@@ -58,6 +75,7 @@ impl Token {
             scopes: Vec::new(),
             expires_in: None,
             issued_at: None,
+            dpop_type: false,
         }
     }
 
@@ -93,9 +111,58 @@ impl Token {
         self.inner.expires_in.map(|d| self.inner.issued_at + d)
     }
 
-    /// The `Authorization` header value, `Bearer <token>`, marked sensitive.
+    /// The `Authorization` header value, marked sensitive: `Bearer <token>`,
+    /// or `DPoP <token>` for a DPoP-bound token (which also needs a proof
+    /// per request: [`BearerAuth`](crate::BearerAuth) adds it).
     pub fn header_value(&self) -> &HeaderValue {
         &self.inner.header
+    }
+
+    /// The `token_type` the server answered: `Bearer`, or `DPoP` for a
+    /// token bound to the client's key (RFC 9449).
+    pub fn token_type(&self) -> &'static str {
+        if self.inner.dpop_type {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+
+    /// The thumbprint of the key this token is bound to, for a DPoP token.
+    #[cfg(dpop)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop_jkt(&self) -> Option<&str> {
+        self.inner.dpop.as_ref().map(|b| b.key.thumbprint())
+    }
+
+    /// The key binding of a DPoP token.
+    #[cfg(dpop)]
+    pub(crate) fn dpop(&self) -> Option<&Arc<crate::dpop::Binding>> {
+        self.inner.dpop.as_ref()
+    }
+
+    /// The same token bound to `key`, when it is a DPoP token (its `ath`
+    /// is computed here, once).
+    #[cfg(dpop)]
+    pub(crate) fn bind_dpop(self, key: &crate::DpopKey) -> Token {
+        if !self.inner.dpop_type {
+            return self;
+        }
+        let inner = &self.inner;
+        let binding = crate::dpop::Binding::new(key.clone(), expose(&inner.access_token));
+        Token {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                access_token: inner.access_token.clone(),
+                header: inner.header.clone(),
+                refresh_token: inner.refresh_token.clone(),
+                scopes: inner.scopes.clone(),
+                expires_in: inner.expires_in,
+                issued_at: inner.issued_at,
+                dpop_type: true,
+                dpop: Some(Arc::new(binding)),
+            }),
+        }
     }
 
     /// Whether `self` and `other` are clones of one fetched token.
@@ -119,6 +186,9 @@ impl Token {
                 scopes: inner.scopes.clone(),
                 expires_in: inner.expires_in,
                 issued_at: inner.issued_at,
+                dpop_type: inner.dpop_type,
+                #[cfg(dpop)]
+                dpop: inner.dpop.clone(),
             }),
         }
     }
@@ -132,6 +202,7 @@ impl fmt::Debug for Token {
                 "refresh_token",
                 &self.inner.refresh_token.as_ref().map(|_| "[REDACTED]"),
             )
+            .field("token_type", &self.token_type())
             .field("scopes", &self.inner.scopes)
             .field("expires_in", &self.inner.expires_in)
             .finish()
@@ -146,9 +217,16 @@ pub struct TokenBuilder {
     scopes: Vec<String>,
     expires_in: Option<Duration>,
     issued_at: Option<Instant>,
+    dpop_type: bool,
 }
 
 impl TokenBuilder {
+    /// A `token_type: DPoP` answer.
+    pub(crate) fn dpop_type(mut self) -> Self {
+        self.dpop_type = true;
+        self
+    }
+
     /// The announced lifetime. Values beyond ten years are capped to ten years.
     pub fn expires_in(mut self, lifetime: Duration) -> Self {
         self.expires_in = Some(lifetime.min(MAX_LIFETIME));
@@ -193,18 +271,23 @@ impl TokenBuilder {
                 "access_token contains characters not allowed in a header",
             ));
         }
-        let mut header = HeaderValue::try_from(format!("Bearer {access}"))
+        let scheme = if self.dpop_type { "DPoP" } else { "Bearer" };
+        let mut header = HeaderValue::try_from(format!("{scheme} {access}"))
             .map_err(|_| Error::invalid_response("access_token is not a valid header value"))?;
         header.set_sensitive(true);
         Ok(Token {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                    | if self.dpop_type { DPOP_ID } else { 0 },
                 access_token: SecretString::from(access),
                 header,
                 refresh_token: self.refresh_token,
                 scopes: self.scopes,
                 expires_in: self.expires_in,
                 issued_at: self.issued_at.unwrap_or_else(clock::now),
+                dpop_type: self.dpop_type,
+                #[cfg(dpop)]
+                dpop: None,
             }),
         })
     }

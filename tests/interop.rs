@@ -859,3 +859,104 @@ async fn a_client_assertion_callback_is_called_once_per_token_request() {
         "one call per token request"
     );
 }
+
+// -- DPoP (RFC 9449) ------------------------------------------------------------
+
+/// DPoP-bound tokens from the real server, nonces required: the first
+/// request of each grant is answered `use_dpop_nonce` and retried once with
+/// the nonce (and, for private_key_jwt, a fresh assertion, since the server
+/// refuses a replayed one); introspection shows the binding (`cnf.jkt`).
+#[tokio::test]
+async fn dpop_bound_tokens_for_client_credentials_with_nonces() {
+    use tower_oauth2::{DpopKey, JwsAlgorithm::Es256};
+    let provider = Provider::start();
+    // A key each: nonces are remembered per key, and each grant is to meet
+    // the server's first use_dpop_nonce answer itself.
+    let grant = |builder: tower_oauth2::grant::ClientCredentialsBuilder| {
+        let dpop_key = DpopKey::generate().unwrap();
+        (builder.dpop(dpop_key.clone()).build().unwrap(), dpop_key)
+    };
+    let secret = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("cc-basic")
+        .client_secret("basic-secret")
+        .scope("api.read");
+    let jwt = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("jwt-es256")
+        .private_key_jwt(key(Es256, "ec.pem"))
+        .scope("api.read");
+    for (id, builder) in [("cc-basic", secret), ("jwt-es256", jwt)] {
+        let (mut grant, dpop_key) = grant(builder);
+        for attempt in 1..=2 {
+            let token = grant
+                .fetch()
+                .await
+                .unwrap_or_else(|e| panic!("{id}, request {attempt}: {e}"));
+            assert_eq!(token.token_type(), "DPoP", "{id}");
+            assert_eq!(token.dpop_jkt(), Some(dpop_key.thumbprint()));
+            let info = provider.introspect(&secret_of(&token)).await;
+            assert_eq!(info["active"], true, "{id}: {info}");
+            assert_eq!(info["token_type"], "DPoP", "{id}: {info}");
+            assert_eq!(info["cnf"]["jkt"], dpop_key.thumbprint(), "{id}: {info}");
+        }
+        // One use_dpop_nonce answer and its retry, then the nonce is known
+        // (one more pair if the server's nonce window turned in between).
+        let requests = provider.token_requests(id).await;
+        assert!((3..=4).contains(&requests), "{id}: {requests}");
+    }
+}
+
+/// The code flow with DPoP: `dpop_jkt` on the authorization request binds
+/// the code to the key; the exchange and every refresh carry proofs (each
+/// meeting the server's nonce), every access token is bound to the key, and
+/// the refresh tokens rotate.
+#[tokio::test]
+async fn dpop_code_flow_with_rotating_refresh_tokens() {
+    use tower_oauth2::{grant::AuthorizationRequest, DpopKey};
+    let provider = Provider::start();
+    let dpop_key = DpopKey::generate().unwrap();
+    let request = AuthorizationRequest::builder(format!("{}/auth", provider.base))
+        .client_id("web-app")
+        .redirect_uri(REDIRECT_URI)
+        .scope("openid offline_access api.read")
+        .param("resource", AUDIENCE)
+        .dpop(&dpop_key)
+        .build()
+        .unwrap();
+    let query = request.url().query().unwrap().to_owned();
+    assert!(query.contains(&format!("dpop_jkt={}", dpop_key.thumbprint())));
+    let code: Value = provider.get_json(&format!("/test/code?{query}")).await;
+    let code = code["code"].as_str().expect("a code").to_owned();
+
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = issued.clone();
+    let grant = AuthorizationCode::builder()
+        .token_url(provider.token_url())
+        .client_id("web-app")
+        .client_secret("web-secret")
+        .code(code)
+        .redirect_uri(REDIRECT_URI)
+        .code_verifier(request.code_verifier().expose_secret())
+        .on_refresh_token(move |rt| record.lock().unwrap().push(rt.expose_secret().to_owned()))
+        .dpop(dpop_key.clone())
+        .build()
+        .unwrap();
+    let cache = TokenCache::new(grant);
+    let mut tokens = vec![cache.token().await.unwrap()];
+    for _ in 0..3 {
+        tokens.push(cache.refresh_now().await.unwrap());
+    }
+    for token in &tokens {
+        assert_eq!(token.token_type(), "DPoP");
+        let info = provider.introspect(&secret_of(token)).await;
+        assert_eq!(info["active"], true, "{info}");
+        assert_eq!(info["cnf"]["jkt"], dpop_key.thumbprint(), "{info}");
+    }
+    let mut issued = issued.lock().unwrap().clone();
+    assert_eq!(issued.len(), 4, "one from the code, one per refresh");
+    issued.sort();
+    issued.dedup();
+    assert_eq!(issued.len(), 4, "every refresh rotated the refresh token");
+    assert_eq!(cache.stats().failures, 0);
+}

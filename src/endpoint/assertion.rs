@@ -578,8 +578,27 @@ mod key {
             thumbprint(&self.public_members())
         }
 
+        /// A new random P-256 key for ES256 (a DPoP key that lives as long
+        /// as the process).
+        #[cfg(dpop)]
+        pub(crate) fn generate_es256() -> Result<Self, Error> {
+            let signer = SigningKey::generate_p256()
+                .map_err(|_| Error::config("the signing backend could not make a P-256 key"))?;
+            Ok(Self {
+                alg: JwsAlgorithm::Es256,
+                kid: None,
+                signer: Arc::new(signer),
+            })
+        }
+
+        /// The JWS signature of `signing_input` (ES256: `r || s`).
+        #[cfg(dpop)]
+        pub(crate) fn sign_input(&self, signing_input: &[u8]) -> Option<impl AsRef<[u8]>> {
+            self.signer.sign(signing_input).ok()
+        }
+
         /// The members RFC 7638 requires, `kty` included, in any order.
-        fn public_members(&self) -> Vec<(&'static str, String)> {
+        pub(crate) fn public_members(&self) -> Vec<(&'static str, String)> {
             match self.signer.public() {
                 crypto::PublicKey::Rsa { n, e } => vec![
                     ("kty", "RSA".to_owned()),

@@ -98,6 +98,10 @@ pub struct TokenEndpoint {
     max_body: usize,
     extra_params: Vec<(String, String)>,
     leniency: Leniency,
+    /// The DPoP key every token request proves possession of, and the
+    /// token URL as its proofs name it.
+    #[cfg(dpop)]
+    dpop: Option<(crate::DpopKey, crate::dpop::Htu)>,
 }
 
 impl std::fmt::Debug for TokenEndpoint {
@@ -169,6 +173,35 @@ impl TokenEndpoint {
         params: &[(&str, &str)],
         requested_scopes: &[String],
     ) -> Result<Token, Refused> {
+        #[cfg(dpop)]
+        if let Some((key, htu)) = &self.dpop {
+            let sent_nonce = key.nonce(htu.origin());
+            let result = match self.attempt(params, requested_scopes).await {
+                // RFC 9449 §8: the server wants a nonce, and gave a new one.
+                // Once: a server that keeps asking is refusing.
+                Err(refused)
+                    if refused.refresh_token.is_none()
+                        && asks_for_nonce(&refused.error)
+                        && key
+                            .nonce(htu.origin())
+                            .is_some_and(|now| sent_nonce.as_deref() != Some(&*now)) =>
+                {
+                    tracing::debug!(target: "tower_oauth2", "token request retried with the server's DPoP nonce");
+                    self.attempt(params, requested_scopes).await
+                }
+                other => other,
+            };
+            return result.map(|token| token.bind_dpop(key));
+        }
+        self.attempt(params, requested_scopes).await
+    }
+
+    /// One token request.
+    async fn attempt(
+        &self,
+        params: &[(&str, &str)],
+        requested_scopes: &[String],
+    ) -> Result<Token, Refused> {
         let grant_type = params
             .iter()
             .find(|(name, _)| *name == "grant_type")
@@ -204,6 +237,15 @@ impl TokenEndpoint {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         if let Some(value) = auth.header() {
             headers.insert(header::AUTHORIZATION, value.clone());
+        }
+        #[cfg(dpop)]
+        if let Some((key, htu)) = &self.dpop {
+            match key.token_request_proof(htu) {
+                Ok(proof) => {
+                    headers.insert(crate::dpop::DPOP, proof);
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
 
         let sent_at = clock::now();
@@ -249,6 +291,10 @@ impl TokenEndpoint {
             Err(Failure::Error(error)) => return Err(error.into()),
         };
         let retry_after = retry_after(&answer.headers);
+        #[cfg(dpop)]
+        if let Some((key, htu)) = &self.dpop {
+            key.remember_nonce(htu.origin(), &answer.headers);
+        }
         response::parse(
             answer.status,
             &answer.body,
@@ -261,6 +307,12 @@ impl TokenEndpoint {
             ..refused
         })
     }
+}
+
+/// Whether a token endpoint error is `use_dpop_nonce` (RFC 9449 §8).
+#[cfg(dpop)]
+fn asks_for_nonce(error: &Error) -> bool {
+    matches!(error.oauth_code(), Some(crate::OAuthErrorCode::Other(code)) if code == "use_dpop_nonce")
 }
 
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
@@ -458,6 +510,8 @@ pub(crate) struct EndpointSettings {
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) leniency: Leniency,
     pub(crate) http_hosts: HttpHosts,
+    #[cfg(dpop)]
+    pub(crate) dpop: Option<crate::DpopKey>,
 }
 
 impl EndpointSettings {
@@ -511,7 +565,24 @@ impl EndpointSettings {
         if timeout.is_zero() {
             return Err(Error::config("timeout must be greater than zero"));
         }
+        #[cfg(dpop)]
+        let dpop = match self.dpop {
+            Some(key) => {
+                let htu = crate::dpop::Htu::of_url(&url)
+                    .ok_or_else(|| Error::config("the token URL names no origin for DPoP"))?;
+                Some((key, htu))
+            }
+            None => None,
+        };
+        #[cfg_attr(not(dpop), allow(unused_mut))]
+        let mut leniency = self.leniency;
+        #[cfg(dpop)]
+        {
+            leniency.dpop = dpop.is_some();
+        }
         Ok(TokenEndpoint {
+            #[cfg(dpop)]
+            dpop,
             url,
             uri,
             client_id,
@@ -520,7 +591,7 @@ impl EndpointSettings {
             timeout,
             max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             extra_params: self.extra_params,
-            leniency: self.leniency,
+            leniency,
         })
     }
 }
@@ -664,6 +735,19 @@ macro_rules! endpoint_settings {
         {
             self.endpoint.assertion.source =
                 Some(crate::endpoint::AssertionSource::callback_with(assertion));
+            self
+        }
+
+        /// Asks for DPoP-bound tokens (RFC 9449): every token request carries
+        /// a proof signed with `key`, the server's `token_type: DPoP` answer
+        /// is accepted, and [`BearerAuth`](crate::BearerAuth) sends a proof
+        /// with every request that carries such a token. A `use_dpop_nonce`
+        /// answer is retried once with the server's nonce (and a fresh
+        /// client assertion). See [`dpop`](crate::dpop).
+        #[cfg(dpop)]
+        #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+        pub fn dpop(mut self, key: crate::DpopKey) -> Self {
+            self.endpoint.dpop = Some(key);
             self
         }
 

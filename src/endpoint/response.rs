@@ -17,6 +17,8 @@ use crate::{
 pub(crate) struct Leniency {
     /// Accept a response without `token_type` as a bearer token.
     pub(crate) missing_token_type: bool,
+    /// Accept `token_type: DPoP`: the request carried a DPoP proof.
+    pub(crate) dpop: bool,
 }
 
 /// A token endpoint answer that gave no usable token.
@@ -121,8 +123,17 @@ fn success(
         None => return Err(Error::invalid_response("`access_token` is missing")),
     };
 
+    let mut dpop = false;
     match object.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(kind)) if leniency.dpop && kind.eq_ignore_ascii_case("dpop") => {
+            dpop = true;
+        }
+        Some(Value::String(kind)) if kind.eq_ignore_ascii_case("dpop") => {
+            return Err(Error::invalid_response(
+                "`token_type` is DPoP, but the request carried no DPoP proof",
+            ))
+        }
         Some(Value::String(_)) => {
             return Err(Error::invalid_response(
                 "unsupported `token_type`: only bearer tokens are supported",
@@ -134,6 +145,9 @@ fn success(
     }
 
     let mut builder = Token::builder(access_token).issued_at(sent_at);
+    if dpop {
+        builder = builder.dpop_type();
+    }
     if let Some(lifetime) = expires_in(object.get("expires_in"))? {
         builder = builder.expires_in(lifetime);
     }
@@ -216,6 +230,7 @@ mod tests {
         }
         let lenient = Leniency {
             missing_token_type: true,
+            ..Leniency::default()
         };
         let token = parse(
             StatusCode::OK,

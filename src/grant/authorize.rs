@@ -61,6 +61,7 @@ impl AuthorizationRequest {
             redirect_uri: None,
             scopes: Vec::new(),
             params: Vec::new(),
+            dpop_jkt: None,
         }
     }
 
@@ -144,9 +145,21 @@ pub struct AuthorizationRequestBuilder {
     redirect_uri: Option<String>,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
+    dpop_jkt: Option<String>,
 }
 
 impl AuthorizationRequestBuilder {
+    /// Binds the authorization code to `key` (RFC 9449 §10): the request
+    /// carries `dpop_jkt`, its thumbprint, and the server issues the code
+    /// only for a token request proved with that key. Give the same key to
+    /// the [`AuthorizationCode`](crate::AuthorizationCode) grant's `dpop`.
+    #[cfg(dpop)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop(mut self, key: &crate::DpopKey) -> Self {
+        self.dpop_jkt = Some(key.thumbprint().to_owned());
+        self
+    }
+
     /// The client identifier (required).
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
@@ -188,6 +201,7 @@ impl AuthorizationRequestBuilder {
             "state",
             "code_challenge",
             "code_challenge_method",
+            "dpop_jkt",
         ];
         if let Some((name, _)) = self.params.iter().find(|(n, _)| SET.contains(&n.as_str())) {
             return Err(Error::config(format!(
@@ -212,6 +226,9 @@ impl AuthorizationRequestBuilder {
                 .append_pair("state", &state)
                 .append_pair("code_challenge", &challenge)
                 .append_pair("code_challenge_method", "S256");
+            if let Some(jkt) = &self.dpop_jkt {
+                query.append_pair("dpop_jkt", jkt);
+            }
             for (name, value) in &self.params {
                 query.append_pair(name, value);
             }

@@ -15,16 +15,16 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, BearerAuthError<E>>
 /// The token a request was sent with: enough to drop it if it is rejected,
 /// and small (no handle, so no reference count per request).
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Sent {
-    pub(super) cache: usize,
-    pub(super) token_id: u64,
-    pub(super) plain_401: bool,
+pub(crate) struct Sent {
+    pub(crate) cache: usize,
+    pub(crate) token_id: u64,
+    pub(crate) plain_401: bool,
 }
 
 impl Sent {
     /// Reads the answer: a rejected token is dropped from its cache, and the
     /// answer marked [`TokenRejected`](super::TokenRejected).
-    pub(super) fn check<R: AuthResponse>(self, response: &mut R) {
+    pub(crate) fn check<R: AuthResponse>(self, response: &mut R) {
         if mark_if_rejected(response, self.plain_401) {
             tracing::debug!(target: "tower_oauth2", "token rejected; dropped from the cache");
             let cache = registry::invalidate(self.cache, self.token_id);

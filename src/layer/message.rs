@@ -13,6 +13,13 @@ pub(crate) mod sealed {
         fn opted_out(&self) -> bool;
         fn target(&self) -> Option<Target<'_>>;
         fn set_authorization(&mut self, value: HeaderValue);
+        /// The method and where the request goes, as a DPoP proof names
+        /// them; a URI that is a path only goes to `relative`, if given.
+        #[cfg(dpop)]
+        fn dpop_target(&self, relative: Option<&str>) -> Option<(&str, crate::dpop::Htu)>;
+        /// Sets the `DPoP` proof header.
+        #[cfg(dpop)]
+        fn set_dpop(&mut self, proof: HeaderValue);
     }
 
     /// What the layer reads from a response.
@@ -88,6 +95,19 @@ impl<B> sealed::Request for http::Request<B> {
     fn set_authorization(&mut self, value: HeaderValue) {
         self.headers_mut().insert(AUTHORIZATION, value);
     }
+
+    #[cfg(dpop)]
+    fn dpop_target(&self, relative: Option<&str>) -> Option<(&str, crate::dpop::Htu)> {
+        let uri = self.uri();
+        let htu = crate::dpop::Htu::of_uri(uri)
+            .or_else(|| crate::dpop::Htu::of_relative(relative?, uri))?;
+        Some((self.method().as_str(), htu))
+    }
+
+    #[cfg(dpop)]
+    fn set_dpop(&mut self, proof: HeaderValue) {
+        self.headers_mut().insert(crate::dpop::DPOP, proof);
+    }
 }
 
 #[cfg(reqwest_client)]
@@ -110,6 +130,19 @@ impl sealed::Request for reqwest::Request {
     #[inline]
     fn set_authorization(&mut self, value: HeaderValue) {
         self.headers_mut().insert(AUTHORIZATION, value);
+    }
+
+    #[cfg(dpop)]
+    fn dpop_target(&self, _: Option<&str>) -> Option<(&str, crate::dpop::Htu)> {
+        Some((
+            self.method().as_str(),
+            crate::dpop::Htu::of_url(self.url())?,
+        ))
+    }
+
+    #[cfg(dpop)]
+    fn set_dpop(&mut self, proof: HeaderValue) {
+        self.headers_mut().insert(crate::dpop::DPOP, proof);
     }
 }
 

@@ -55,6 +55,14 @@
 //!   [`TokenRejected`]): the token that was sent is dropped from the cache,
 //!   so the next request gets a new one, and the answer is returned marked
 //!   [`TokenRejected`]. Many rejections of one token cause one refresh.
+//! - The token is DPoP-bound (the `dpop` feature, a grant given a
+//!   `DpopKey`): the request leaves with `Authorization: DPoP <token>` and a
+//!   `DPoP` proof for its method and URI (one signature; the token's hash
+//!   and the proof header are computed once per token), and the answer's
+//!   `DPoP-Nonce` is remembered for its origin. A `401` asking for a nonce
+//!   (`use_dpop_nonce`) keeps the token and is marked for [`Replay`], which
+//!   sends the request once more with the nonce. Bearer tokens never take
+//!   this branch. A DPoP request needs an absolute URI.
 //! - A request carrying the [`NoBearerAuth`] extension, or going to an origin
 //!   no cache serves (see [`allow_origin`] and [`origin`]), is passed on
 //!   untouched. The second kind is logged once per origin and counted
@@ -95,6 +103,8 @@
 //! [`origin`]: BearerAuthLayer::origin
 //! [`tower::retry`]: https://docs.rs/tower/latest/tower/retry/index.html
 
+#[cfg(dpop)]
+pub(crate) mod dpop;
 mod future;
 mod message;
 mod origin;
@@ -117,11 +127,11 @@ pub use rejection::TokenRejected;
 pub use replay::{CloneBody, Replay};
 
 #[cfg(feature = "reqwest-middleware")]
+pub(crate) use future::Sent;
 pub(crate) use message::{mark_if_rejected, sealed};
 pub(crate) use origin::Routes;
 
 use crate::{cache::HeaderReader, Error, TokenCache};
-use future::Sent;
 use origin::Origin;
 
 /// Adds a bearer token from a [`TokenCache`] to requests. See the [module docs](self).
@@ -276,6 +286,8 @@ impl<S> Layer<S> for BearerAuthLayer {
         let source = |entry: &Entry| Source {
             reader: entry.cache.header_reader(),
             index: entry.index,
+            #[cfg(dpop)]
+            dpop: None,
         };
         let sources = match &self.caches[..] {
             [] => Sources::Nothing,
@@ -292,6 +304,8 @@ impl<S> Layer<S> for BearerAuthLayer {
             sources,
             routes,
             plain_401: self.plain_401,
+            #[cfg(dpop)]
+            relative: self.routes.relative.as_ref().map(|o| o.prefix().into()),
         }
     }
 }
@@ -307,6 +321,9 @@ pub struct BearerAuth<S> {
     /// `None`: every request goes to the one cache (the usual case).
     routes: Option<Arc<Routes>>,
     plain_401: bool,
+    /// `relative_uri_origin`, as a DPoP proof's `htu` starts with it.
+    #[cfg(dpop)]
+    relative: Option<Arc<str>>,
 }
 
 /// Where this service clone reads tokens: one reader per cache, each with
@@ -322,6 +339,9 @@ enum Sources {
 struct Source {
     reader: HeaderReader,
     index: usize,
+    /// The binding of the last DPoP token this clone sent, by token id.
+    #[cfg(dpop)]
+    dpop: Option<(u64, Arc<crate::dpop::Binding>)>,
 }
 
 impl<S> fmt::Debug for BearerAuth<S> {
@@ -407,6 +427,24 @@ where
         };
         let cache = source.index;
         if let Some((header, token_id)) = source.reader.current_header() {
+            #[cfg(dpop)]
+            if dpop::is_dpop(token_id) {
+                // Out of line: the bearer path above stays as small as it was.
+                let binding = dpop::binding(&mut source.dpop, source.reader.cache(), token_id);
+                let sent = Sent {
+                    cache,
+                    token_id,
+                    plain_401,
+                };
+                return match binding {
+                    Some(binding) => self.call_dpop(request, header, binding, sent),
+                    // Not ready after all: the waiting path.
+                    None => {
+                        let tokens = source.reader.cache().clone();
+                        self.call_waiting(request, tokens, cache, plain_401)
+                    }
+                };
+            }
             request.set_authorization(header);
             let sent = Sent {
                 cache,
@@ -415,14 +453,40 @@ where
             };
             return ResponseFuture::sent(self.inner.call(request), Some(sent));
         }
-        // No token ready: wait for one, with the service that was polled
-        // ready (a clone stays behind for the next request).
-        // The future holds a handle: the service may be gone before it ends.
         let tokens = source.reader.cache().clone();
+        self.call_waiting(request, tokens, cache, plain_401)
+    }
+}
+
+impl<S> BearerAuth<S> {
+    /// No token ready: waits for one, with the service that was polled
+    /// ready (a clone stays behind for the next request).
+    #[inline(never)]
+    fn call_waiting<R>(
+        &mut self,
+        mut request: R,
+        tokens: TokenCache,
+        cache: usize,
+        plain_401: bool,
+    ) -> ResponseFuture<S::Future, S::Response, S::Error>
+    where
+        R: AuthRequest + Send + 'static,
+        S: Service<R> + Clone + Send + 'static,
+        S::Response: AuthResponse + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
+        // The future holds a handle: the service may be gone before it ends.
+        #[cfg(dpop)]
+        let relative = self.relative.clone();
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::waiting(Box::pin(async move {
             let token = tokens.token().await.map_err(BearerAuthError::Token)?;
+            #[cfg(dpop)]
+            let proved = dpop::authorize(&mut request, &token, relative.as_deref())
+                .map_err(BearerAuthError::Token)?;
+            #[cfg(not(dpop))]
             request.set_authorization(token.header_value().clone());
             let mut response = ready
                 .call(request)
@@ -433,7 +497,43 @@ where
                 token_id: token.id(),
                 plain_401,
             };
+            #[cfg(dpop)]
+            if let Some((binding, htu)) = proved {
+                dpop::Proved { binding, htu, sent }.check(&mut response);
+                return Ok(response);
+            }
             sent.check(&mut response);
+            Ok(response)
+        }))
+    }
+
+    /// A DPoP-bound token is ready: the proof is made here, synchronously
+    /// (one signature), and the answer read for its nonce.
+    #[cfg(dpop)]
+    #[inline(never)]
+    fn call_dpop<R>(
+        &mut self,
+        mut request: R,
+        header: http::HeaderValue,
+        binding: Arc<crate::dpop::Binding>,
+        sent: Sent,
+    ) -> ResponseFuture<S::Future, S::Response, S::Error>
+    where
+        R: AuthRequest + Send + 'static,
+        S: Service<R> + Clone + Send + 'static,
+        S::Response: AuthResponse + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
+        let htu = match dpop::prove(&mut request, &binding, self.relative.as_deref()) {
+            Ok(htu) => htu,
+            Err(error) => return ResponseFuture::waiting(dpop::failed(error)),
+        };
+        request.set_authorization(header);
+        let future = self.inner.call(request);
+        ResponseFuture::waiting(Box::pin(async move {
+            let mut response = future.await.map_err(BearerAuthError::Service)?;
+            dpop::Proved { binding, htu, sent }.check(&mut response);
             Ok(response)
         }))
     }

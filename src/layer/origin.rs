@@ -63,6 +63,22 @@ impl Origin {
         })
     }
 
+    /// `scheme://host[:port]`, the port only when not the scheme's default:
+    /// what a DPoP proof's `htu` starts with for a relative URI.
+    #[cfg(dpop)]
+    pub(crate) fn prefix(&self) -> String {
+        let (scheme, default_port) = if self.https {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
+        if self.port == default_port {
+            format!("{scheme}://{}", self.host)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+
     /// Where a request to this origin goes, as if its URI were absolute.
     fn target(&self) -> Target<'_> {
         Target {

@@ -59,6 +59,27 @@ pub(crate) fn rejects(status: StatusCode, headers: &HeaderMap, plain_401: bool) 
     }
 }
 
+/// The DPoP error of a `401` (RFC 9449 §7.1 and §9): `Some(true)` for
+/// `use_dpop_nonce`, `Some(false)` for `invalid_dpop_proof`, `None` for
+/// anything else (an `invalid_token` is a rejected token, as for bearer).
+#[cfg(dpop)]
+pub(crate) fn dpop_error(status: StatusCode, headers: &HeaderMap) -> Option<bool> {
+    if status != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    let code = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .find_map(challenge_error)?;
+    if code.eq_ignore_ascii_case("use_dpop_nonce") {
+        Some(true)
+    } else if code.eq_ignore_ascii_case("invalid_dpop_proof") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The `error` parameter of a `WWW-Authenticate` challenge (RFC 6750 §3),
 /// skipping quoted strings so a description cannot fake one.
 fn challenge_error(value: &HeaderValue) -> Option<&str> {

@@ -243,6 +243,8 @@ struct StoredAccess {
     issued_at: SystemTime,
     expires_in: Option<Duration>,
     scopes: Vec<String>,
+    /// The thumbprint of the key a DPoP token is bound to (`None`: bearer).
+    dpop_jkt: Option<String>,
 }
 
 impl std::fmt::Debug for TokenState {
@@ -274,6 +276,7 @@ impl TokenState {
                 issued_at: wall - now.saturating_duration_since(token.issued_at()),
                 expires_in: token.expires_in(),
                 scopes: token.scopes().to_vec(),
+                dpop_jkt: dpop_jkt(token),
             }),
         }
     }
@@ -342,7 +345,23 @@ impl TokenState {
         if let Some(refresh_token) = &self.refresh_token {
             builder = builder.refresh_token(expose(refresh_token));
         }
-        builder.build().ok()
+        match &access.dpop_jkt {
+            None => builder.build().ok(),
+            // Bound to a key: usable only by a process that holds that key.
+            #[cfg(dpop)]
+            Some(jkt) => {
+                let key = crate::DpopKey::with_thumbprint(jkt)?;
+                Some(builder.dpop_type().build().ok()?.bind_dpop(&key))
+            }
+            #[cfg(not(dpop))]
+            Some(_) => None,
+        }
+    }
+
+    /// The thumbprint of the key the stored access token is bound to, for
+    /// a DPoP token (RFC 9449).
+    pub fn dpop_jkt(&self) -> Option<&str> {
+        self.access.as_ref()?.dpop_jkt.as_deref()
     }
 
     /// Whether `self` and `other` hold the same tokens.
@@ -357,12 +376,18 @@ impl TokenState {
     /// text. It holds the tokens: keep it where only the service can read it.
     pub fn encode(&self, key: &StoreKey) -> SecretString {
         let access = self.access.as_ref().map(|access| {
-            json!({
+            let mut value = json!({
                 "token": expose(&access.token),
                 "issued_at": unix_seconds(access.issued_at),
                 "expires_in": access.expires_in.map(|d| d.as_secs_f64()),
                 "scopes": access.scopes,
-            })
+            });
+            // Only for DPoP: a bearer document stays what older releases wrote.
+            if let (Some(jkt), Value::Object(object)) = (&access.dpop_jkt, &mut value) {
+                object.insert("token_type".into(), "DPoP".into());
+                object.insert("dpop_jkt".into(), jkt.as_str().into());
+            }
+            value
         });
         let document = json!({
             "version": FORMAT_VERSION,
@@ -442,11 +467,22 @@ impl TokenState {
                         .ok_or_else(|| corrupt("bad scopes"))?,
                     Some(_) => return Err(corrupt("bad scopes")),
                 };
+                let dpop_jkt = match (access.get("token_type"), access.get("dpop_jkt")) {
+                    (None | Some(Value::Null), _) => None,
+                    (Some(Value::String(kind)), Some(Value::String(jkt)))
+                        if kind.eq_ignore_ascii_case("dpop") && !jkt.is_empty() =>
+                    {
+                        Some(jkt.clone())
+                    }
+                    (Some(Value::String(kind)), _) if kind.eq_ignore_ascii_case("bearer") => None,
+                    _ => return Err(corrupt("bad token_type or dpop_jkt")),
+                };
                 Some(StoredAccess {
                     token,
                     issued_at: UNIX_EPOCH + Duration::from_secs_f64(issued_at.min(1e10)),
                     expires_in,
                     scopes,
+                    dpop_jkt,
                 })
             }
             Some(_) => return Err(corrupt("bad access_token")),
@@ -463,6 +499,20 @@ impl TokenState {
             refresh_token,
             access,
         })
+    }
+}
+
+/// The thumbprint a token is bound to, when it is a DPoP token.
+fn dpop_jkt(token: &Token) -> Option<String> {
+    #[cfg(dpop)]
+    {
+        token.dpop_jkt().map(str::to_owned)
+    }
+    #[cfg(not(dpop))]
+    {
+        // Without the feature no token is bound.
+        let _ = token;
+        None
     }
 }
 
@@ -536,6 +586,43 @@ mod tests {
         assert_eq!(
             TokenState::decode(&other, &good).unwrap_err().kind(),
             &ErrorKind::Store(StoreErrorKind::OtherCredential)
+        );
+    }
+
+    /// A DPoP token's state names its key; a bearer document stays as older
+    /// releases wrote and read it; a DPoP token is restored only by a
+    /// process holding the key.
+    #[cfg(dpop)]
+    #[tokio::test]
+    async fn dpop_state() {
+        let bearer = Token::builder("at").build().unwrap();
+        let text = TokenState::of(Some(&bearer), None).encode(&key());
+        assert!(!expose(&text).contains("token_type"), "bearer: as before");
+
+        let dpop_key = crate::DpopKey::generate().unwrap();
+        let bound = Token::builder("at")
+            .dpop_type()
+            .build()
+            .unwrap()
+            .bind_dpop(&dpop_key);
+        let text = TokenState::of(Some(&bound), None).encode(&key());
+        let back = TokenState::decode(&key(), expose(&text)).unwrap();
+        assert_eq!(back.dpop_jkt(), Some(dpop_key.thumbprint()));
+        let restored = back.access_token(Duration::from_secs(60)).unwrap();
+        assert_eq!(restored.dpop_jkt(), Some(dpop_key.thumbprint()));
+        assert_eq!(restored.header_value(), "DPoP at");
+
+        let jkt = dpop_key.thumbprint().to_owned();
+        drop((dpop_key, bound, restored));
+        assert!(
+            back.access_token(Duration::from_secs(60)).is_none(),
+            "no key with that thumbprint in this process"
+        );
+
+        let odd = expose(&text).replace(&format!("\"dpop_jkt\":\"{jkt}\""), "\"dpop_jkt\":7");
+        assert_eq!(
+            TokenState::decode(&key(), &odd).unwrap_err().kind(),
+            &ErrorKind::Store(StoreErrorKind::Corrupt)
         );
     }
 }

@@ -245,6 +245,10 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // DPoP (RFC 9449) with nonces: a request without a proof is served as
+    // before; one with a proof must carry the server's current nonce, and
+    // gets a token bound to the proof's key.
+    dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
     // The resource server may introspect any token; another client only its
     // own. (The default lets any confidential client introspect anything.)
     introspection: {

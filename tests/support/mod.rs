@@ -13,6 +13,8 @@
 //! - [`grpc`]: the same as a real tonic gRPC server, codegen-free (client tests).
 //! - [`logs`]: what a test's `tracing` subscriber wrote, to search.
 //! - [`jws`]: verifies a signed JWT with a public JWK, as a server would.
+//! - [`dpop`]: an API and a token endpoint that check DPoP proofs as RFC
+//!   9449 asks, with nonces they rotate on demand.
 //! - [`redis`]: a real `redis-server` on a free loopback port, killed and
 //!   restarted empty or from an older snapshot (fleet and chaos tests).
 //! - [`proxy`]: a TCP proxy in front of it that holds replies or drops
@@ -28,6 +30,7 @@
 pub mod apt;
 pub mod authorize;
 pub mod child;
+pub mod dpop;
 pub mod faketime;
 pub mod grpc;
 pub mod jws;
