@@ -143,6 +143,12 @@ pub enum OAuthErrorCode {
     UnsupportedGrantType,
     /// `invalid_scope`: a requested scope is invalid, unknown or not granted.
     InvalidScope,
+    /// `invalid_dpop_proof` (RFC 9449): the server refused the request's
+    /// DPoP proof (a wrong `htu`, a replayed `jti`, a bad signature).
+    InvalidDpopProof,
+    /// `use_dpop_nonce` (RFC 9449): the server wants its nonce in the proof.
+    /// Retried once with the nonce; this is the answer to that retry.
+    UseDpopNonce,
     /// Any other code, as the server sent it.
     Other(String),
 }
@@ -157,6 +163,8 @@ impl OAuthErrorCode {
             "unauthorized_client" => Self::UnauthorizedClient,
             "unsupported_grant_type" => Self::UnsupportedGrantType,
             "invalid_scope" => Self::InvalidScope,
+            "invalid_dpop_proof" => Self::InvalidDpopProof,
+            "use_dpop_nonce" => Self::UseDpopNonce,
             other => Self::Other(sanitize(other, 64)),
         }
     }
@@ -170,6 +178,8 @@ impl OAuthErrorCode {
             Self::UnauthorizedClient => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
             Self::Other(code) => code,
         }
     }
@@ -596,10 +606,20 @@ mod tests {
             "unauthorized_client",
             "unsupported_grant_type",
             "invalid_scope",
+            "invalid_dpop_proof",
+            "use_dpop_nonce",
             "slow_down",
         ] {
             assert_eq!(OAuthErrorCode::parse(code).as_str(), code);
         }
+        assert_eq!(
+            OAuthErrorCode::parse("use_dpop_nonce"),
+            OAuthErrorCode::UseDpopNonce
+        );
+        assert_eq!(
+            OAuthErrorCode::parse("invalid_dpop_proof"),
+            OAuthErrorCode::InvalidDpopProof
+        );
     }
 
     #[test]

@@ -359,10 +359,7 @@ async fn token_type_dpop_only_after_a_proof_and_nonces_retried_only_once() {
     server.reply([nonce("n1"), nonce("n2")]);
     let before = server.requests().len();
     let error = grant.fetch().await.unwrap_err();
-    assert_eq!(
-        error.oauth_code(),
-        Some(&OAuthErrorCode::Other("use_dpop_nonce".into()))
-    );
+    assert_eq!(error.oauth_code(), Some(&OAuthErrorCode::UseDpopNonce));
     assert_eq!(server.requests().len(), before + 2, "retried once");
     // The next request carries the last nonce given.
     server.reply([Reply::json(200, dpop_answer)]);

@@ -221,6 +221,48 @@ async fn stack(cache: TokenCache, http: reqwest::Client, url: &str) -> Result {
 }
 
 #[rustfmt::skip] // the README's text, verbatim
+async fn dpop() -> Result {
+    // README: DPoP
+    use tower_oauth2::{BearerAuthMiddleware, DpopKey, JwsAlgorithm, PrivateKey};
+
+    // One key for every replica (a token is bound to one key): the same PEM
+    // everywhere, or DpopKey::generate() for a single process.
+    let pem = std::fs::read("dpop-key.pem")?;
+    let key = DpopKey::from_private_key(PrivateKey::from_pem(JwsAlgorithm::Es256, pem)?)?;
+    let grant = ClientCredentials::builder()
+        .token_url("https://auth.example.com/oauth2/token")
+        .client_id("my-service")
+        .client_secret("s3cret")
+        .dpop(key)                               // a proof on every token request
+        .build()?;
+    let cache = TokenCache::new(grant);
+
+    // hyper-util (and axum): Replay sends a `use_dpop_nonce` answer once more, with the nonce
+    let client = ServiceBuilder::new()
+        .retry(Replay::new())
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+
+    // reqwest::Client
+    let client = ServiceBuilder::new()
+        .retry(Replay::new())
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(reqwest::Client::new());
+
+    // tonic: a proof names the request's URL, and a channel sends paths only
+    let channel = Channel::from_static("https://grpc.example.com").connect().await?;
+    let layer = BearerAuthLayer::new(cache.clone()).relative_uri_origin("https://grpc.example.com")?;
+    let grpc = tonic::client::Grpc::new(layer.layer(channel));
+
+    // reqwest-middleware
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(BearerAuthMiddleware::new(cache).replay(true))
+        .build();
+    // end
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's text, verbatim
 fn metrics(grant: ClientCredentials) -> Result {
     // README: metrics
     // metrics_exporter_prometheus::PrometheusBuilder::new().install()?; // any exporter

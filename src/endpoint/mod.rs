@@ -312,7 +312,10 @@ impl TokenEndpoint {
 /// Whether a token endpoint error is `use_dpop_nonce` (RFC 9449 §8).
 #[cfg(dpop)]
 fn asks_for_nonce(error: &Error) -> bool {
-    matches!(error.oauth_code(), Some(crate::OAuthErrorCode::Other(code)) if code == "use_dpop_nonce")
+    matches!(
+        error.oauth_code(),
+        Some(crate::OAuthErrorCode::UseDpopNonce)
+    )
 }
 
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
