@@ -497,6 +497,9 @@ impl Error {
             ErrorKind::OAuth(OAuthErrorCode::Other(code)) => {
                 status_transient || code == "server_error" || code == "temporarily_unavailable"
             }
+            // The nonce moved on again between the retry and its answer:
+            // the next attempt sends the newest.
+            ErrorKind::OAuth(OAuthErrorCode::UseDpopNonce) => true,
             _ => false,
         }
     }
@@ -620,6 +623,15 @@ mod tests {
             OAuthErrorCode::parse("invalid_dpop_proof"),
             OAuthErrorCode::InvalidDpopProof
         );
+        let nonce =
+            Error::oauth(OAuthErrorCode::UseDpopNonce, None).with_status(StatusCode::BAD_REQUEST);
+        assert!(
+            nonce.is_transient(),
+            "the next attempt has the newest nonce"
+        );
+        let proof = Error::oauth(OAuthErrorCode::InvalidDpopProof, None)
+            .with_status(StatusCode::BAD_REQUEST);
+        assert!(!proof.is_transient());
     }
 
     #[test]
