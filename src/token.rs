@@ -272,7 +272,15 @@ impl TokenBuilder {
             ));
         }
         let scheme = if self.dpop_type { "DPoP" } else { "Bearer" };
-        let mut header = HeaderValue::try_from(format!("{scheme} {access}"))
+        // One spare byte of capacity: `Bytes` then takes the buffer as a
+        // shared one at once, and every request's clone of the header is a
+        // plain reference count (an exact-size buffer is "promotable", and
+        // each clone checks for that first).
+        let mut value = Vec::with_capacity(scheme.len() + 1 + access.len() + 1);
+        value.extend_from_slice(scheme.as_bytes());
+        value.push(b' ');
+        value.extend_from_slice(access.as_bytes());
+        let mut header = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
             .map_err(|_| Error::invalid_response("access_token is not a valid header value"))?;
         header.set_sensitive(true);
         Ok(Token {

@@ -126,8 +126,8 @@ pub use message::{AuthRequest, AuthResponse};
 pub use rejection::TokenRejected;
 pub use replay::{CloneBody, Replay};
 
-#[cfg(feature = "reqwest-middleware")]
 pub(crate) use future::Sent;
+#[cfg(feature = "reqwest-middleware")]
 pub(crate) use message::{mark_if_rejected, sealed};
 pub(crate) use origin::Routes;
 

@@ -32,6 +32,17 @@ pub struct TokenRejected;
 /// gRPC's status code for a missing or invalid credential.
 const GRPC_UNAUTHENTICATED: &[u8] = b"16";
 
+/// The header gRPC's status travels in (parsed once, not per answer).
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// Whether an answer may reject its token: a `401`, or a `200` with headers
+/// (a gRPC error travels in a 200). Every other answer, the usual one, is
+/// settled here without a call.
+#[inline(always)]
+pub(crate) fn may_reject(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::UNAUTHORIZED || (status == StatusCode::OK && !headers.is_empty())
+}
+
 /// Whether an answer with `status` and `headers` rejects the token it was
 /// sent with. `plain_401`: whether a rejection that names no error counts.
 #[inline]
@@ -41,7 +52,7 @@ pub(crate) fn rejects(status: StatusCode, headers: &HeaderMap, plain_401: bool) 
     } else if status == StatusCode::OK && !headers.is_empty() {
         // A gRPC error travels in a 200 (trailers-only answers carry it in the headers).
         headers
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .is_some_and(|code| code.as_bytes() == GRPC_UNAUTHENTICATED)
     } else {
         false
