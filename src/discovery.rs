@@ -96,6 +96,8 @@ struct Document {
     issuer: String,
     token_endpoint: Url,
     authorization_endpoint: Option<Url>,
+    revocation_endpoint: Option<Url>,
+    par_endpoint: Option<Url>,
     auth_methods: Option<Vec<String>>,
     fields: Map<String, Value>,
     /// The hosts allowed over plain http when the document was read.
@@ -160,6 +162,8 @@ impl ServerMetadata {
             )
         })?;
         let authorization_endpoint = endpoint("authorization_endpoint")?;
+        let revocation_endpoint = endpoint("revocation_endpoint")?;
+        let par_endpoint = endpoint("pushed_authorization_request_endpoint")?;
         let auth_methods = match fields.get("token_endpoint_auth_methods_supported") {
             None => None,
             Some(Value::Array(methods)) => Some(
@@ -182,6 +186,8 @@ impl ServerMetadata {
                 issuer: named.to_owned(),
                 token_endpoint,
                 authorization_endpoint,
+                revocation_endpoint,
+                par_endpoint,
                 auth_methods,
                 fields,
                 http_hosts,
@@ -208,6 +214,20 @@ impl ServerMetadata {
     /// [`AuthorizationRequest`](crate::grant::AuthorizationRequest).
     pub fn authorization_endpoint(&self) -> Option<&Url> {
         self.inner.authorization_endpoint.as_ref()
+    }
+
+    /// The revocation endpoint (RFC 7009), which the grants'
+    /// [`revoke`](crate::TokenEndpoint::revoke) uses unless given a
+    /// `revocation_url`.
+    pub fn revocation_endpoint(&self) -> Option<&Url> {
+        self.inner.revocation_endpoint.as_ref()
+    }
+
+    /// The pushed authorization request endpoint (RFC 9126), which
+    /// [`push`](crate::grant::AuthorizationRequestBuilder::push) uses unless
+    /// given a `par_url`.
+    pub fn pushed_authorization_request_endpoint(&self) -> Option<&Url> {
+        self.inner.par_endpoint.as_ref()
     }
 
     /// `token_endpoint_auth_methods_supported`, when the document lists them.

@@ -960,3 +960,168 @@ async fn dpop_code_flow_with_rotating_refresh_tokens() {
     assert_eq!(issued.len(), 4, "every refresh rotated the refresh token");
     assert_eq!(cache.stats().failures, 0);
 }
+
+// ---------------------------------------------- PAR, RAR and revocation --
+
+/// `web-app` with its endpoints from discovery: token, revocation and PAR.
+async fn web_app_from_discovery(
+    provider: &Provider,
+    issued: Arc<Mutex<Vec<String>>>,
+) -> tower_oauth2::OAuthClient {
+    let metadata = Discovery::builder()
+        .build()
+        .metadata(&provider.base)
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata.revocation_endpoint().map(|u| u.as_str()),
+        Some(format!("{}/token/revocation", provider.base).as_str())
+    );
+    assert!(metadata.pushed_authorization_request_endpoint().is_some());
+    tower_oauth2::OAuthClient::builder()
+        .metadata(&metadata)
+        .client_id("web-app")
+        .client_secret("web-secret")
+        .scope("openid offline_access api.read")
+        .on_refresh_token(move |rt| issued.lock().unwrap().push(rt.expose_secret().to_owned()))
+        .build()
+        .unwrap()
+}
+
+/// A pushed authorization request through a person's browser: returns the
+/// request and the code its callback carried (state checked).
+async fn pushed_code_flow(
+    provider: &Provider,
+    client: &tower_oauth2::OAuthClient,
+    details: Option<&Value>,
+) -> (
+    tower_oauth2::grant::AuthorizationRequest,
+    secrecy::SecretString,
+) {
+    let mut builder = client
+        .authorization_request(format!("{}/auth", provider.base))
+        .redirect_uri(REDIRECT_URI)
+        .param("resource", AUDIENCE)
+        // oidc-provider keeps offline_access only with a consent prompt.
+        .param("prompt", "consent");
+    if let Some(details) = details {
+        builder = builder.authorization_details(details);
+    }
+    let request = builder.push().await.unwrap();
+    let names: Vec<String> = request
+        .url()
+        .query_pairs()
+        .map(|(n, _)| n.into_owned())
+        .collect();
+    assert_eq!(names, ["client_id", "request_uri"], "{}", request.url());
+    assert!(request.expires_in().is_some_and(|e| e > Duration::ZERO));
+    let url = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("url", request.url().as_str())
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .finish();
+    let answer = provider.get_json(&format!("/test/authorize?{url}")).await;
+    let callback = answer["callback"].as_str().expect("a callback").to_owned();
+    let code = request.callback(&callback).unwrap();
+    (request, code)
+}
+
+/// PAR (RFC 9126) and RAR (RFC 9396) in one code flow: the parameters and
+/// `authorization_details` are pushed with the client's authentication, the
+/// browser sees only `client_id` and `request_uri`, and the details granted
+/// reach the access token, and the refreshed one.
+#[tokio::test]
+async fn pushed_authorization_request_with_authorization_details() {
+    let provider = Provider::start();
+    let client = web_app_from_discovery(&provider, Arc::default()).await;
+    let details = serde_json::json!([{"type": "tower-oauth2:test", "action": "read"}]);
+    let (request, code) = pushed_code_flow(&provider, &client, Some(&details)).await;
+    let cache = TokenCache::new(client.authorization_code(&request, code));
+    let first = cache.token().await.unwrap();
+    let info = provider.introspect(&secret_of(&first)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["authorization_details"], details, "{info}");
+    let refreshed = cache.refresh_now().await.unwrap();
+    let info = provider.introspect(&secret_of(&refreshed)).await;
+    assert_eq!(info["authorization_details"], details, "{info}");
+
+    // A type the server does not know is refused at the push, typed.
+    let refused = client
+        .authorization_request(format!("{}/auth", provider.base))
+        .redirect_uri(REDIRECT_URI)
+        .authorization_details(&serde_json::json!([{"type": "unknown"}]))
+        .push()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.oauth_code(),
+        Some(&OAuthErrorCode::Other(
+            "invalid_authorization_details".into()
+        )),
+        "{refused}"
+    );
+}
+
+/// Revocation (RFC 7009) of the refresh token: the server forgets it
+/// (introspection says inactive) and the next refresh is `invalid_grant`,
+/// asking for a person. An unknown token revokes fine (§2.2).
+#[tokio::test]
+async fn revoking_the_refresh_token_ends_the_next_refresh() {
+    let provider = Provider::start();
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = web_app_from_discovery(&provider, issued.clone()).await;
+    let (request, code) = pushed_code_flow(&provider, &client, None).await;
+    let cache = TokenCache::new(client.authorization_code(&request, code));
+    let token = cache.token().await.unwrap();
+    let refresh_token = issued
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("a refresh token");
+    let info = provider.introspect(&refresh_token).await;
+    assert_eq!(info["active"], true, "{info}");
+
+    client
+        .revoke(
+            &secrecy::SecretString::from(refresh_token.clone()),
+            Some(tower_oauth2::TokenTypeHint::RefreshToken),
+        )
+        .await
+        .unwrap();
+    let info = provider.introspect(&refresh_token).await;
+    assert_eq!(info["active"], false, "{info}");
+
+    cache.invalidate(&token);
+    let error = cache.token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::InvalidGrant),
+        "{error}"
+    );
+    assert!(error.is_reauthorization_required());
+
+    client
+        .revoke(&secrecy::SecretString::from("never-issued"), None)
+        .await
+        .unwrap();
+}
+
+/// `authorization_details` on a client credentials token request: sent as a
+/// form parameter, and the token carries it.
+#[tokio::test]
+async fn client_credentials_with_authorization_details() {
+    let provider = Provider::start();
+    let details = serde_json::json!([{"type": "tower-oauth2:test", "action": "write"}]);
+    let mut grant = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("cc-basic")
+        .client_secret("basic-secret")
+        .scope("api.read")
+        .param("authorization_details", details.to_string())
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    let info = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["authorization_details"], details, "{info}");
+}

@@ -98,6 +98,10 @@ pub struct TokenEndpoint {
     max_body: usize,
     extra_params: Vec<(String, String)>,
     leniency: Leniency,
+    /// The revocation endpoint (RFC 7009), if configured or discovered.
+    revocation: Option<(Url, http::Uri)>,
+    /// The pushed authorization request endpoint (RFC 9126), likewise.
+    par: Option<(Url, http::Uri)>,
     /// The DPoP key every token request proves possession of, and the
     /// token URL as its proofs name it.
     #[cfg(dpop)]
@@ -141,6 +145,136 @@ impl TokenEndpoint {
             key = key.param(name, value);
         }
         key
+    }
+
+    /// The revocation endpoint, when one was set or discovered.
+    pub fn revocation_url(&self) -> Option<&Url> {
+        self.revocation.as_ref().map(|(url, _)| url)
+    }
+
+    /// The pushed authorization request endpoint, when one was set or
+    /// discovered.
+    pub fn par_url(&self) -> Option<&Url> {
+        self.par.as_ref().map(|(url, _)| url)
+    }
+
+    /// Gives `token` back to the server (RFC 7009): a form POST of `token`
+    /// and `token_type_hint` to the revocation endpoint, with this client's
+    /// authentication, timeout and transport. Revoking a refresh token
+    /// usually ends the access tokens issued with it too.
+    ///
+    /// A 200 is success, also for a token the server does not know
+    /// (RFC 7009 §2.2: it is as good as revoked). An OAuth error body
+    /// (`unsupported_token_type`, `invalid_client`, ...) is
+    /// [`ErrorKind::OAuth`](crate::ErrorKind::OAuth), another status
+    /// [`ErrorKind::Status`](crate::ErrorKind::Status); without a revocation
+    /// endpoint, [`ErrorKind::Config`](crate::ErrorKind::Config).
+    pub async fn revoke(
+        &self,
+        token: &SecretString,
+        hint: Option<TokenTypeHint>,
+    ) -> Result<(), Error> {
+        let (url, uri) = self.revocation.as_ref().ok_or_else(|| {
+            Error::config("no revocation endpoint: set revocation_url, or give metadata naming one")
+        })?;
+        let mut params = vec![("token", crate::token::expose(token))];
+        if let Some(hint) = hint {
+            params.push(("token_type_hint", hint.as_str()));
+        }
+        let answer = self.post_form(url, uri, &params, "revocation").await?;
+        if let Some(error) = oauth_error(&answer.status, &answer.body) {
+            tracing::warn!(target: "tower_oauth2", %error, "revocation refused");
+            return Err(error);
+        }
+        if !answer.status.is_success() {
+            return Err(Error::http_status(answer.status)
+                .with_retry_after_opt(retry_after(&answer.headers)));
+        }
+        tracing::debug!(target: "tower_oauth2", "token revoked");
+        Ok(())
+    }
+
+    /// Pushes authorization parameters (RFC 9126 §2.1) and returns the
+    /// `request_uri` with its lifetime.
+    pub(crate) async fn push_authorization(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<(String, Duration), Error> {
+        let (url, uri) = self.par.as_ref().ok_or_else(|| {
+            Error::config(
+                "no pushed authorization request endpoint: set par_url, or give metadata naming one",
+            )
+        })?;
+        let answer = self
+            .post_form(url, uri, params, "pushed authorization")
+            .await?;
+        if let Some(error) = oauth_error(&answer.status, &answer.body) {
+            tracing::warn!(target: "tower_oauth2", %error, "pushed authorization request refused");
+            return Err(error);
+        }
+        if !answer.status.is_success() {
+            return Err(Error::http_status(answer.status)
+                .with_retry_after_opt(retry_after(&answer.headers)));
+        }
+        let invalid = |message| Error::invalid_response(message).with_status(answer.status);
+        let json: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|_| invalid("the pushed authorization response is not JSON"))?;
+        let request_uri = json
+            .get("request_uri")
+            .and_then(serde_json::Value::as_str)
+            .filter(|uri| !uri.is_empty())
+            .ok_or_else(|| invalid("the pushed authorization response has no `request_uri`"))?;
+        let expires_in = json
+            .get("expires_in")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| invalid("the pushed authorization response has no `expires_in`"))?;
+        Ok((request_uri.to_owned(), Duration::from_secs(expires_in)))
+    }
+
+    /// One form POST to another endpoint of the server (revocation, PAR)
+    /// with the client authentication, under the token request's rules.
+    async fn post_form(
+        &self,
+        url: &Url,
+        uri: &http::Uri,
+        params: &[(&str, &str)],
+        what: &'static str,
+    ) -> Result<transport::Answer, Error> {
+        // The assertion's audience stays the token URL (or the configured
+        // one): servers accept it at every endpoint that authenticates.
+        let auth = tokio::time::timeout(self.timeout, self.auth.for_request(&self.url))
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout(self.timeout)))?;
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(params);
+            auth.append_to(&mut form);
+            form.finish()
+        };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(value) = auth.header() {
+            headers.insert(header::AUTHORIZATION, value.clone());
+        }
+        tracing::debug!(target: "tower_oauth2", %url, what, "request");
+        match self
+            .transport
+            .send(request, self.timeout, self.max_body)
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err(Failure::TooLarge { status, headers }) => {
+                Err(too_large(status, self.max_body, retry_after(&headers)))
+            }
+            Err(Failure::Error(error)) => Err(error),
+        }
     }
 
     /// Sends one token request with `params` (plus the client authentication
@@ -307,6 +441,37 @@ impl TokenEndpoint {
             ..refused
         })
     }
+}
+
+/// What a [`TokenEndpoint::revoke`] gives back (RFC 7009 §2.1): a hint for
+/// the server, which looks the token up faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenTypeHint {
+    /// `refresh_token`.
+    RefreshToken,
+    /// `access_token`.
+    AccessToken,
+}
+
+impl TokenTypeHint {
+    /// The value sent as `token_type_hint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RefreshToken => "refresh_token",
+            Self::AccessToken => "access_token",
+        }
+    }
+}
+
+/// An OAuth error body (RFC 6749 §5.2), whatever the status.
+fn oauth_error(status: &StatusCode, body: &[u8]) -> Option<Error> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = json.get("error")?.as_str().filter(|c| !c.is_empty())?;
+    let description = json
+        .get("error_description")
+        .and_then(serde_json::Value::as_str);
+    Some(Error::oauth(crate::OAuthErrorCode::parse(code), description).with_status(*status))
 }
 
 /// Whether a token endpoint error is `use_dpop_nonce` (RFC 9449 §8).
@@ -513,6 +678,8 @@ pub(crate) struct EndpointSettings {
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) leniency: Leniency,
     pub(crate) http_hosts: HttpHosts,
+    pub(crate) revocation_url: Option<String>,
+    pub(crate) par_url: Option<String>,
     #[cfg(dpop)]
     pub(crate) dpop: Option<crate::DpopKey>,
 }
@@ -531,6 +698,28 @@ impl EndpointSettings {
             (None, None) => return Err(Error::config("token_url is required")),
         };
         let url = validate_url_allowing(&raw_url, "token URL", &http_hosts)?;
+        // Set, or else discovered: checked by the token URL's rules.
+        let side = |set: Option<String>, discovered: Option<&Url>, what: &str| {
+            let raw = set.or_else(|| discovered.map(|url| url.to_string()));
+            raw.map(|raw| {
+                let url = validate_url_allowing(&raw, what, &http_hosts)?;
+                let uri = transport::to_uri(&url)?;
+                Ok::<_, Error>((url, uri))
+            })
+            .transpose()
+        };
+        let revocation = side(
+            self.revocation_url.clone(),
+            self.metadata.as_ref().and_then(|m| m.revocation_endpoint()),
+            "revocation URL",
+        )?;
+        let par = side(
+            self.par_url.clone(),
+            self.metadata
+                .as_ref()
+                .and_then(|m| m.pushed_authorization_request_endpoint()),
+            "pushed authorization request URL",
+        )?;
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
@@ -595,6 +784,8 @@ impl EndpointSettings {
             max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             extra_params: self.extra_params,
             leniency,
+            revocation,
+            par,
         })
     }
 }
@@ -751,6 +942,26 @@ macro_rules! endpoint_settings {
         #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
         pub fn dpop(mut self, key: crate::DpopKey) -> Self {
             self.endpoint.dpop = Some(key);
+            self
+        }
+
+        /// The revocation endpoint (RFC 7009), for
+        /// [`TokenEndpoint::revoke`](crate::TokenEndpoint::revoke) and
+        /// [`OAuthClient::revoke`](crate::OAuthClient::revoke). Defaults to
+        /// the [`metadata`](Self::metadata)'s `revocation_endpoint`. Same
+        /// URL rules as the token URL.
+        pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
+            self.endpoint.revocation_url = Some(url.into());
+            self
+        }
+
+        /// The pushed authorization request endpoint (RFC 9126), for
+        /// [`AuthorizationRequestBuilder::push`](crate::grant::AuthorizationRequestBuilder::push).
+        /// Defaults to the [`metadata`](Self::metadata)'s
+        /// `pushed_authorization_request_endpoint`. Same URL rules as the
+        /// token URL.
+        pub fn par_url(mut self, url: impl Into<String>) -> Self {
+            self.endpoint.par_url = Some(url.into());
             self
         }
 

@@ -40,6 +40,7 @@ pub struct AuthorizationRequest {
     state: String,
     verifier: SecretString,
     redirect_uri: Option<String>,
+    expires_in: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for AuthorizationRequest {
@@ -62,6 +63,8 @@ impl AuthorizationRequest {
             scopes: Vec::new(),
             params: Vec::new(),
             dpop_jkt: None,
+            authorization_details: None,
+            par: None,
         }
     }
 
@@ -78,6 +81,12 @@ impl AuthorizationRequest {
     /// The PKCE verifier, sent with the code exchange.
     pub fn code_verifier(&self) -> &SecretString {
         &self.verifier
+    }
+
+    /// How long the `request_uri` of a [pushed](AuthorizationRequestBuilder::push)
+    /// request is valid, as the server said; `None` when not pushed.
+    pub fn expires_in(&self) -> Option<std::time::Duration> {
+        self.expires_in
     }
 
     /// The `redirect_uri` sent, if any; the code exchange repeats it.
@@ -146,6 +155,10 @@ pub struct AuthorizationRequestBuilder {
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     dpop_jkt: Option<String>,
+    authorization_details: Option<String>,
+    /// The client's endpoints and authentication, for [`push`](Self::push):
+    /// set by [`OAuthClient::authorization_request`](crate::OAuthClient::authorization_request).
+    pub(crate) par: Option<crate::TokenEndpoint>,
 }
 
 impl AuthorizationRequestBuilder {
@@ -179,6 +192,16 @@ impl AuthorizationRequestBuilder {
         self
     }
 
+    /// Asks for `authorization_details` (RFC 9396): a JSON array of objects,
+    /// each with a `type` the server knows. Sent as the parameter's JSON
+    /// text, in the URL or in the [pushed](Self::push) request; the code
+    /// exchange's token carries what the server granted. `build` refuses
+    /// anything but a non-empty array of objects.
+    pub fn authorization_details(mut self, details: &serde_json::Value) -> Self {
+        self.authorization_details = Some(details.to_string());
+        self
+    }
+
     /// Adds a query parameter (`prompt`, `resource`, `audience`, ...).
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
@@ -187,12 +210,91 @@ impl AuthorizationRequestBuilder {
 
     /// Generates the verifier, challenge and state, and builds the URL.
     pub fn build(self) -> Result<AuthorizationRequest, Error> {
+        let (request, _) = self.prepare()?;
+        Ok(request)
+    }
+
+    /// A pushed authorization request (RFC 9126): generates the verifier,
+    /// challenge and state, POSTs every parameter to the server's pushed
+    /// authorization request endpoint with the client's authentication, and
+    /// builds a URL with only `client_id` and the `request_uri` the server
+    /// answered. Nothing of the request travels through the browser, and
+    /// the server has checked it (and the client) before a person sees it.
+    ///
+    /// Needs a builder from
+    /// [`OAuthClient::authorization_request`](crate::OAuthClient::authorization_request)
+    /// whose client has a `par_url` (set, or from discovery metadata's
+    /// `pushed_authorization_request_endpoint`); else
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config). The server's refusal
+    /// is [`ErrorKind::OAuth`](crate::ErrorKind::OAuth). The `request_uri`
+    /// expires quickly (the server says when:
+    /// [`AuthorizationRequest::expires_in`]); push right before sending the
+    /// person.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::OAuthClient;
+    ///
+    /// let client = OAuthClient::builder()
+    ///     .token_url("https://auth.example.com/token")
+    ///     .par_url("https://auth.example.com/par")
+    ///     .client_id("my-app")
+    ///     .client_secret("s3cret")
+    ///     .build()?;
+    /// let request = client
+    ///     .authorization_request("https://auth.example.com/authorize")
+    ///     .redirect_uri("https://app.example.com/callback")
+    ///     .push()
+    ///     .await?;
+    /// println!("open {}", request.url()); // ...?client_id=my-app&request_uri=urn:...
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn push(mut self) -> Result<AuthorizationRequest, Error> {
+        let endpoint = self.par.take().ok_or_else(|| {
+            Error::config("push needs a builder made by OAuthClient::authorization_request")
+        })?;
+        let (mut request, base) = self.prepare()?;
+        let params: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
+        // The authorization URL's own query (a tenant, say) stays in the URL.
+        let own: Vec<(String, String)> = base.query_pairs().into_owned().collect();
+        let pushed: Vec<(&str, &str)> = params[own.len()..]
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let (request_uri, expires_in) = endpoint.push_authorization(&pushed).await?;
+        let mut url = base;
+        url.query_pairs_mut()
+            .append_pair("client_id", endpoint.client_id())
+            .append_pair("request_uri", &request_uri);
+        request.url = url;
+        request.expires_in = Some(expires_in);
+        Ok(request)
+    }
+
+    /// The request with its URL, and the authorization URL as given.
+    fn prepare(self) -> Result<(AuthorizationRequest, Url), Error> {
         let mut url = crate::endpoint::validate_url(&self.authorization_url, "authorization URL")?;
+        let base = url.clone();
         let client_id = self
             .client_id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config("client_id is required"))?;
         super::check_scopes(&self.scopes)?;
+        if let Some(details) = &self.authorization_details {
+            let valid = serde_json::from_str::<serde_json::Value>(details)
+                .ok()
+                .and_then(|v| {
+                    v.as_array()
+                        .map(|a| !a.is_empty() && a.iter().all(|d| d.is_object()))
+                })
+                .unwrap_or(false);
+            if !valid {
+                return Err(Error::config(
+                    "authorization_details must be a non-empty JSON array of objects",
+                ));
+            }
+        }
         const SET: &[&str] = &[
             "response_type",
             "client_id",
@@ -202,6 +304,8 @@ impl AuthorizationRequestBuilder {
             "code_challenge",
             "code_challenge_method",
             "dpop_jkt",
+            "authorization_details",
+            "request_uri",
         ];
         if let Some((name, _)) = self.params.iter().find(|(n, _)| SET.contains(&n.as_str())) {
             return Err(Error::config(format!(
@@ -229,16 +333,23 @@ impl AuthorizationRequestBuilder {
             if let Some(jkt) = &self.dpop_jkt {
                 query.append_pair("dpop_jkt", jkt);
             }
+            if let Some(details) = &self.authorization_details {
+                query.append_pair("authorization_details", details);
+            }
             for (name, value) in &self.params {
                 query.append_pair(name, value);
             }
         }
-        Ok(AuthorizationRequest {
-            url,
-            state,
-            verifier: SecretString::from(verifier),
-            redirect_uri: self.redirect_uri,
-        })
+        Ok((
+            AuthorizationRequest {
+                url,
+                state,
+                verifier: SecretString::from(verifier),
+                redirect_uri: self.redirect_uri,
+                expires_in: None,
+            },
+            base,
+        ))
     }
 }
 

@@ -74,8 +74,9 @@ impl OAuthClient {
         authorization_url: impl Into<String>,
     ) -> AuthorizationRequestBuilder {
         let template = &self.template;
-        let request = AuthorizationRequest::builder(authorization_url)
+        let mut request = AuthorizationRequest::builder(authorization_url)
             .client_id(template.endpoint.client_id());
+        request.par = Some(template.endpoint.clone());
         match template.scopes.is_empty() {
             true => request,
             false => request.scope(template.scopes.join(" ")),
@@ -106,6 +107,26 @@ impl OAuthClient {
         let mut rotation = self.template.clone();
         rotation.refresh_token = refresh_token;
         RefreshToken { rotation }
+    }
+
+    /// Gives `token` back to the server's revocation endpoint (RFC 7009),
+    /// with this client's authentication: on logout, or when an installation
+    /// is removed. See [`TokenEndpoint::revoke`](crate::TokenEndpoint::revoke);
+    /// a token the server does not know counts as revoked.
+    ///
+    /// ```no_run
+    /// # async fn run(client: tower_oauth2::OAuthClient, refresh_token: secrecy::SecretString) -> Result<(), tower_oauth2::Error> {
+    /// use tower_oauth2::TokenTypeHint;
+    /// client.revoke(&refresh_token, Some(TokenTypeHint::RefreshToken)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn revoke(
+        &self,
+        token: &SecretString,
+        hint: Option<crate::TokenTypeHint>,
+    ) -> Result<(), Error> {
+        self.template.endpoint.revoke(token, hint).await
     }
 
     /// The client credentials grant of this client, with its scopes.

@@ -195,6 +195,51 @@ function presentedClientId(ctx) {
   return ctx.oidc?.params?.client_id || 'unknown';
 }
 
+// ---------------------------------------------- PAR, RAR and revocation --
+// Pushed authorization requests (RFC 9126, on by default in oidc-provider,
+// named here) and rich authorization requests (RFC 9396) with one type of
+// our own, `tower-oauth2:test`, whose details need a string `action`. The
+// details granted travel request -> grant -> code -> access and refresh
+// tokens -> introspection unchanged. Revocation (RFC 7009) is configured in
+// `features` below.
+const RAR_TYPE = 'tower-oauth2:test';
+// oidc-provider allows a client only the types it registered.
+for (const client of clients) {
+  if (['web-app', 'cc-basic'].includes(client.client_id)) client.authorization_details_types = [RAR_TYPE];
+}
+const parRarFeatures = {
+  pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: false },
+  richAuthorizationRequests: {
+    enabled: true,
+    types: {
+      [RAR_TYPE]: {
+        validate: async (_ctx, detail) => {
+          if (typeof detail.action !== 'string') throw new errors.InvalidAuthorizationDetails('`action` must be a string');
+        },
+      },
+    },
+    authorizationDetailsForGrantSource: async (ctx) => ctx.oidc.grant?.rar,
+    // From the code or refresh token it comes from; for client_credentials
+    // (no source) the request's own parameter.
+    authorizationDetailsForAccessToken: async (ctx, _token, source) => (source
+      ? source.rar
+      : JSON.parse(ctx.oidc.params.authorization_details)),
+    authorizationDetailsForIntrospection: async (_ctx, token) => token.rar,
+  },
+};
+
+// GET /test/authorize?url=<authorization URL>&redirect_uri=<uri>: a person
+// opening the URL (logged in and consenting by autoApprove); answers the
+// callback URL the browser was sent to, without following it.
+async function authorizeUrl(url) {
+  const start = new URL(url.searchParams.get('url') || '');
+  const redirectUri = url.searchParams.get('redirect_uri');
+  if (start.origin !== issuer || !redirectUri) throw new FlowError(400, { error: 'invalid_request', error_description: 'url on this server and redirect_uri are required' });
+  const callback = await browse(start.href, (next) => `${next.origin}${next.pathname}` === redirectUri);
+  return { callback: callback.href };
+}
+// ------------------------------------------ end PAR, RAR and revocation --
+
 // -------------------------------------------------------------- provider --
 
 const server = http.createServer();
@@ -287,6 +332,7 @@ const provider = new Provider(issuer, {
         };
       },
     },
+    ...parRarFeatures,
   },
 });
 
@@ -322,6 +368,7 @@ async function autoApprove(req, res) {
   for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes || {})) {
     grant.addResourceScope(indicator, scopes.join(' '));
   }
+  for (const detail of missing.rar || []) grant.addRar(detail);
   const grantId = await grant.save();
   await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }
@@ -433,6 +480,8 @@ server.on('request', async (req, res) => {
       }
       case 'GET /test/code':
         return json(res, 200, { code: await authorizationCode(url.searchParams) });
+      case 'GET /test/authorize':
+        return json(res, 200, await authorizeUrl(url));
       case 'GET /test/browse':
         return json(res, 200, await openInBrowser(url.searchParams.get('url') || ''));
       case 'POST /test/revoke-grants': {
