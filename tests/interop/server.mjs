@@ -358,7 +358,12 @@ async function issueForAudience(ctx, scopeParam) {
   const requested = (scopeParam || 'api.read').split(' ').filter(Boolean);
   const refused = requested.filter((s) => !allowed.has(s));
   if (refused.length) throw new errors.InvalidScope('requested scope is not allowed', refused.join(' '));
-  const token = new provider.ClientCredentials({ client, scope: requested.join(' ') });
+  const token = new provider.ClientCredentials({
+    client,
+    scope: requested.join(' '),
+    // Set here: ttl.ClientCredentials above knows only the cc-* clients.
+    expiresIn: grantTTL(client.clientId),
+  });
   token.resourceServer = new provider.ResourceServer(AUDIENCE, {
     scope: RESOURCE_SCOPES,
     audience: AUDIENCE,
