@@ -48,6 +48,10 @@ pub mod token_types {
 /// # Ok(()) }
 /// ```
 ///
+/// The grant holds one subject token. Once the server no longer accepts it
+/// (it expired, it was revoked), every exchange fails with `invalid_grant`:
+/// build a new grant, and cache, for the caller's new token.
+///
 /// The subject and actor tokens are secrets: they are never shown by
 /// `Debug`, and go into the [`StoreKey`](crate::StoreKey) only as a SHA-256
 /// digest, so that stored tokens of different subjects never mix.
