@@ -318,3 +318,50 @@ fn jwt_bearer_settings_are_checked() {
         .as_str()
         .starts_with("jwt_bearer:robot@"));
 }
+
+/// A store written for one subject is never served to another: the subject
+/// is part of the store key (as a digest), so the other subject's cache
+/// refuses the stored state (OtherCredential, as for any other credential),
+/// while the same subject's next cache adopts it.
+#[tokio::test]
+async fn a_stored_token_of_one_subject_is_never_served_to_another() {
+    let recorder = Recorder::start().await;
+    recorder.reply([Reply::token("for-alice"), Reply::token("for-bob")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exchange.json");
+    let cache = |subject: &str| {
+        let grant = exchange(&recorder, subject)
+            .audience("orders")
+            .build()
+            .unwrap();
+        TokenCache::builder(grant)
+            .store(tower_oauth2::FileStore::new(&path))
+            .build()
+    };
+
+    let alice = cache("alice-token");
+    let token = alice.token().await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "for-alice");
+    drop(alice);
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert!(!stored.contains("alice-token"), "the subject is not stored");
+
+    let bob = cache("bob-token");
+    let error = bob.token().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::Store(tower_oauth2::StoreErrorKind::OtherCredential),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("alice-token"), "{error}");
+    drop(bob);
+
+    let again = cache("alice-token");
+    let token = again.token().await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "for-alice");
+    assert_eq!(
+        recorder.requests().len(),
+        1,
+        "bob's cache sent nothing, alice's second cache adopted the stored token"
+    );
+}
