@@ -213,8 +213,10 @@ impl JwtBearerBuilder {
     }
 
     /// Makes each assertion with `assertion`, called once before every
-    /// token request with the request's token URL, client id and audience
-    /// (the token URL, or [`audience`](Self::audience)). An error or an
+    /// token request with an [`AssertionContext`]: the token URL, the
+    /// issuer as `client_id` (the client id unless [`issuer`](Self::issuer)
+    /// is set) and the audience (the token URL, or
+    /// [`audience`](Self::audience)). An error or an
     /// empty string fails the request with a transient
     /// [`ErrorKind::ClientAssertion`](crate::ErrorKind::ClientAssertion)
     /// without sending it. Replaces a [`signing_key`](Self::signing_key).
