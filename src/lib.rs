@@ -115,7 +115,10 @@ pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint, TokenTypeHint};
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
-pub use grant::{AuthorizationCode, ClientCredentials, OAuthClient, RefreshToken, TokenSource};
+pub use grant::{
+    token_types, AuthorizationCode, ClientCredentials, JwtBearer, OAuthClient, RefreshToken,
+    TokenExchange, TokenSource,
+};
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]

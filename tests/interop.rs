@@ -1125,3 +1125,229 @@ async fn client_credentials_with_authorization_details() {
     assert_eq!(info["active"], true, "{info}");
     assert_eq!(info["authorization_details"], details, "{info}");
 }
+
+// ------------------------------------------ token exchange and JWT bearer --
+//
+// The grants server.mjs registers with provider.registerGrantType: clients
+// te-client/te-short (token exchange) and jb-client/jb-short (JWT bearer,
+// trusting rsa.pem as kid rsa-1 and ec.pem as kid ec-1); -short tokens live
+// 2 s.
+
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Calls `url` through the layer from two tasks for `run_for`: (ok, failed).
+async fn traffic(cache: &TokenCache, url: &str, run_for: Duration) -> (usize, usize) {
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut client, url) = (api_client(cache), url.to_owned());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let end = tokio::time::Instant::now() + run_for;
+                while tokio::time::Instant::now() < end {
+                    match call(&mut client, &url).await {
+                        StatusCode::OK => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    (ok, failed)
+}
+
+impl Provider {
+    /// An access token of `cc-basic`: the caller's token a proxy exchanges.
+    async fn callers_token(&self) -> String {
+        let grant = self.client_credentials(
+            "cc-basic",
+            "basic-secret",
+            AuthMethod::ClientSecretBasic,
+            "api.read",
+        );
+        secret_of(&grant.request_token().await.unwrap())
+    }
+
+    fn token_exchange(&self, id: &str, secret: &str, subject: &str) -> tower_oauth2::TokenExchange {
+        tower_oauth2::TokenExchange::builder()
+            .token_url(self.token_url())
+            .client_id(id)
+            .client_secret(secret)
+            .subject_token(subject.to_owned(), tower_oauth2::token_types::ACCESS_TOKEN)
+            .audience(AUDIENCE)
+            .scope("api.read")
+            .build()
+            .unwrap()
+    }
+
+    fn jwt_bearer(
+        &self,
+        id: &str,
+        secret: &str,
+        key: tower_oauth2::PrivateKey,
+    ) -> tower_oauth2::JwtBearer {
+        tower_oauth2::JwtBearer::builder()
+            .token_url(self.token_url())
+            .client_id(id)
+            .client_secret(secret)
+            .signing_key(key)
+            .subject("user-7")
+            .scope("api.read")
+            .build()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn token_exchange_of_a_callers_token_through_the_layer_with_short_tokens() {
+    let provider = Provider::start();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let subject = provider.callers_token().await;
+    let cache = TokenCache::new(provider.token_exchange("te-short", "te-short-secret", &subject));
+
+    let (ok, failed) = traffic(&cache, &url, Duration::from_secs(5)).await;
+    let exchanges = provider.token_requests_by_grant(TOKEN_EXCHANGE_GRANT).await;
+    println!(
+        "{ok} requests, {failed} failed, {exchanges} exchanges, {:?}",
+        cache.stats()
+    );
+    assert!(ok > 20, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no expired token was sent"
+    );
+    // 2 s tokens (valid for just over 1 s after rounding) over 5 s: several
+    // refresh cycles, each one exchange.
+    assert!((3..=12).contains(&exchanges), "{exchanges} exchanges");
+    assert_eq!(provider.token_requests("te-short").await, exchanges);
+
+    let exchanged = cache.token().await.unwrap();
+    assert_ne!(secret_of(&exchanged), subject);
+    let info = provider.introspect(&secret_of(&exchanged)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "te-short", "{info}");
+    assert_eq!(info["aud"], AUDIENCE, "{info}");
+
+    // The server checks the subject: once it is revoked, the next exchange
+    // is refused (and typed), and the cache reports it.
+    provider.revoke(&subject, "cc-basic", "basic-secret").await;
+    let error = cache.refresh_now().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::InvalidGrant),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn token_exchange_refusals_are_typed() {
+    let provider = Provider::start();
+    let subject = provider.callers_token().await;
+    let forged = provider.token_exchange("te-client", "te-secret", "not-a-token-it-issued");
+    let error = forged.request_token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::InvalidGrant),
+        "{error}"
+    );
+    let other_audience = tower_oauth2::TokenExchange::builder()
+        .token_url(provider.token_url())
+        .client_id("te-client")
+        .client_secret("te-secret")
+        .subject_token(subject.clone(), tower_oauth2::token_types::ACCESS_TOKEN)
+        .audience("urn:somewhere-else")
+        .build()
+        .unwrap();
+    let error = other_audience.request_token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::Other("invalid_target".into())),
+        "{error}"
+    );
+    let wrong_secret = provider.token_exchange("te-client", "wrong", &subject);
+    let error = wrong_secret.request_token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::InvalidClient),
+        "{error}"
+    );
+    // And with everything right, a token for the audience.
+    let token = provider
+        .token_exchange("te-client", "te-secret", &subject)
+        .request_token()
+        .await
+        .unwrap();
+    let info = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["scope"], "api.read", "{info}");
+}
+
+#[tokio::test]
+async fn jwt_bearer_through_the_layer_with_short_tokens() {
+    use tower_oauth2::JwsAlgorithm;
+    let provider = Provider::start();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let grant = provider.jwt_bearer(
+        "jb-short",
+        "jb-short-secret",
+        key(JwsAlgorithm::Rs256, "rsa.pem").with_kid("rsa-1"),
+    );
+    let cache = TokenCache::new(grant);
+
+    let (ok, failed) = traffic(&cache, &url, Duration::from_secs(5)).await;
+    let grants = provider.token_requests_by_grant(JWT_BEARER_GRANT).await;
+    println!(
+        "{ok} requests, {failed} failed, {grants} token requests, {:?}",
+        cache.stats()
+    );
+    assert!(ok > 20, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no expired token was sent"
+    );
+    // Each refresh sent a fresh assertion: the server refuses a jti twice.
+    assert!((3..=12).contains(&grants), "{grants} token requests");
+    assert_eq!(cache.stats().failures, 0);
+}
+
+#[tokio::test]
+async fn jwt_bearer_with_es256_and_ps256_and_a_wrong_key() {
+    use tower_oauth2::JwsAlgorithm;
+    let provider = Provider::start();
+    for signing in [
+        key(JwsAlgorithm::Es256, "ec.pem").with_kid("ec-1"),
+        key(JwsAlgorithm::Ps256, "rsa.pem"),
+    ] {
+        let alg = signing.algorithm();
+        let token = provider
+            .jwt_bearer("jb-client", "jb-secret", signing)
+            .request_token()
+            .await
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        let info = provider.introspect(&secret_of(&token)).await;
+        assert_eq!(info["active"], true, "{alg}: {info}");
+        assert_eq!(info["aud"], AUDIENCE, "{alg}: {info}");
+    }
+    let wrong = provider.jwt_bearer(
+        "jb-client",
+        "jb-secret",
+        key(JwsAlgorithm::Rs256, "rsa-other.pem").with_kid("rsa-1"),
+    );
+    let error = wrong.request_token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::InvalidGrant),
+        "{error}"
+    );
+}

@@ -43,6 +43,14 @@ pub struct AssertionContext {
 }
 
 impl AssertionContext {
+    pub(crate) fn new(token_url: Url, client_id: String, audience: String) -> Self {
+        Self {
+            token_url,
+            client_id,
+            audience,
+        }
+    }
+
     /// The token endpoint the request goes to.
     pub fn token_url(&self) -> &Url {
         &self.token_url
@@ -622,19 +630,40 @@ mod key {
             audience: &str,
             lifetime: Duration,
         ) -> Result<SecretString, Error> {
+            self.jwt_with(client_id, client_id, audience, lifetime, &Map::new())
+        }
+
+        /// A fresh JWT with these `iss`, `sub` and `aud`, a random `jti`,
+        /// `iat` now, `exp` after `lifetime` and the `extra` claims: a
+        /// client assertion, or the assertion of the JWT bearer grant
+        /// (RFC 7523 §2.1).
+        pub(crate) fn jwt_with(
+            &self,
+            issuer: &str,
+            subject: &str,
+            audience: &str,
+            lifetime: Duration,
+            extra: &Map<String, Value>,
+        ) -> Result<SecretString, Error> {
             let iat = clock::wall_now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
             let jti = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
             let claims = json!({
-                "iss": client_id,
-                "sub": client_id,
+                "iss": issuer,
+                "sub": subject,
                 "aud": audience,
                 "jti": jti,
                 "iat": iat,
                 "exp": iat + lifetime.as_secs().max(1),
             });
+            let mut claims = claims;
+            if let Value::Object(map) = &mut claims {
+                for (name, value) in extra {
+                    map.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+            }
             self.sign(&claims).map(SecretString::from)
         }
 

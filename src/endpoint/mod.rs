@@ -84,6 +84,12 @@ const RESERVED_PARAMS: &[&str] = &[
     "audience",
     "client_assertion",
     "client_assertion_type",
+    "assertion",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
 ];
 
 /// A configured token endpoint. Cheap to clone.
@@ -132,6 +138,12 @@ impl TokenEndpoint {
     /// The client identifier.
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Accepts `token_type: N_A` answers (RFC 8693 §2.2.1), for a token
+    /// exchange that asks for something other than an access token.
+    pub(crate) fn accept_not_applicable(&mut self, accept: bool) {
+        self.leniency.not_applicable = accept;
     }
 
     /// The store key of `flow` with `scopes` at this endpoint, with its

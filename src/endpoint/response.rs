@@ -19,6 +19,10 @@ pub(crate) struct Leniency {
     pub(crate) missing_token_type: bool,
     /// Accept `token_type: DPoP`: the request carried a DPoP proof.
     pub(crate) dpop: bool,
+    /// Accept `token_type: N_A` (RFC 8693 §2.2.1): a token exchange asked
+    /// for a token that is not an access token. It is kept as a bearer
+    /// token: the layer sends it in `Authorization: Bearer`.
+    pub(crate) not_applicable: bool,
 }
 
 /// A token endpoint answer that gave no usable token.
@@ -126,6 +130,7 @@ fn success(
     let mut dpop = false;
     match object.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(kind)) if leniency.not_applicable && kind == "N_A" => {}
         Some(Value::String(kind)) if leniency.dpop && kind.eq_ignore_ascii_case("dpop") => {
             dpop = true;
         }

@@ -10,7 +10,7 @@ use crate::{
         authorization_code::CodeExchange, refresh_token::Rotation, rotation_settings,
         scope_settings, AuthorizationRequest, AuthorizationRequestBuilder,
     },
-    AuthorizationCode, ClientCredentials, Error, RefreshToken,
+    AuthorizationCode, ClientCredentials, Error, RefreshToken, TokenExchange,
 };
 
 /// An OAuth client, configured once: the token endpoint, the client
@@ -132,6 +132,24 @@ impl OAuthClient {
     /// The client credentials grant of this client, with its scopes.
     pub fn client_credentials(&self) -> ClientCredentials {
         ClientCredentials::new(self.template.endpoint.clone(), self.template.scopes.clone())
+    }
+
+    /// A token exchange (RFC 8693) of this client, with its scopes, for
+    /// `subject_token` of type `subject_token_type` (see
+    /// [`token_types`](crate::token_types)): one per caller in a proxy.
+    /// Add the audience and the rest with the grant's own methods
+    /// ([`TokenExchange::audience`], ...).
+    pub fn token_exchange(
+        &self,
+        subject_token: SecretString,
+        subject_token_type: impl Into<String>,
+    ) -> TokenExchange {
+        TokenExchange::new(
+            self.template.endpoint.clone(),
+            self.template.scopes.clone(),
+            subject_token,
+            subject_token_type.into(),
+        )
     }
 }
 

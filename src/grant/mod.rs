@@ -5,12 +5,17 @@
 //!   newest one when the server rotates it.
 //! - [`AuthorizationCode`] (RFC 6749 §4.1.3): exchanges a code once, then
 //!   carries on as a [`RefreshToken`] source.
+//! - [`TokenExchange`] (RFC 8693): trades a caller's or a workload's token
+//!   for one the next service accepts.
+//! - [`JwtBearer`] (RFC 7523 §2.1): a signed JWT as the grant.
 
 mod authorization_code;
 mod authorize;
 mod client;
 mod client_credentials;
+mod jwt_bearer;
 mod refresh_token;
+mod token_exchange;
 
 use std::future::Future;
 
@@ -20,7 +25,9 @@ pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 pub use authorize::{AuthorizationRequest, AuthorizationRequestBuilder};
 pub use client::{OAuthClient, OAuthClientBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use jwt_bearer::{JwtBearer, JwtBearerBuilder, JWT_BEARER};
 pub use refresh_token::{RefreshToken, RefreshTokenBuilder};
+pub use token_exchange::{token_types, TokenExchange, TokenExchangeBuilder, TOKEN_EXCHANGE};
 
 use crate::{Error, StoreKey, Token};
 

@@ -98,6 +98,45 @@ const clients = [
   },
 ];
 
+// ------------------------------ token exchange and JWT bearer: clients --
+//
+// Grants registered with provider.registerGrantType further down (the block
+// "token exchange and JWT bearer: grants"). Each client comes in two: a
+// normal one and a `-short` one whose tokens live 2 s.
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const grantTTL = (clientId) => (clientId.endsWith('-short') ? 2 : 300);
+
+const exchangeClient = (client_id, client_secret) => ({
+  client_id,
+  client_secret,
+  token_endpoint_auth_method: 'client_secret_basic',
+  grant_types: [TOKEN_EXCHANGE],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api.read api.write',
+});
+// The JWT bearer clients trust assertions signed by the test keys rsa.pem
+// (kid rsa-1) and ec.pem (kid ec-1); iss must be the client id.
+const jwtBearerClient = (client_id, client_secret) => ({
+  client_id,
+  client_secret,
+  token_endpoint_auth_method: 'client_secret_basic',
+  grant_types: [JWT_BEARER],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api.read api.write',
+  jwks: { keys: [publicJwk('rsa.pem', 'rsa-1'), publicJwk('ec.pem', 'ec-1')] },
+});
+clients.push(
+  exchangeClient('te-client', 'te-secret'),
+  exchangeClient('te-short', 'te-short-secret'),
+  jwtBearerClient('jb-client', 'jb-secret'),
+  jwtBearerClient('jb-short', 'jb-short-secret'),
+);
+
 const accessTokenTTL = (clientId) => (clientId === 'cc-short' ? 2 : 300);
 
 // ---------------------------------------------------------------- storage --
@@ -348,6 +387,112 @@ provider.use(async (ctx, next) => {
     stats.token_requests_by_grant[grantType] = (stats.token_requests_by_grant[grantType] || 0) + 1;
   }
 });
+
+// ------------------------------- token exchange and JWT bearer: grants --
+//
+// Both issue an opaque access token for AUDIENCE (the resource server's
+// introspection accepts it like any other), living grantTTL(client) seconds.
+
+// (An import, hoisted like the ones at the top; kept here with its users.)
+import { constants, verify } from 'node:crypto';
+
+const asList = (value) => (value === undefined ? [] : [].concat(value));
+
+async function issueForAudience(ctx, scopeParam) {
+  const { client } = ctx.oidc;
+  const allowed = new Set((client.scope || '').split(' '));
+  const requested = (scopeParam || 'api.read').split(' ').filter(Boolean);
+  const refused = requested.filter((s) => !allowed.has(s));
+  if (refused.length) throw new errors.InvalidScope('requested scope is not allowed', refused.join(' '));
+  const token = new provider.ClientCredentials({
+    client,
+    scope: requested.join(' '),
+    // Set here: ttl.ClientCredentials above knows only the cc-* clients.
+    expiresIn: grantTTL(client.clientId),
+  });
+  token.resourceServer = new provider.ResourceServer(AUDIENCE, {
+    scope: RESOURCE_SCOPES,
+    audience: AUDIENCE,
+    accessTokenTTL: grantTTL(client.clientId),
+    accessTokenFormat: 'opaque',
+  });
+  ctx.oidc.entity('ClientCredentials', token);
+  const value = await token.save();
+  return { value, token };
+}
+
+// RFC 8693: the subject must be an access token this server issued and that
+// is still valid; the audience (or resource) must be AUDIENCE.
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params } = ctx.oidc;
+  if (!params.subject_token) throw new errors.InvalidRequest('subject_token is required');
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are accepted as subject_token_type');
+  }
+  if (params.actor_token && !params.actor_token_type) throw new errors.InvalidRequest('actor_token_type is required');
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens can be requested');
+  }
+  const subject = (await provider.AccessToken.find(params.subject_token))
+    || (await provider.ClientCredentials.find(params.subject_token));
+  if (!subject || !subject.isValid) throw new errors.InvalidGrant('subject_token is invalid or expired');
+  const targets = [...asList(params.audience), ...asList(params.resource)];
+  if (targets.some((t) => t !== AUDIENCE)) throw new errors.InvalidTarget('unknown audience');
+  const { value, token } = await issueForAudience(ctx, params.scope);
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'resource', 'scope'], ['audience', 'resource']);
+
+// RFC 7523 §2.1: the assertion is signed by a key in the client's jwks, its
+// iss is the client, its aud this server's token endpoint or issuer, and its
+// jti is used once.
+const seenJti = new Set();
+provider.registerGrantType(JWT_BEARER, async (ctx) => {
+  const { client, params } = ctx.oidc;
+  const parts = String(params.assertion || '').split('.');
+  if (parts.length !== 3) throw new errors.InvalidGrant('assertion is not a JWT');
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
+  } catch {
+    throw new errors.InvalidGrant('assertion is not a JWT');
+  }
+  const kty = { RS256: 'RSA', PS256: 'RSA', ES256: 'EC' }[header.alg];
+  const jwk = (client.jwks?.keys || []).find((k) => k.kty === kty && (!header.kid || k.kid === header.kid));
+  if (!jwk) throw new errors.InvalidGrant('no key of the client verifies the assertion');
+  const key = createPublicKey({ key: jwk, format: 'jwk' });
+  const options = {
+    RS256: { key },
+    PS256: { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 },
+    ES256: { key, dsaEncoding: 'ieee-p1363' },
+  }[header.alg];
+  const input = Buffer.from(`${parts[0]}.${parts[1]}`);
+  if (!verify('sha256', input, options, Buffer.from(parts[2], 'base64url'))) {
+    throw new errors.InvalidGrant('the assertion signature is invalid');
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const audiences = asList(claims.aud);
+  if (claims.iss !== client.clientId) throw new errors.InvalidGrant('iss is not the client');
+  if (!claims.sub) throw new errors.InvalidGrant('sub is missing');
+  if (!audiences.includes(`${issuer}/token`) && !audiences.includes(issuer)) throw new errors.InvalidGrant('aud is not this server');
+  if (typeof claims.exp !== 'number' || claims.exp <= now) throw new errors.InvalidGrant('the assertion has expired');
+  if (!claims.jti || seenJti.has(claims.jti)) throw new errors.InvalidGrant('jti is missing or was used before');
+  seenJti.add(claims.jti);
+  const { value, token } = await issueForAudience(ctx, params.scope);
+  ctx.body = {
+    access_token: value,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, ['assertion', 'scope']);
 
 // ----------------------------------------------------------- test helpers --
 
