@@ -91,6 +91,45 @@ async fn private_key_jwt(url: &str) -> Result {
 }
 
 #[rustfmt::skip] // the README's text, verbatim
+fn more_grants(client: OAuthClient, callers_token: String, pem: Vec<u8>) -> Result {
+    // README: more grants
+    use tower_oauth2::{secrecy::SecretString, token_types, JwtBearer};
+
+    // On behalf of a caller: one cache per caller's token.
+    let grant = client
+        .token_exchange(SecretString::from(callers_token), token_types::ACCESS_TOKEN)
+        .audience("https://orders.example.com");
+    let per_caller = TokenCache::new(grant);
+
+    // A signed JWT as the grant.
+    let grant = JwtBearer::builder()
+        .token_url("https://oauth2.googleapis.com/token")
+        .client_id("robot@project.iam.gserviceaccount.com")
+        .signing_key(PrivateKey::from_pem(JwsAlgorithm::Rs256, pem)?)
+        .claim("scope", "https://www.googleapis.com/auth/cloud-platform")
+        .build()?;
+    // end
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's text, verbatim
+async fn par_and_revocation(client: OAuthClient, refresh_token: tower_oauth2::secrecy::SecretString) -> Result {
+    use tower_oauth2::TokenTypeHint;
+    // README: PAR and revocation
+    let request = client
+        .authorization_request("https://auth.example.com/authorize")
+        .redirect_uri("http://127.0.0.1:8123/callback")
+        .authorization_details(&serde_json::json!([{"type": "payment_initiation", "amount": "10.00"}]))
+        .push()                                  // PAR: only client_id and request_uri in the URL
+        .await?;
+    println!("open {}", request.url());
+    // On logout or decommission:
+    client.revoke(&refresh_token, Some(TokenTypeHint::RefreshToken)).await?;
+    // end
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's text, verbatim
 fn plain_http() -> Result {
     // README: plain http
     let grant = ClientCredentials::builder()
