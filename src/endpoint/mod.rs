@@ -203,10 +203,10 @@ impl TokenEndpoint {
         }
         match serde_json::from_slice(&answer.body) {
             Ok(serde_json::Value::Object(fields)) => Ok(fields),
-            _ => Err(
-                Error::invalid_response("the device authorization response is not a JSON object")
-                    .with_status(answer.status),
-            ),
+            _ => Err(Error::invalid_response(
+                "the device authorization response is not a JSON object",
+            )
+            .with_status(answer.status)),
         }
     }
 

@@ -145,10 +145,9 @@ fn read_answer(fields: &Map<String, Value>) -> Result<Answer, Error> {
         .ok_or_else(|| invalid("the device authorization response has no `expires_in`"))?;
     let interval = match fields.get("interval") {
         None | Some(Value::Null) => DEFAULT_INTERVAL,
-        Some(value) => value
-            .as_u64()
-            .map(Duration::from_secs)
-            .ok_or_else(|| invalid("the device authorization response's `interval` is not a number"))?,
+        Some(value) => value.as_u64().map(Duration::from_secs).ok_or_else(|| {
+            invalid("the device authorization response's `interval` is not a number")
+        })?,
     };
     Ok(Answer {
         device_code: SecretString::from(device_code),
