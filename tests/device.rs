@@ -16,16 +16,21 @@ use tower_oauth2::{
     OAuthErrorCode, TokenCache, TokenSource,
 };
 
+/// (path, answer status, answer body).
+type Step = (&'static str, u16, String);
+/// (path, when, form, authorization header) of one request.
+type Seen = (String, Instant, Vec<(String, String)>, Option<String>);
+
 #[derive(Clone, Default)]
 struct Fake {
     /// (path, answer status, answer body), in order.
-    script: Arc<Mutex<VecDeque<(&'static str, u16, String)>>>,
+    script: Arc<Mutex<VecDeque<Step>>>,
     /// (path, when, form) of each request.
-    seen: Arc<Mutex<Vec<(String, Instant, Vec<(String, String)>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Fake {
-    fn new(script: impl IntoIterator<Item = (&'static str, u16, String)>) -> Self {
+    fn new(script: impl IntoIterator<Item = Step>) -> Self {
         let fake = Fake::default();
         fake.script.lock().unwrap().extend(script);
         fake
@@ -62,7 +67,7 @@ impl Fake {
             .with_state(self.clone())
     }
 
-    fn seen(&self) -> Vec<(String, Instant, Vec<(String, String)>, Option<String>)> {
+    fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -82,7 +87,7 @@ fn param(form: &[(String, String)], name: &str) -> Option<String> {
     form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
 }
 
-fn device_answer(interval: Option<u64>, expires_in: u64) -> (&'static str, u16, String) {
+fn device_answer(interval: Option<u64>, expires_in: u64) -> Step {
     let mut body = serde_json::json!({
         "device_code": "dc-secret-1",
         "user_code": "WDJB-MJHT",
@@ -96,11 +101,11 @@ fn device_answer(interval: Option<u64>, expires_in: u64) -> (&'static str, u16, 
     ("/device", 200, body.to_string())
 }
 
-fn error(code: &str) -> (&'static str, u16, String) {
+fn error(code: &str) -> Step {
     ("/token", 400, format!(r#"{{"error":"{code}"}}"#))
 }
 
-fn token(access: &str, refresh: &str) -> (&'static str, u16, String) {
+fn token(access: &str, refresh: &str) -> Step {
     (
         "/token",
         200,
