@@ -42,7 +42,7 @@ async fn main() -> Result<(), BoxError> {
         .store(store.clone())
         .build();
     if cache.token().await.is_ok() {
-        println!("signed in (from {})", "the token store");
+        println!("signed in (from the token store)");
         return Ok(cache.shutdown().await?);
     }
     cache.shutdown().await.ok();
