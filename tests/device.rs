@@ -12,7 +12,7 @@ use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router}
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tower_oauth2::{
-    discovery::ServerMetadata, AuthMethod, DeviceAuthorization, ErrorKind, OAuthClient,
+    discovery::ServerMetadata, AuthMethod, DeviceAuthorization, ErrorKind, FileStore, OAuthClient,
     OAuthErrorCode, TokenCache, TokenSource,
 };
 
@@ -321,4 +321,52 @@ fn the_endpoint_comes_from_metadata_or_is_required() {
         .build()
         .unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::Config);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_run_carries_on_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("tokens.json"));
+    let fake = Fake::new([
+        device_answer(Some(1), 60),
+        token("at-1", "rt-1"),
+        token("at-2", "rt-2"),
+    ]);
+    let client = OAuthClient::builder()
+        .token_url("http://127.0.0.1:9/token")
+        .device_authorization_url("http://127.0.0.1:9/device")
+        .client_id("my-cli")
+        .scope("offline_access")
+        .transport::<axum::body::Body>(fake.router())
+        .build()
+        .unwrap();
+    let grant = client
+        .device_authorization()
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let cache = TokenCache::builder(grant).store(store.clone()).build();
+    assert_eq!(
+        cache.token().await.unwrap().access_token().expose_secret(),
+        "at-1"
+    );
+    cache.shutdown().await.unwrap();
+
+    // The next run: no person, the refresh grant under the same store key.
+    let cache = TokenCache::builder(client.refresh_token(None))
+        .store(store)
+        .build();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        cache.token().await.unwrap().access_token().expose_secret(),
+        "at-2"
+    );
+    let seen = fake.seen();
+    let (_, _, form, _) = seen.last().unwrap();
+    assert_eq!(param(form, "grant_type").as_deref(), Some("refresh_token"));
+    assert_eq!(param(form, "refresh_token").as_deref(), Some("rt-1"));
+    assert_eq!(seen.len(), 3);
 }
