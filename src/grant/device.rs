@@ -386,3 +386,58 @@ impl DeviceAuthorizationBuilder {
         Ok(DeviceAuthorization::new(rotation))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: Value) -> Result<Answer, Error> {
+        match json {
+            Value::Object(fields) => read_answer(&fields),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn answers_as_servers_send_them() {
+        // Google's spelling, and an explicit null interval.
+        let answer = read(serde_json::json!({
+            "device_code": "d", "user_code": "U", "verification_url": "https://g.example/device",
+            "expires_in": 1800, "interval": null,
+        }))
+        .unwrap();
+        assert_eq!(answer.verification_uri, "https://g.example/device");
+        assert_eq!(answer.interval, DEFAULT_INTERVAL);
+        assert_eq!(answer.verification_uri_complete, None);
+
+        let bad = |json| {
+            read(json)
+                .err()
+                .map_or(ErrorKind::Closed, |error| error.kind().clone())
+        };
+        let base = |field: &str, value: Value| {
+            let mut json = serde_json::json!({
+                "device_code": "d", "user_code": "U", "verification_uri": "https://x/d",
+                "expires_in": 600,
+            });
+            json[field] = value;
+            json
+        };
+        assert_eq!(
+            bad(base("interval", "5".into())),
+            ErrorKind::InvalidResponse
+        );
+        assert_eq!(
+            bad(base("expires_in", 0.into())),
+            ErrorKind::InvalidResponse
+        );
+        assert_eq!(
+            bad(base("user_code", "".into())),
+            ErrorKind::InvalidResponse
+        );
+        assert_eq!(
+            bad(base("device_code", Value::Null)),
+            ErrorKind::InvalidResponse
+        );
+    }
+}
