@@ -1356,7 +1356,7 @@ async fn jwt_bearer_with_es256_and_ps256_and_a_wrong_key() {
 
 /// `device-cli` (public) with the device authorization endpoint from
 /// discovery; the person approves or denies at the provider's own pages.
-async fn device_code(provider: &Provider) -> tower_oauth2::grant::DeviceCode {
+async fn device_code(provider: &Provider, client_id: &str) -> tower_oauth2::grant::DeviceCode {
     let metadata = Discovery::builder()
         .build()
         .metadata(&provider.base)
@@ -1368,7 +1368,7 @@ async fn device_code(provider: &Provider) -> tower_oauth2::grant::DeviceCode {
     );
     let client = tower_oauth2::OAuthClient::builder()
         .metadata(&metadata)
-        .client_id("device-cli")
+        .client_id(client_id)
         .scope("openid offline_access api.read")
         .build()
         .unwrap();
@@ -1403,7 +1403,7 @@ async fn person_at_device_page(provider: &Provider, user_code: &str, action: &st
 #[tokio::test]
 async fn device_authorization_approved_then_refreshed() {
     let provider = Provider::start();
-    let code = device_code(&provider).await;
+    let code = device_code(&provider, "device-cli").await;
     let page = person_at_device_page(&provider, code.user_code(), "approve").await;
     assert_eq!(page["success"], true, "{page}");
     let mut grant = code.wait().await.unwrap();
@@ -1433,11 +1433,38 @@ async fn device_authorization_approved_then_refreshed() {
 #[tokio::test]
 async fn device_authorization_denied_is_access_denied() {
     let provider = Provider::start();
-    let code = device_code(&provider).await;
+    let code = device_code(&provider, "device-cli").await;
     person_at_device_page(&provider, code.user_code(), "deny").await;
     let error = code.wait().await.unwrap_err();
     assert_eq!(
         error.kind(),
         &ErrorKind::OAuth(OAuthErrorCode::Other("access_denied".into()))
     );
+}
+
+#[tokio::test]
+async fn device_authorization_through_the_layer_with_short_tokens() {
+    let provider = Provider::start();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let code = device_code(&provider, "device-short").await;
+    let page = person_at_device_page(&provider, code.user_code(), "approve").await;
+    assert_eq!(page["success"], true, "{page}");
+    let cache = TokenCache::new(code.wait().await.unwrap());
+
+    let (ok, failed) = traffic(&cache, &url, Duration::from_secs(5)).await;
+    let refreshes = provider.token_requests_by_grant("refresh_token").await;
+    println!(
+        "{ok} requests, {failed} failed, {refreshes} refreshes, {:?}",
+        cache.stats()
+    );
+    assert!(ok > 20, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no expired token was sent"
+    );
+    // 2 s tokens over 5 s: refreshed with the rotating refresh token.
+    assert!((2..=10).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(cache.stats().failures, 0);
 }

@@ -444,6 +444,15 @@ impl TokenEndpoint {
                 expires_in = ?token.expires_in(),
                 "token received"
             ),
+            // RFC 8628 §3.5: the expected answers while a person decides.
+            Err(Refused { error, .. })
+                if matches!(
+                    error.oauth_code().map(crate::OAuthErrorCode::as_str),
+                    Some("authorization_pending" | "slow_down")
+                ) =>
+            {
+                tracing::debug!(target: "tower_oauth2", grant_type, %error, "authorization pending")
+            }
             Err(Refused {
                 error,
                 refresh_token,

@@ -137,7 +137,7 @@ clients.push(
   jwtBearerClient('jb-short', 'jb-short-secret'),
 );
 
-const accessTokenTTL = (clientId) => (clientId === 'cc-short' ? 2 : 300);
+const accessTokenTTL = (clientId) => (['cc-short', 'device-short'].includes(clientId) ? 2 : 300);
 
 // ---------------------------------------------------------------- storage --
 
@@ -283,14 +283,17 @@ async function authorizeUrl(url) {
 // RFC 8628: `device-cli`, a public client, asks at /device/auth; the person's
 // side is oidc-provider's own user code pages at /device, driven by
 // POST /test/device?user_code=<code>&action=approve|deny (below).
-clients.push({
-  client_id: 'device-cli',
-  token_endpoint_auth_method: 'none',
-  grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
-  response_types: [],
-  redirect_uris: [],
-  scope: 'openid offline_access api.read api.write',
-});
+// `device-short` is the same with 2 s access tokens (accessTokenTTL).
+for (const client_id of ['device-cli', 'device-short']) {
+  clients.push({
+    client_id,
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'openid offline_access api.read api.write',
+  });
+}
 const deviceFeatures = { deviceFlow: { enabled: true } };
 
 // A person with a browser: opens /device, enters the code, and confirms
@@ -362,7 +365,7 @@ const provider = new Provider(issuer, {
   ttl: {
     // Resource-bound access tokens take getResourceServerInfo's accessTokenTTL;
     // these are the fallbacks.
-    AccessToken: 300,
+    AccessToken: (_ctx, _token, client) => accessTokenTTL(client.clientId),
     ClientCredentials: (_ctx, _token, client) => accessTokenTTL(client.clientId),
     AuthorizationCode: 60,
     IdToken: 3600,
