@@ -2,6 +2,8 @@
 //! endpoint and token endpoint, served in process as the grant's transport so
 //! that paused tokio time measures the poll intervals exactly.
 
+mod support;
+
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
@@ -369,4 +371,28 @@ async fn the_next_run_carries_on_from_the_store() {
     assert_eq!(param(form, "grant_type").as_deref(), Some("refresh_token"));
     assert_eq!(param(form, "refresh_token").as_deref(), Some("rt-1"));
     assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_is_not_a_warning_and_no_code_is_logged() {
+    let logs = support::logs::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let fake = Fake::new([
+        device_answer(Some(1), 60),
+        error("authorization_pending"),
+        error("slow_down"),
+        token("at-1", "rt-1"),
+    ]);
+    fake.grant().start().await.unwrap().wait().await.unwrap();
+    let text = logs.text();
+    assert!(text.contains("authorization pending"), "{text}");
+    assert!(!text.contains("WARN"), "{text}");
+    for secret in ["dc-secret-1", "WDJB-MJHT", "at-1", "rt-1"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
 }
