@@ -98,6 +98,7 @@ struct Document {
     authorization_endpoint: Option<Url>,
     revocation_endpoint: Option<Url>,
     par_endpoint: Option<Url>,
+    device_endpoint: Option<Url>,
     auth_methods: Option<Vec<String>>,
     fields: Map<String, Value>,
     /// The hosts allowed over plain http when the document was read.
@@ -164,6 +165,7 @@ impl ServerMetadata {
         let authorization_endpoint = endpoint("authorization_endpoint")?;
         let revocation_endpoint = endpoint("revocation_endpoint")?;
         let par_endpoint = endpoint("pushed_authorization_request_endpoint")?;
+        let device_endpoint = endpoint("device_authorization_endpoint")?;
         let auth_methods = match fields.get("token_endpoint_auth_methods_supported") {
             None => None,
             Some(Value::Array(methods)) => Some(
@@ -188,6 +190,7 @@ impl ServerMetadata {
                 authorization_endpoint,
                 revocation_endpoint,
                 par_endpoint,
+                device_endpoint,
                 auth_methods,
                 fields,
                 http_hosts,
@@ -228,6 +231,13 @@ impl ServerMetadata {
     /// given a `par_url`.
     pub fn pushed_authorization_request_endpoint(&self) -> Option<&Url> {
         self.inner.par_endpoint.as_ref()
+    }
+
+    /// The device authorization endpoint (RFC 8628), which
+    /// [`DeviceAuthorization::start`](crate::DeviceAuthorization::start)
+    /// uses unless given a `device_authorization_url`.
+    pub fn device_authorization_endpoint(&self) -> Option<&Url> {
+        self.inner.device_endpoint.as_ref()
     }
 
     /// `token_endpoint_auth_methods_supported`, when the document lists them.

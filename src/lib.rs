@@ -116,8 +116,8 @@ pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint, TokenTypeHint};
 pub use endpoint::{JwsAlgorithm, PrivateKey};
 pub use error::{DiscoveryErrorKind, Error, ErrorKind, OAuthErrorCode, StoreErrorKind};
 pub use grant::{
-    token_types, AuthorizationCode, ClientCredentials, JwtBearer, OAuthClient, RefreshToken,
-    TokenExchange, TokenSource,
+    token_types, AuthorizationCode, ClientCredentials, DeviceAuthorization, JwtBearer, OAuthClient,
+    RefreshToken, TokenExchange, TokenSource,
 };
 pub use layer::{BearerAuth, BearerAuthError, BearerAuthLayer, Replay, TokenRejected};
 #[cfg(feature = "reqwest-middleware")]

@@ -1351,3 +1351,120 @@ async fn jwt_bearer_with_es256_and_ps256_and_a_wrong_key() {
         "{error}"
     );
 }
+
+// ------------------------------------------------- device authorization --
+
+/// `device-cli` (public) with the device authorization endpoint from
+/// discovery; the person approves or denies at the provider's own pages.
+async fn device_code(provider: &Provider, client_id: &str) -> tower_oauth2::grant::DeviceCode {
+    let metadata = Discovery::builder()
+        .build()
+        .metadata(&provider.base)
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata.device_authorization_endpoint().map(|u| u.as_str()),
+        Some(format!("{}/device/auth", provider.base).as_str())
+    );
+    let client = tower_oauth2::OAuthClient::builder()
+        .metadata(&metadata)
+        .client_id(client_id)
+        .scope("openid offline_access api.read")
+        .build()
+        .unwrap();
+    let code = client.device_authorization().start().await.unwrap();
+    assert_eq!(code.verification_uri(), format!("{}/device", provider.base));
+    assert!(code
+        .verification_uri_complete()
+        .is_some_and(|uri| uri.starts_with(code.verification_uri())));
+    assert!(!code.user_code().is_empty());
+    code
+}
+
+async fn person_at_device_page(provider: &Provider, user_code: &str, action: &str) -> Value {
+    provider
+        .http
+        .post(format!(
+            "{}/test/device?{}",
+            provider.base,
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("user_code", user_code)
+                .append_pair("action", action)
+                .finish()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn device_authorization_approved_then_refreshed() {
+    let provider = Provider::start();
+    let code = device_code(&provider, "device-cli").await;
+    let page = person_at_device_page(&provider, code.user_code(), "approve").await;
+    assert_eq!(page["success"], true, "{page}");
+    let mut grant = code.wait().await.unwrap();
+    let first = grant.fetch().await.unwrap();
+    assert_eq!(
+        provider.introspect(&secret_of(&first)).await["active"],
+        true
+    );
+    let rotated = grant.refresh_token().unwrap().expose_secret().to_owned();
+    // The next fetch refreshes, and the server rotates the refresh token.
+    let second = grant.fetch().await.unwrap();
+    assert_ne!(secret_of(&first), secret_of(&second));
+    assert_eq!(
+        provider.introspect(&secret_of(&second)).await["active"],
+        true
+    );
+    assert_ne!(grant.refresh_token().unwrap().expose_secret(), rotated);
+    assert_eq!(
+        provider
+            .token_requests_by_grant("urn:ietf:params:oauth:grant-type:device_code")
+            .await,
+        1
+    );
+    assert_eq!(provider.token_requests_by_grant("refresh_token").await, 1);
+}
+
+#[tokio::test]
+async fn device_authorization_denied_is_access_denied() {
+    let provider = Provider::start();
+    let code = device_code(&provider, "device-cli").await;
+    person_at_device_page(&provider, code.user_code(), "deny").await;
+    let error = code.wait().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::Other("access_denied".into()))
+    );
+}
+
+#[tokio::test]
+async fn device_authorization_through_the_layer_with_short_tokens() {
+    let provider = Provider::start();
+    let (rs, url) = ResourceServer::start(&provider).await;
+    let code = device_code(&provider, "device-short").await;
+    let page = person_at_device_page(&provider, code.user_code(), "approve").await;
+    assert_eq!(page["success"], true, "{page}");
+    let cache = TokenCache::new(code.wait().await.unwrap());
+
+    let (ok, failed) = traffic(&cache, &url, Duration::from_secs(5)).await;
+    let refreshes = provider.token_requests_by_grant("refresh_token").await;
+    println!(
+        "{ok} requests, {failed} failed, {refreshes} refreshes, {:?}",
+        cache.stats()
+    );
+    assert!(ok > 20, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no expired token was sent"
+    );
+    // 2 s tokens over 5 s: refreshed with the rotating refresh token.
+    assert!((2..=10).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(cache.stats().failures, 0);
+}

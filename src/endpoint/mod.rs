@@ -90,6 +90,7 @@ const RESERVED_PARAMS: &[&str] = &[
     "actor_token",
     "actor_token_type",
     "requested_token_type",
+    "device_code",
 ];
 
 /// A configured token endpoint. Cheap to clone.
@@ -108,6 +109,8 @@ pub struct TokenEndpoint {
     revocation: Option<(Url, http::Uri)>,
     /// The pushed authorization request endpoint (RFC 9126), likewise.
     par: Option<(Url, http::Uri)>,
+    /// The device authorization endpoint (RFC 8628), likewise.
+    device: Option<(Url, http::Uri)>,
     /// The DPoP key every token request proves possession of, and the
     /// token URL as its proofs name it.
     #[cfg(dpop)]
@@ -168,6 +171,43 @@ impl TokenEndpoint {
     /// discovered.
     pub fn par_url(&self) -> Option<&Url> {
         self.par.as_ref().map(|(url, _)| url)
+    }
+
+    /// The device authorization endpoint (RFC 8628), when one was set or
+    /// discovered.
+    pub fn device_authorization_url(&self) -> Option<&Url> {
+        self.device.as_ref().map(|(url, _)| url)
+    }
+
+    /// Posts a device authorization request (RFC 8628 §3.1) and returns the
+    /// success answer's JSON object.
+    pub(crate) async fn device_authorization(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        let (url, uri) = self.device.as_ref().ok_or_else(|| {
+            Error::config(
+                "no device authorization endpoint: set device_authorization_url, or give metadata naming one",
+            )
+        })?;
+        let answer = self
+            .post_form(url, uri, params, "device authorization")
+            .await?;
+        if let Some(error) = oauth_error(&answer.status, &answer.body) {
+            tracing::warn!(target: "tower_oauth2", %error, "device authorization refused");
+            return Err(error);
+        }
+        if !answer.status.is_success() {
+            return Err(Error::http_status(answer.status)
+                .with_retry_after_opt(retry_after(&answer.headers)));
+        }
+        match serde_json::from_slice(&answer.body) {
+            Ok(serde_json::Value::Object(fields)) => Ok(fields),
+            _ => Err(Error::invalid_response(
+                "the device authorization response is not a JSON object",
+            )
+            .with_status(answer.status)),
+        }
     }
 
     /// Gives `token` back to the server (RFC 7009): a form POST of `token`
@@ -404,6 +444,15 @@ impl TokenEndpoint {
                 expires_in = ?token.expires_in(),
                 "token received"
             ),
+            // RFC 8628 §3.5: the expected answers while a person decides.
+            Err(Refused { error, .. })
+                if matches!(
+                    error.oauth_code().map(crate::OAuthErrorCode::as_str),
+                    Some("authorization_pending" | "slow_down")
+                ) =>
+            {
+                tracing::debug!(target: "tower_oauth2", grant_type, %error, "authorization pending")
+            }
             Err(Refused {
                 error,
                 refresh_token,
@@ -692,6 +741,7 @@ pub(crate) struct EndpointSettings {
     pub(crate) http_hosts: HttpHosts,
     pub(crate) revocation_url: Option<String>,
     pub(crate) par_url: Option<String>,
+    pub(crate) device_url: Option<String>,
     #[cfg(dpop)]
     pub(crate) dpop: Option<crate::DpopKey>,
 }
@@ -731,6 +781,13 @@ impl EndpointSettings {
                 .as_ref()
                 .and_then(|m| m.pushed_authorization_request_endpoint()),
             "pushed authorization request URL",
+        )?;
+        let device = side(
+            self.device_url.clone(),
+            self.metadata
+                .as_ref()
+                .and_then(|m| m.device_authorization_endpoint()),
+            "device authorization URL",
         )?;
         let client_id = self
             .client_id
@@ -798,6 +855,7 @@ impl EndpointSettings {
             leniency,
             revocation,
             par,
+            device,
         })
     }
 }
@@ -974,6 +1032,15 @@ macro_rules! endpoint_settings {
         /// token URL.
         pub fn par_url(mut self, url: impl Into<String>) -> Self {
             self.endpoint.par_url = Some(url.into());
+            self
+        }
+
+        /// The device authorization endpoint (RFC 8628), for
+        /// [`DeviceAuthorization::start`](crate::DeviceAuthorization::start).
+        /// Defaults to the [`metadata`](Self::metadata)'s
+        /// `device_authorization_endpoint`. Same URL rules as the token URL.
+        pub fn device_authorization_url(mut self, url: impl Into<String>) -> Self {
+            self.endpoint.device_url = Some(url.into());
             self
         }
 

@@ -10,7 +10,7 @@ use crate::{
         authorization_code::CodeExchange, refresh_token::Rotation, rotation_settings,
         scope_settings, AuthorizationRequest, AuthorizationRequestBuilder,
     },
-    AuthorizationCode, ClientCredentials, Error, RefreshToken, TokenExchange,
+    AuthorizationCode, ClientCredentials, DeviceAuthorization, Error, RefreshToken, TokenExchange,
 };
 
 /// An OAuth client, configured once: the token endpoint, the client
@@ -127,6 +127,15 @@ impl OAuthClient {
         hint: Option<crate::TokenTypeHint>,
     ) -> Result<(), Error> {
         self.template.endpoint.revoke(token, hint).await
+    }
+
+    /// The device authorization grant (RFC 8628) of this client, with its
+    /// scopes and refresh settings: its result refreshes like
+    /// [`refresh_token`](Self::refresh_token), under the same store key.
+    /// [`start`](DeviceAuthorization::start) needs a device authorization
+    /// endpoint (`device_authorization_url`, or the metadata's).
+    pub fn device_authorization(&self) -> DeviceAuthorization {
+        DeviceAuthorization::new(self.template.clone())
     }
 
     /// The client credentials grant of this client, with its scopes.

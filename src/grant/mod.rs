@@ -8,11 +8,14 @@
 //! - [`TokenExchange`] (RFC 8693): trades a caller's or a workload's token
 //!   for one the next service accepts.
 //! - [`JwtBearer`] (RFC 7523 §2.1): a signed JWT as the grant.
+//! - [`DeviceAuthorization`] (RFC 8628): a person approves on another
+//!   device; then carries on as a [`RefreshToken`] source.
 
 mod authorization_code;
 mod authorize;
 mod client;
 mod client_credentials;
+pub mod device;
 mod jwt_bearer;
 mod refresh_token;
 mod token_exchange;
@@ -25,6 +28,7 @@ pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 pub use authorize::{AuthorizationRequest, AuthorizationRequestBuilder};
 pub use client::{OAuthClient, OAuthClientBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use device::{DeviceAuthorization, DeviceAuthorizationBuilder, DeviceCode, DeviceGrant};
 pub use jwt_bearer::{JwtBearer, JwtBearerBuilder, JWT_BEARER};
 pub use refresh_token::{RefreshToken, RefreshTokenBuilder};
 pub use token_exchange::{token_types, TokenExchange, TokenExchangeBuilder, TOKEN_EXCHANGE};

@@ -137,7 +137,7 @@ clients.push(
   jwtBearerClient('jb-short', 'jb-short-secret'),
 );
 
-const accessTokenTTL = (clientId) => (clientId === 'cc-short' ? 2 : 300);
+const accessTokenTTL = (clientId) => (['cc-short', 'device-short'].includes(clientId) ? 2 : 300);
 
 // ---------------------------------------------------------------- storage --
 
@@ -279,6 +279,54 @@ async function authorizeUrl(url) {
 }
 // ------------------------------------------ end PAR, RAR and revocation --
 
+// ------------------------------------------------- device authorization --
+// RFC 8628: `device-cli`, a public client, asks at /device/auth; the person's
+// side is oidc-provider's own user code pages at /device, driven by
+// POST /test/device?user_code=<code>&action=approve|deny (below).
+// `device-short` is the same with 2 s access tokens (accessTokenTTL).
+for (const client_id of ['device-cli', 'device-short']) {
+  clients.push({
+    client_id,
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'openid offline_access api.read api.write',
+  });
+}
+const deviceFeatures = { deviceFlow: { enabled: true } };
+
+// A person with a browser: opens /device, enters the code, and confirms
+// (logged in and consenting by autoApprove) or aborts. Answers the status of
+// the last page and whether it was the success page.
+async function approveDevice(url) {
+  const userCode = url.searchParams.get('user_code');
+  const action = url.searchParams.get('action') || 'approve';
+  if (!userCode) throw new FlowError(400, { error: 'invalid_request', error_description: 'user_code is required' });
+  const jar = new Map();
+  const send = async (target, init = {}) => {
+    const cookie = [...jar].map(([name, value]) => `${name}=${value}`).join('; ');
+    const res = await fetch(target, { ...init, redirect: 'manual', headers: { ...(init.headers || {}), ...(cookie ? { cookie } : {}) } });
+    for (const setCookie of res.headers.getSetCookie()) {
+      const [pair] = setCookie.split(';');
+      const eq = pair.indexOf('=');
+      jar.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    return res;
+  };
+  const page = await (await send(`${issuer}/device`)).text();
+  const xsrf = /name="xsrf" value="([^"]+)"/.exec(page)?.[1];
+  if (!xsrf) throw new FlowError(500, { error: 'server_error', error_description: 'no xsrf in the user code page' });
+  const form = new URLSearchParams({ xsrf, user_code: userCode, ...(action === 'deny' ? { abort: 'yes' } : { confirm: 'yes' }) });
+  let res = await send(`${issuer}/device`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString() });
+  for (let hop = 0; hop < 10 && res.headers.get('location'); hop += 1) {
+    res = await send(new URL(res.headers.get('location'), issuer).href);
+  }
+  const text = await res.text();
+  return { status: res.status, success: /Sign-in Success/i.test(text) };
+}
+// --------------------------------------------- end device authorization --
+
 // -------------------------------------------------------------- provider --
 
 const server = http.createServer();
@@ -317,7 +365,7 @@ const provider = new Provider(issuer, {
   ttl: {
     // Resource-bound access tokens take getResourceServerInfo's accessTokenTTL;
     // these are the fallbacks.
-    AccessToken: 300,
+    AccessToken: (_ctx, _token, client) => accessTokenTTL(client.clientId),
     ClientCredentials: (_ctx, _token, client) => accessTokenTTL(client.clientId),
     AuthorizationCode: 60,
     IdToken: 3600,
@@ -372,6 +420,7 @@ const provider = new Provider(issuer, {
       },
     },
     ...parRarFeatures,
+    ...deviceFeatures,
   },
 });
 
@@ -634,6 +683,8 @@ server.on('request', async (req, res) => {
         if (!clientId) return json(res, 400, { error: 'invalid_request', error_description: 'client_id is required' });
         return json(res, 200, { client_id: clientId, revoked: revokeClient(clientId) });
       }
+      case 'POST /test/device':
+        return json(res, 200, await approveDevice(url));
       default:
         if (url.pathname.startsWith('/interaction/')) return await autoApprove(req, res);
         return providerCallback(req, res);
