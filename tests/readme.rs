@@ -113,6 +113,18 @@ fn more_grants(client: OAuthClient, callers_token: String, pem: Vec<u8>) -> Resu
 }
 
 #[rustfmt::skip] // the README's text, verbatim
+async fn device(client: OAuthClient) -> Result {
+    use tower_oauth2::FileStore;
+    // README: device
+    let code = client.device_authorization().start().await?;
+    println!("open {} and enter {}", code.verification_uri(), code.user_code());
+    let grant = code.wait().await?;                // polls until approved, denied or expired
+    let cache = TokenCache::builder(grant).store(FileStore::new("tokens.json")).build();
+    // end
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's text, verbatim
 async fn par_and_revocation(client: OAuthClient, refresh_token: tower_oauth2::secrecy::SecretString) -> Result {
     use tower_oauth2::TokenTypeHint;
     // README: PAR and revocation
