@@ -149,6 +149,15 @@ pub enum OAuthErrorCode {
     /// `use_dpop_nonce` (RFC 9449): the server wants its nonce in the proof.
     /// Retried once with the nonce; this is the answer to that retry.
     UseDpopNonce,
+    /// `access_denied` (RFC 6749 §4.1.2.1, RFC 8628 §3.5): the person
+    /// refused the authorization.
+    AccessDenied,
+    /// `expired_token` (RFC 8628 §3.5): the device code expired before the
+    /// person approved it.
+    ExpiredToken,
+    /// `invalid_target` (RFC 8707, RFC 8693): the requested audience or
+    /// resource is unknown or not allowed.
+    InvalidTarget,
     /// Any other code, as the server sent it.
     Other(String),
 }
@@ -165,6 +174,9 @@ impl OAuthErrorCode {
             "invalid_scope" => Self::InvalidScope,
             "invalid_dpop_proof" => Self::InvalidDpopProof,
             "use_dpop_nonce" => Self::UseDpopNonce,
+            "access_denied" => Self::AccessDenied,
+            "expired_token" => Self::ExpiredToken,
+            "invalid_target" => Self::InvalidTarget,
             other => Self::Other(sanitize(other, 64)),
         }
     }
@@ -180,6 +192,9 @@ impl OAuthErrorCode {
             Self::InvalidScope => "invalid_scope",
             Self::InvalidDpopProof => "invalid_dpop_proof",
             Self::UseDpopNonce => "use_dpop_nonce",
+            Self::AccessDenied => "access_denied",
+            Self::ExpiredToken => "expired_token",
+            Self::InvalidTarget => "invalid_target",
             Self::Other(code) => code,
         }
     }
@@ -611,6 +626,9 @@ mod tests {
             "invalid_scope",
             "invalid_dpop_proof",
             "use_dpop_nonce",
+            "access_denied",
+            "expired_token",
+            "invalid_target",
             "slow_down",
         ] {
             assert_eq!(OAuthErrorCode::parse(code).as_str(), code);

@@ -229,7 +229,7 @@ async fn access_denied_ends_the_wait() {
     let error = code.wait().await.unwrap_err();
     assert_eq!(
         error.kind(),
-        &ErrorKind::OAuth(OAuthErrorCode::Other("access_denied".into()))
+        &ErrorKind::OAuth(OAuthErrorCode::AccessDenied)
     );
     assert_eq!(fake.seen().len(), 3);
 }

@@ -1270,7 +1270,7 @@ async fn token_exchange_refusals_are_typed() {
     let error = other_audience.request_token().await.unwrap_err();
     assert_eq!(
         error.oauth_code(),
-        Some(&OAuthErrorCode::Other("invalid_target".into())),
+        Some(&OAuthErrorCode::InvalidTarget),
         "{error}"
     );
     let wrong_secret = provider.token_exchange("te-client", "wrong", &subject);
@@ -1438,7 +1438,7 @@ async fn device_authorization_denied_is_access_denied() {
     let error = code.wait().await.unwrap_err();
     assert_eq!(
         error.kind(),
-        &ErrorKind::OAuth(OAuthErrorCode::Other("access_denied".into()))
+        &ErrorKind::OAuth(OAuthErrorCode::AccessDenied)
     );
 }
 

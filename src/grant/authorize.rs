@@ -460,7 +460,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             denied.kind(),
-            &ErrorKind::OAuth(OAuthErrorCode::Other("access_denied".into()))
+            &ErrorKind::OAuth(OAuthErrorCode::AccessDenied)
         );
         // A refusal with the wrong state is a forged callback first.
         let forged = request.callback("/callback?error=access_denied&state=x");

@@ -226,7 +226,7 @@ impl DeviceCode {
             if next >= self.deadline {
                 tokio::time::sleep_until(self.deadline).await;
                 return Err(Error::oauth(
-                    OAuthErrorCode::Other("expired_token".to_owned()),
+                    OAuthErrorCode::ExpiredToken,
                     Some("the device code expired before the person approved it"),
                 ));
             }
