@@ -764,6 +764,19 @@ mod tests {
         Protocol::new(store.clone(), key(), &RefreshPolicy::default())
     }
 
+    /// Two replicas that both saw `rt-1`, saved by `x`.
+    async fn both_saw_rt_1(store: &Arc<Memory>) -> (Protocol<Arc<Memory>>, Protocol<Arc<Memory>>) {
+        let (mut x, mut y) = (protocol(store), protocol(store));
+        x.start().await.unwrap();
+        y.start().await.unwrap();
+        tokio::time::sleep(VOUCH).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        assert!(matches!(x.save(state("rt-1")).await, Wrote::Saved));
+        x.release().await;
+        assert!(y.audit().await.is_some(), "y saw rt-1");
+        (x, y)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn generations_grow_and_a_store_found_behind_is_written_back() {
         let store = Arc::new(Memory::default());
@@ -874,14 +887,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replica_back_from_a_gap_waits_for_the_newest_state() {
         let store = Arc::new(Memory::default());
-        let (mut x, mut y) = (protocol(&store), protocol(&store));
-        x.start().await.unwrap();
-        y.start().await.unwrap();
-        tokio::time::sleep(VOUCH).await;
-        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
-        x.save(state("rt-1")).await;
-        x.release().await;
-        assert!(y.audit().await.is_some(), "y saw rt-1");
+        let (mut x, mut y) = both_saw_rt_1(&store).await;
         let snapshot = store.state.lock().unwrap().clone();
         // y is stopped; x refreshes twice meanwhile.
         for rt in ["rt-2", "rt-3"] {
@@ -921,14 +927,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replica_that_met_a_store_error_waits_for_the_newest_state() {
         let store = Arc::new(Memory::default());
-        let (mut x, mut y) = (protocol(&store), protocol(&store));
-        x.start().await.unwrap();
-        y.start().await.unwrap();
-        tokio::time::sleep(VOUCH).await;
-        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
-        assert!(matches!(x.save(state("rt-1")).await, Wrote::Saved));
-        x.release().await;
-        assert!(y.audit().await.is_some(), "y saw rt-1");
+        let (mut x, mut y) = both_saw_rt_1(&store).await;
         let snapshot = store.state.lock().unwrap().clone();
 
         // x sends rt-1 and gets rt-2; Redis is killed before the save, and
@@ -962,14 +961,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_newer_state_read_before_the_store_went_away_is_handed_over() {
         let store = Arc::new(Memory::default());
-        let (mut x, mut y) = (protocol(&store), protocol(&store));
-        x.start().await.unwrap();
-        y.start().await.unwrap();
-        tokio::time::sleep(VOUCH).await;
-        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
-        x.save(state("rt-1")).await;
-        x.release().await;
-        assert!(y.audit().await.is_some(), "y saw rt-1");
+        let (mut x, mut y) = both_saw_rt_1(&store).await;
         // y is stopped; x refreshes meanwhile.
         tokio::time::sleep(GAP * 2).await;
         assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));

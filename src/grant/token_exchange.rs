@@ -140,6 +140,34 @@ impl std::fmt::Debug for TokenExchange {
     }
 }
 
+/// The target settings the grant and its builder share (both hold
+/// `params: ExchangeParams`).
+macro_rules! exchange_targets {
+    () => {
+        /// Adds an `audience` (the logical name of the target service); may
+        /// be called several times.
+        pub fn audience(mut self, audience: impl Into<String>) -> Self {
+            self.params.audiences.push(audience.into());
+            self
+        }
+
+        /// Adds a `resource` (the URI of the target service, RFC 8707); may
+        /// be called several times.
+        pub fn resource(mut self, resource: impl Into<String>) -> Self {
+            self.params.resources.push(resource.into());
+            self
+        }
+
+        /// Keeps this grant's stored state apart from that of other grants
+        /// with the same subject. It goes into the
+        /// [`StoreKey`](crate::StoreKey) only as part of a digest.
+        pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
+            self.params.partition = Some(partition.into());
+            self
+        }
+    };
+}
+
 impl TokenExchange {
     /// Starts configuring the grant.
     pub fn builder() -> TokenExchangeBuilder {
@@ -186,27 +214,7 @@ impl TokenExchange {
         self
     }
 
-    /// Adds an `audience` (the logical name of the target service); may be
-    /// called several times.
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.params.audiences.push(audience.into());
-        self
-    }
-
-    /// Adds a `resource` (the URI of the target service); may be called
-    /// several times.
-    pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.params.resources.push(resource.into());
-        self
-    }
-
-    /// Keeps this grant's stored state apart from that of other grants with
-    /// the same subject. It goes into the [`StoreKey`](crate::StoreKey) only
-    /// as part of a digest.
-    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
-        self.params.partition = Some(partition.into());
-        self
-    }
+    exchange_targets!();
 
     /// Requests a token.
     pub async fn request_token(&self) -> Result<Token, Error> {
@@ -319,27 +327,7 @@ impl TokenExchangeBuilder {
         self
     }
 
-    /// Adds an `audience` (the logical name of the target service); may be
-    /// called several times.
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.params.audiences.push(audience.into());
-        self
-    }
-
-    /// Adds a `resource` (the URI of the target service, RFC 8707); may be
-    /// called several times.
-    pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.params.resources.push(resource.into());
-        self
-    }
-
-    /// Keeps this grant's stored state apart from that of other grants with
-    /// the same subject. It goes into the [`StoreKey`](crate::StoreKey) only
-    /// as part of a digest.
-    pub fn store_partition(mut self, partition: impl Into<String>) -> Self {
-        self.params.partition = Some(partition.into());
-        self
-    }
+    exchange_targets!();
 
     /// Checks the settings and builds the grant.
     pub fn build(self) -> Result<TokenExchange, Error> {
