@@ -9,19 +9,22 @@
 //! Self-contained: it starts a tiny token server and upstream on loopback,
 //! calls its own `/orders` as two callers, and prints what the upstream saw.
 //!
-//! One `TokenCache` per caller, found by a digest of the caller's token (a
-//! token is a secret: it is not kept as a map key), so callers never share a
-//! token and each caller's exchanged token is reused until it nears expiry.
-//! The map is bounded here by dropping the oldest cache when full; a caller
+//! One `TokenCache` per caller, in a `CacheMap` keyed by a digest of the
+//! caller's token (a token is a secret: it is not kept as a map key), so
+//! callers never share a token and each caller's exchanged token is reused
+//! while it is valid. The map keeps at most `MAX_CALLERS` caches, dropping
+//! the one used longest ago, and drops a caller quiet for half an hour.
+//! With `refresh_unused(false)`, a caller that stopped calling costs no
+//! token request, no task and no timer once its token expires; a caller
 //! whose token changes gets a new cache (its old one ages out).
 
 use std::{
-    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
+    time::Duration,
 };
 
 use axum::{
@@ -36,9 +39,11 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use sha2::{Digest, Sha256};
 use tower::{Service, ServiceExt};
-use tower_oauth2::{secrecy::SecretString, token_types, BearerAuthLayer, OAuthClient, TokenCache};
+use tower_oauth2::{
+    secrecy::SecretString, token_types, BearerAuthLayer, CacheMap, OAuthClient, RefreshPolicy,
+    TokenCache,
+};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -50,36 +55,20 @@ struct Proxy {
     client: OAuthClient,
     upstream: String,
     http: HttpClient,
-    caches: Arc<Mutex<Callers>>,
-}
-
-#[derive(Default)]
-struct Callers {
-    by_digest: HashMap<[u8; 32], TokenCache>,
-    order: VecDeque<[u8; 32]>,
+    callers: CacheMap<[u8; 32]>,
 }
 
 impl Proxy {
     /// The cache of the caller holding `token`, made on first use.
     fn cache_for(&self, token: &str) -> TokenCache {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut callers = self.caches.lock().unwrap();
-        if let Some(cache) = callers.by_digest.get(&digest) {
-            return cache.clone();
-        }
-        if callers.order.len() >= MAX_CALLERS {
-            if let Some(oldest) = callers.order.pop_front() {
-                callers.by_digest.remove(&oldest);
-            }
-        }
-        let grant = self
-            .client
-            .token_exchange(SecretString::from(token), token_types::ACCESS_TOKEN)
-            .audience("orders");
-        let cache = TokenCache::new(grant);
-        callers.by_digest.insert(digest, cache.clone());
-        callers.order.push_back(digest);
-        cache
+        self.callers
+            .get_or_insert_with(&CacheMap::digest(token), || {
+                let grant = self
+                    .client
+                    .token_exchange(SecretString::from(token), token_types::ACCESS_TOKEN)
+                    .audience("orders");
+                TokenCache::with_policy(grant, RefreshPolicy::new().refresh_unused(false))
+            })
     }
 }
 
@@ -133,7 +122,10 @@ async fn main() {
         client,
         upstream: format!("{upstream}/orders"),
         http: Client::builder(TokioExecutor::new()).build_http(),
-        caches: Arc::default(),
+        callers: CacheMap::builder()
+            .max_caches(MAX_CALLERS)
+            .idle(Duration::from_secs(30 * 60))
+            .build(),
     };
     let app = serve(
         Router::new()
@@ -188,28 +180,30 @@ async fn upstream(headers: HeaderMap) -> String {
 fn fake_token_server(exchanges: Arc<AtomicUsize>) -> Router {
     Router::new().route(
         "/token",
-        post(move |Form(form): Form<HashMap<String, String>>| {
-            let exchanges = exchanges.clone();
-            async move {
-                let subject = form.get("subject_token").cloned().unwrap_or_default();
-                let is_exchange = form.get("grant_type").map(String::as_str)
-                    == Some("urn:ietf:params:oauth:grant-type:token-exchange");
-                if !is_exchange || subject.is_empty() {
-                    let error = serde_json::json!({ "error": "invalid_request" });
-                    return (StatusCode::BAD_REQUEST, Json(error));
+        post(
+            move |Form(form): Form<std::collections::HashMap<String, String>>| {
+                let exchanges = exchanges.clone();
+                async move {
+                    let subject = form.get("subject_token").cloned().unwrap_or_default();
+                    let is_exchange = form.get("grant_type").map(String::as_str)
+                        == Some("urn:ietf:params:oauth:grant-type:token-exchange");
+                    if !is_exchange || subject.is_empty() {
+                        let error = serde_json::json!({ "error": "invalid_request" });
+                        return (StatusCode::BAD_REQUEST, Json(error));
+                    }
+                    exchanges.fetch_add(1, Ordering::SeqCst);
+                    let user = subject.trim_end_matches("-access-token");
+                    (
+                        StatusCode::OK,
+                        Json(serde_json::json!({
+                            "access_token": format!("orders-token-of-{user}"),
+                            "issued_token_type": token_types::ACCESS_TOKEN,
+                            "token_type": "Bearer",
+                            "expires_in": 300,
+                        })),
+                    )
                 }
-                exchanges.fetch_add(1, Ordering::SeqCst);
-                let user = subject.trim_end_matches("-access-token");
-                (
-                    StatusCode::OK,
-                    Json(serde_json::json!({
-                        "access_token": format!("orders-token-of-{user}"),
-                        "issued_token_type": token_types::ACCESS_TOKEN,
-                        "token_type": "Bearer",
-                        "expires_in": 300,
-                    })),
-                )
-            }
-        }),
+            },
+        ),
     )
 }

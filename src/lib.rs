@@ -106,7 +106,7 @@ mod middleware;
 pub mod store;
 mod token;
 
-pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
+pub use cache::{CacheBuilder, CacheMap, CacheMapBuilder, CacheStats, RefreshPolicy, TokenCache};
 #[cfg(dpop)]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use dpop::{DpopKey, DpopSigner};

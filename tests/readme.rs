@@ -93,13 +93,17 @@ async fn private_key_jwt(url: &str) -> Result {
 #[rustfmt::skip] // the README's text, verbatim
 fn more_grants(client: OAuthClient, callers_token: String, pem: Vec<u8>) -> Result {
     // README: more grants
-    use tower_oauth2::{secrecy::SecretString, token_types, JwtBearer};
+    use tower_oauth2::{secrecy::SecretString, token_types, CacheMap, JwtBearer, RefreshPolicy};
 
-    // On behalf of a caller: one cache per caller's token.
-    let grant = client
-        .token_exchange(SecretString::from(callers_token), token_types::ACCESS_TOKEN)
-        .audience("https://orders.example.com");
-    let per_caller = TokenCache::new(grant);
+    // On behalf of a caller: one cache per caller's token, at most 100,000 kept.
+    // A caller gone quiet costs no task, no timer and no token request.
+    let callers = CacheMap::new(100_000);
+    let cache = callers.get_or_insert_with(&CacheMap::digest(&callers_token), || {
+        let grant = client
+            .token_exchange(SecretString::from(callers_token.clone()), token_types::ACCESS_TOKEN)
+            .audience("https://orders.example.com");
+        TokenCache::with_policy(grant, RefreshPolicy::new().refresh_unused(false))
+    });
 
     // A signed JWT as the grant.
     let grant = JwtBearer::builder()

@@ -42,6 +42,7 @@ impl Expiry {
 
 /// The task: ends when the cache's handles (and the sender with them) go.
 pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Option<Expiry>>) {
+    let _running = super::census::task();
     loop {
         let current = published.borrow_and_update().clone();
         let wake = current
@@ -54,7 +55,7 @@ pub(super) async fn run(shared: Weak<Shared>, mut published: watch::Receiver<Opt
             },
             () = async {
                 match wake {
-                    Some(wake) => tokio::time::sleep_until(wake).await,
+                    Some(wake) => super::census::sleep_until(wake).await,
                     None => std::future::pending().await,
                 }
             } => {}

@@ -28,8 +28,18 @@
 //! refresh token is never lost to a cancelled request. When the last handle
 //! is dropped, the task ends. The task's states are listed in
 //! `src/cache/refresher.rs`.
+//!
+//! A cache costs by its use. The task starts with the first message (at
+//! once for a cache with a store to read) and parks when nothing is due: no
+//! token to serve or refresh, nobody waiting, nothing unsaved, no shared
+//! store to watch. Parked, it is a boxed closure in the cache and holds no
+//! timer; the next message spawns it again where it stopped. Many caches in
+//! one process (one per caller) are kept in a [`CacheMap`]; [`census`]
+//! counts what they hold.
 
+mod census;
 mod expiry;
+mod map;
 mod policy;
 mod protocol;
 mod refresher;
@@ -39,7 +49,7 @@ use std::{
     ops::Deref,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, Weak,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
     },
     time::Duration,
 };
@@ -48,6 +58,8 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+pub use census::{census, Census};
+pub use map::{CacheMap, CacheMapBuilder};
 pub use policy::RefreshPolicy;
 
 use crate::{
@@ -72,6 +84,15 @@ pub(crate) struct Shared {
     // To the background task, which holds only a weak reference: when the
     // last handle goes, this sender goes with it and the task ends.
     inbox: mpsc::UnboundedSender<Message>,
+    /// The background task while it is not running: not started yet, or
+    /// stopped with nothing to do. The next message starts it (see `send`).
+    parked: Mutex<Option<Parked>>,
+    /// A request took the token since the refresher last looked: with
+    /// [`RefreshPolicy::refresh_unused`] off, only such a token is refreshed.
+    used: AtomicBool,
+    /// This cache's place in the layer's registry, once a layer uses it.
+    registry_index: OnceLock<usize>,
+    _counted: census::Counted,
     // Set while a `Wanted` is on its way, so many waiting requests send one.
     wanted: AtomicBool,
     wait_for_retry: Duration,
@@ -82,6 +103,43 @@ pub(crate) struct Shared {
     authorization: tokio::sync::watch::Sender<Option<Result<bool, Error>>>,
     /// The published token's expiry, for the task that withdraws it.
     expiry: tokio::sync::watch::Sender<Option<expiry::Expiry>>,
+}
+
+/// Starts the background task again, on the runtime the cache was built on.
+pub(super) type Parked = Box<dyn FnOnce() + Send>;
+
+impl Shared {
+    /// Tells the background task, starting it if it is parked. `Err` when
+    /// it has ended for good.
+    pub(crate) fn send(&self, message: Message) -> Result<(), Error> {
+        self.inbox.send(message).map_err(|_| Error::closed())?;
+        // After the send: a task parking meanwhile looks at the inbox while
+        // it holds this lock, so either it sees the message or we see it parked.
+        self.wake();
+        Ok(())
+    }
+
+    /// Starts the background task if it is parked.
+    fn wake(&self) {
+        let parked = self.parked().take();
+        if let Some(start) = parked {
+            start();
+        }
+    }
+
+    /// Where the task leaves itself when it parks: it looks at its inbox
+    /// once more while holding this, so a message sent meanwhile is seen.
+    pub(super) fn parked(&self) -> MutexGuard<'_, Option<Parked>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(index) = self.registry_index.get() {
+            crate::layer::registry::release(*index);
+        }
+    }
 }
 
 /// What requests tell the background task.
@@ -200,6 +258,7 @@ impl TokenCache {
     pub async fn token(&self) -> Result<Token, Error> {
         // A ready token needs no waiter: one load, a reference count.
         if let Slot::Ready(token) = &**self.shared.slot.load() {
+            self.note_use();
             return Ok(token.clone());
         }
         self.wait_for_token().await
@@ -253,6 +312,8 @@ impl TokenCache {
     ///
     /// [`ErrorKind::ReauthorizationRequired`]: crate::ErrorKind::ReauthorizationRequired
     pub async fn authorization_required(&self) -> Result<bool, Error> {
+        // The answer comes from reading the store: the task must run.
+        self.shared.wake();
         let mut answers = self.shared.authorization.subscribe();
         let answer = answers.wait_for(Option::is_some).await;
         match answer.as_deref() {
@@ -275,10 +336,7 @@ impl TokenCache {
     /// token request: call it on an operator's action, not per request.
     pub async fn refresh_now(&self) -> Result<Token, Error> {
         let (done, answer) = oneshot::channel();
-        self.shared
-            .inbox
-            .send(Message::RefreshNow(done))
-            .map_err(|_| Error::closed())?;
+        self.shared.send(Message::RefreshNow(done))?;
         answer.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
@@ -304,7 +362,7 @@ impl TokenCache {
                 metrics::invalidated(&self.shared.metrics);
                 tracing::debug!(target: "tower_oauth2", "token invalidated");
                 // Closed: the task is gone, and requests will hear of it.
-                let _ = self.shared.inbox.send(Message::Rejected(id));
+                let _ = self.shared.send(Message::Rejected(id));
             }
         }
     }
@@ -328,6 +386,11 @@ impl TokenCache {
             slot: arc_swap::Cache::new(SlotOf(self.shared.clone())),
             cache: self.clone(),
         }
+    }
+
+    /// Where the layer's registry keeps this cache's index.
+    pub(crate) fn registry_index(&self) -> &OnceLock<usize> {
+        &self.shared.registry_index
     }
 
     /// A handle that does not keep the cache (nor its task) alive.
@@ -409,7 +472,7 @@ impl TokenCache {
     /// [`ErrorKind::Closed`]: crate::ErrorKind::Closed
     pub async fn shutdown(&self) -> Result<(), Error> {
         let (done, finished) = oneshot::channel();
-        if self.shared.inbox.send(Message::Shutdown(done)).is_err() {
+        if self.shared.send(Message::Shutdown(done)).is_err() {
             // The task is gone: it ended after saving, unless a save failed
             // last (and the runtime stopped it before a retry succeeded).
             return self.store_error().map_or(Ok(()), Err);
@@ -418,15 +481,22 @@ impl TokenCache {
         finished.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
+    /// Notes that a request took the current token, for
+    /// [`RefreshPolicy::refresh_unused`]. A load, and a store only the first
+    /// time after the refresher looked: nothing that contends.
+    #[inline]
+    pub(crate) fn note_use(&self) {
+        if !self.shared.used.load(Ordering::Relaxed) {
+            self.shared.used.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Tells the task a request waits, unless a `Wanted` is already on its way.
     fn want(&self) -> Result<(), Error> {
         if self.shared.wanted.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.shared
-            .inbox
-            .send(Message::Wanted)
-            .map_err(|_| Error::closed())
+        self.shared.send(Message::Wanted)
     }
 }
 
@@ -472,12 +542,18 @@ impl Deref for SlotOf {
 pub(crate) struct WeakTokenCache(Weak<Shared>);
 
 impl WeakTokenCache {
+    /// A handle to no cache.
+    pub(crate) fn none() -> Self {
+        Self(Weak::new())
+    }
+
     /// The cache, if any strong handle is left.
     pub(crate) fn upgrade(&self) -> Option<TokenCache> {
         self.0.upgrade().map(|shared| TokenCache { shared })
     }
 
     /// Whether both handles are for one cache.
+    #[cfg(test)]
     pub(crate) fn is(&self, cache: &TokenCache) -> bool {
         std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&cache.shared))
     }
@@ -547,21 +623,27 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
         self
     }
 
-    /// Starts the cache's background task.
+    /// Makes the cache. Nothing runs yet: its background task starts when a
+    /// token is first asked for, or at once when it has a store to read
+    /// (the state there decides what requests find). See [`census`].
     ///
     /// # Panics
     ///
-    /// When called outside a Tokio runtime.
+    /// When called outside a Tokio runtime: the task will run on this one.
     pub fn build(self) -> TokenCache {
+        let runtime = tokio::runtime::Handle::current();
         let (inbox, rx) = mpsc::unbounded_channel();
-        let (expiry, published) = tokio::sync::watch::channel(None);
         let shared = Arc::new(Shared {
             authorization: tokio::sync::watch::Sender::new(None),
-            expiry,
+            expiry: tokio::sync::watch::Sender::new(None),
             slot: ArcSwap::from_pointee(Slot::Empty),
             changed: Notify::new(),
             counters: Counters::default(),
             inbox,
+            parked: Mutex::new(None),
+            used: AtomicBool::new(false),
+            registry_index: OnceLock::new(),
+            _counted: census::cache(),
             wanted: AtomicBool::new(false),
             wait_for_retry: self.policy.retry_wait(),
             store_error: Mutex::new(None),
@@ -584,15 +666,20 @@ impl<S: TokenSource, T: TokenStore> CacheBuilder<S, T> {
                 return TokenCache { shared };
             }
         };
-        tokio::spawn(expiry::run(Arc::downgrade(&shared), published));
-        tokio::spawn(refresher::run(
+        let eager = store.is_some();
+        let start = refresher::start(
+            runtime,
             self.source,
             self.policy,
             store,
             Arc::downgrade(&shared),
             rx,
             self.metrics_name,
-        ));
+        );
+        *shared.parked() = Some(start);
+        if eager {
+            shared.wake();
+        }
         TokenCache { shared }
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 /// | [`request_timeout`](Self::request_timeout) | 30 s | bounds one fetch from any source |
 /// | [`store_timeout`](Self::store_timeout) | 2 s | bounds every call to the cache's store |
 /// | [`lease_ttl`](Self::lease_ttl) | 6 s | a shared store's lease; renewed every third of it while held |
+/// | [`refresh_unused`](Self::refresh_unused) | on | off: a token nobody took since the last refresh is left to expire |
 ///
 /// # Three moments in a token's life
 ///
@@ -112,6 +113,7 @@ pub struct RefreshPolicy {
     request_timeout: Duration,
     store_timeout: Duration,
     lease_ttl: Duration,
+    refresh_unused: bool,
 }
 
 /// A refresh leaves room for this many round trips of recent token requests.
@@ -134,6 +136,7 @@ impl Default for RefreshPolicy {
             request_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(6),
+            refresh_unused: true,
         }
     }
 }
@@ -237,6 +240,35 @@ impl RefreshPolicy {
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
+    }
+
+    /// Whether a token nobody took since it was fetched is refreshed ahead
+    /// of its expiry (default: yes, every token is).
+    ///
+    /// Off, the cache looks at the token's refresh point whether a request
+    /// took it since the last look, and once more halfway from there to its
+    /// expiry. A token taken meanwhile is refreshed then, as usual. One
+    /// nobody took is served until it expires, and the cache then idles, with no task and no timer (see
+    /// [`census`](crate::cache::census)), until a request asks again; that
+    /// request waits for a token request. One cache per caller in a proxy
+    /// wants this: most callers go quiet, and refreshing their tokens would
+    /// cost a token request per caller per lifetime for nobody.
+    ///
+    /// What counts as taking the token, once it is published (the requests
+    /// that waited for it do not count): [`TokenCache::token`], building a layer or middleware over the
+    /// cache, and [`CacheMap::get_or_insert_with`]. Requests through a layer
+    /// built once do not count (that path writes nothing shared): a cache
+    /// behind a long-lived client should keep the default.
+    ///
+    /// [`TokenCache::token`]: crate::TokenCache::token
+    /// [`CacheMap::get_or_insert_with`]: crate::CacheMap::get_or_insert_with
+    pub fn refresh_unused(mut self, refresh: bool) -> Self {
+        self.refresh_unused = refresh;
+        self
+    }
+
+    pub(crate) fn refreshes_unused(&self) -> bool {
+        self.refresh_unused
     }
 
     pub(crate) fn timeout(&self) -> Duration {

@@ -217,6 +217,7 @@ impl<T: TokenStore> Protocol<T> {
         what: &'static str,
         call: impl Future<Output = Result<X, Error>>,
     ) -> Result<X, Error> {
+        let _armed = super::census::timer();
         let result = match tokio::time::timeout(self.deadline, call).await {
             Ok(result) => result,
             Err(_) => Err(Error::store(
@@ -616,6 +617,8 @@ async fn keep<T: TokenStore>(
     deadline: Duration,
     clock: Arc<LeaseClock>,
 ) {
+    let _running = super::census::task();
+    let _armed = super::census::timer();
     loop {
         tokio::time::sleep(ttl / 3).await;
         let started = clock::now();

@@ -18,6 +18,8 @@
 //! | `Failing`, `Stopped` | its token expires, or is `Rejected` | the same, without it: requests get the last error |
 //! | `Stopped` | anything else | nothing: re-authorization is required |
 //! | any | `Shutdown` | end, once the fetch under way (if any) and its save are done; a failed save is answered, then retried until saved |
+//! | `Serving`, with `refresh_unused` off | its refresh point, the token not taken since it was published | look again halfway to its expiry; unused then too, serve it until it expires, then `Idle` |
+//! | `Idle`, `Failing` or `Stopped` with nothing due | (no store, or one of one process) | park: the task ends, and the next message spawns it again in the same phase |
 //!
 //! A fetch ends in `Serving` (a token), `Failing` (an error: a token still
 //! valid is kept until it expires, and retries follow the backoff), or
@@ -51,9 +53,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::{
-    expiry::Expiry,
+    census,
+    expiry::{self, Expiry},
     protocol::{Before, Protocol, Wrote, AUDIT},
-    Message, RefreshPolicy, Shared, Slot,
+    Message, Parked, RefreshPolicy, Shared, Slot,
 };
 use crate::{
     clock::{self, Instant},
@@ -71,6 +74,10 @@ struct Live {
     refresh_at: Instant,
     /// The announced expiry: handed out until then, never after.
     expires_at: Instant,
+    /// How often it was found unused at its refresh point, when the policy
+    /// refreshes only used tokens. After the second look it is served until
+    /// it expires, then the cache idles.
+    unused_looks: u8,
 }
 
 enum Phase {
@@ -99,6 +106,10 @@ enum Phase {
 /// new tokens (a stale key set, a wrong audience): the next one waits with
 /// backoff. One rejected later is replaced at once.
 const REJECTED_SOON: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Looks at a token's use (at its refresh point, then halfway to its
+/// expiry) before an unused one is left to expire.
+const LOOKS: u8 = 2;
 
 /// What the task does next.
 enum Next {
@@ -162,17 +173,24 @@ struct Refresher<T> {
     rejected: Option<Token>,
     /// The `cache` label of the metrics.
     metrics: metrics::Name,
+    /// Where the task runs, and runs again after it parks.
+    runtime: tokio::runtime::Handle,
+    /// The store has been read (once, when the task first runs).
+    restored: bool,
 }
 
-pub(super) async fn run<S: TokenSource, T: TokenStore>(
-    mut source: S,
+/// The task, parked before its first run: started by the first message
+/// (or at once, by `build`, for a cache with a store).
+pub(super) fn start<S: TokenSource, T: TokenStore>(
+    runtime: tokio::runtime::Handle,
+    source: S,
     policy: RefreshPolicy,
     store: Option<(T, StoreKey)>,
     shared: Weak<Shared>,
-    mut inbox: mpsc::UnboundedReceiver<Message>,
+    inbox: mpsc::UnboundedReceiver<Message>,
     metrics: metrics::Name,
-) {
-    let mut task = Refresher {
+) -> Parked {
+    let task = Refresher {
         policy: policy.clone(),
         shared,
         phase: Phase::Idle,
@@ -184,8 +202,48 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         refreshing: Vec::new(),
         rejected: None,
         metrics,
+        runtime,
+        restored: false,
     };
-    task.restore(&mut source).await;
+    task.parked(source, inbox)
+}
+
+impl<T: TokenStore> Refresher<T> {
+    /// Runs the task again from where it parked.
+    fn parked<S: TokenSource>(self, source: S, inbox: mpsc::UnboundedReceiver<Message>) -> Parked {
+        Box::new(move || {
+            let runtime = self.runtime.clone();
+            runtime.spawn(run(source, self, inbox));
+        })
+    }
+}
+
+/// Stops the task that withdraws expired tokens when this one stops.
+struct Withdrawing(tokio::task::AbortHandle);
+
+impl Drop for Withdrawing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run<S: TokenSource, T: TokenStore>(
+    mut source: S,
+    mut task: Refresher<T>,
+    mut inbox: mpsc::UnboundedReceiver<Message>,
+) {
+    let _running = census::task();
+    let _withdrawing = match task.shared.upgrade() {
+        Some(shared) => Withdrawing(
+            tokio::spawn(expiry::run(task.shared.clone(), shared.expiry.subscribe()))
+                .abort_handle(),
+        ),
+        None => return,
+    };
+    if !task.restored {
+        task.restored = true;
+        task.restore(&mut source).await;
+    }
     loop {
         if !task.closing.is_empty() {
             let flushed = task.flush().await;
@@ -205,6 +263,7 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
         let now = clock::now();
         task.expire(now, false);
         let deadline = match task.next(now) {
+            Next::Fetch if task.unused() => continue,
             Next::Fetch => {
                 if task.fetch(&mut source, &mut inbox).await.is_break() {
                     task.save_until_saved(None).await;
@@ -221,6 +280,25 @@ pub(super) async fn run<S: TokenSource, T: TokenStore>(
                 continue;
             }
             Next::Until(deadline) => Some(deadline),
+            Next::Message if task.may_park() => {
+                // Nothing to do until a request asks: no task, no timer.
+                let Some(shared) = task.shared.upgrade() else {
+                    return;
+                };
+                let mut parked = shared.parked();
+                match inbox.try_recv() {
+                    Ok(message) => {
+                        drop(parked);
+                        task.on_message(message, false);
+                        continue;
+                    }
+                    // Never closed here: `shared` holds the sender.
+                    Err(_) => {
+                        *parked = Some(task.parked(source, inbox));
+                        return;
+                    }
+                }
+            }
             Next::Message => None,
         };
         // A shared store is looked at while nothing else is due: another
@@ -356,7 +434,7 @@ impl<T: TokenStore> Refresher<T> {
             Message::Expired(id) => {
                 if self.live().is_some_and(|live| live.token.id() == id) {
                     tracing::debug!(target: "tower_oauth2", "token expired by the wall clock");
-                    self.drop_live(fetching);
+                    self.drop_expired(fetching);
                 }
             }
             Message::Shutdown(done) => self.closing.push(done),
@@ -414,8 +492,58 @@ impl<T: TokenStore> Refresher<T> {
     fn expire(&mut self, now: Instant, fetching: bool) {
         if self.live().is_some_and(|live| live.expires_at <= now) {
             tracing::debug!(target: "tower_oauth2", "token expired without a replacement");
-            self.drop_live(fetching);
+            self.drop_expired(fetching);
         }
+    }
+
+    /// [`drop_live`](Self::drop_live) for a token that expired: one left
+    /// unused is not replaced until a request asks.
+    fn drop_expired(&mut self, fetching: bool) {
+        let unused = matches!(&self.phase, Phase::Serving(live) if live.unused_looks >= LOOKS);
+        self.drop_live(fetching);
+        if unused {
+            self.phase = Phase::Idle;
+        }
+    }
+
+    /// At the refresh point, with [`RefreshPolicy::refresh_unused`] off:
+    /// whether the token went unused since the last look. It is looked at
+    /// once more halfway to its expiry (a caller back meanwhile gets a
+    /// refresh before it), then served until it expires, and not refreshed.
+    fn unused(&mut self) -> bool {
+        if self.policy.refreshes_unused() {
+            return false;
+        }
+        let Phase::Serving(live) = &mut self.phase else {
+            return false;
+        };
+        if live.unused_looks >= LOOKS {
+            return false;
+        }
+        let used = self
+            .shared
+            .upgrade()
+            .is_some_and(|shared| shared.used.swap(false, Ordering::Relaxed));
+        if used {
+            return false;
+        }
+        live.unused_looks += 1;
+        live.refresh_at = if live.unused_looks < LOOKS {
+            let now = clock::now();
+            now + live.expires_at.saturating_duration_since(now) / 2
+        } else {
+            tracing::debug!(target: "tower_oauth2", "token unused: left to expire");
+            live.expires_at
+        };
+        true
+    }
+
+    /// Whether the task may stop until the next message: nothing is due,
+    /// nobody waits for an answer, and no shared store needs watching.
+    fn may_park(&self) -> bool {
+        self.closing.is_empty()
+            && self.refreshing.is_empty()
+            && self.store.as_ref().is_none_or(|p| !p.shared())
     }
 
     /// Forgets the current token. Requests then wait for the fetch under
@@ -546,6 +674,7 @@ impl<T: TokenStore> Refresher<T> {
         let started = clock::now();
         let mut open = true;
         let result = {
+            let _armed = census::timer();
             let fetch = tokio::time::timeout(timeout, source.fetch()).instrument(span.clone());
             tokio::pin!(fetch);
             // The fetch is never dropped early: a rotated refresh token may be
@@ -749,6 +878,7 @@ impl<T: TokenStore> Refresher<T> {
             token,
             refresh_at,
             expires_at,
+            unused_looks: 0,
         })
     }
 }
@@ -980,7 +1110,7 @@ impl<T: TokenStore> Refresher<T> {
             let message = tokio::select! {
                 biased;
                 message = message => message,
-                () = tokio::time::sleep_until(retry_at) => {
+                () = census::sleep_until(retry_at) => {
                     if let Some(protocol) = &mut self.store {
                         if let Some(wrote) = protocol.retry_save().await {
                             self.count_only(wrote);
@@ -1137,6 +1267,11 @@ fn publish(shared: &Weak<Shared>, slot: Slot) {
         Slot::Ready(token) => token.expires_at().map(|at| (at, token.id())),
         Slot::Empty | Slot::Failed(_) => None,
     };
+    if matches!(slot, Slot::Ready(_)) {
+        // A new token: what counts is whether a request takes this one
+        // (the requests that waited for it do not count).
+        strong.used.store(false, Ordering::Relaxed);
+    }
     let slot = Arc::new(slot);
     strong.slot.store(slot.clone());
     strong.changed.notify_waiters();
@@ -1147,7 +1282,7 @@ fn publish(shared: &Weak<Shared>, slot: Slot) {
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(deadline) => census::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -108,7 +108,7 @@ pub(crate) mod dpop;
 mod future;
 mod message;
 mod origin;
-mod registry;
+pub(crate) mod registry;
 mod rejection;
 pub mod replay;
 
@@ -258,6 +258,8 @@ impl BearerAuthLayer {
 
     fn with_cache(mut self, cache: TokenCache, origin: Option<Origin>) -> Self {
         let index = registry::index_of(&cache);
+        // A layer built per request (one cache per caller) is a use.
+        cache.note_use();
         let position = match self.caches.iter().position(|e| e.index == index) {
             Some(position) => position,
             None => {

@@ -8,47 +8,100 @@
 //! response future carries only two integers: the cache's index here and the
 //! token's id. Only a rejected token ever takes the lock.
 //!
-//! An index is reused once its cache is gone. A stale index is harmless: a
-//! token id is unique in the process, and a cache ignores an invalidation
-//! for a token it does not hold.
+//! A cache keeps its index, so building a layer over it again is O(1), and
+//! gives it back when it is dropped, for the next cache to take. A stale
+//! index is harmless: a token id is unique in the process, and a cache
+//! ignores an invalidation for a token it does not hold.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::cache::{TokenCache, WeakTokenCache};
 
-static CACHES: Mutex<Vec<WeakTokenCache>> = Mutex::new(Vec::new());
+static TABLE: Mutex<Table> = Mutex::new(Table {
+    caches: Vec::new(),
+    free: Vec::new(),
+});
 
-fn caches() -> MutexGuard<'static, Vec<WeakTokenCache>> {
-    // The table stays consistent whatever panicked while it was held.
-    CACHES.lock().unwrap_or_else(PoisonError::into_inner)
+struct Table {
+    caches: Vec<WeakTokenCache>,
+    /// Indices whose cache was dropped.
+    free: Vec<usize>,
 }
 
-/// The index of `cache`, entering it if it is not there yet. Called when a
-/// layer is built, never per request.
+fn table() -> MutexGuard<'static, Table> {
+    // The table stays consistent whatever panicked while it was held.
+    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The index of `cache`, entering it the first time. Called when a layer is
+/// built, never per request; O(1).
 pub(crate) fn index_of(cache: &TokenCache) -> usize {
-    let mut caches = caches();
-    if let Some(index) = caches.iter().position(|entry| entry.is(cache)) {
-        return index;
-    }
-    let entry = cache.downgrade();
-    match caches.iter().position(|entry| entry.upgrade().is_none()) {
-        Some(free) => {
-            caches[free] = entry;
-            free
+    *cache.registry_index().get_or_init(|| {
+        let entry = cache.downgrade();
+        let mut table = table();
+        match table.free.pop() {
+            Some(free) => {
+                table.caches[free] = entry;
+                free
+            }
+            None => {
+                table.caches.push(entry);
+                table.caches.len() - 1
+            }
         }
-        None => {
-            caches.push(entry);
-            caches.len() - 1
-        }
+    })
+}
+
+/// Gives `index` back: its cache is being dropped.
+pub(crate) fn release(index: usize) {
+    let mut table = table();
+    if let Some(entry) = table.caches.get_mut(index) {
+        *entry = WeakTokenCache::none();
+        table.free.push(index);
     }
 }
 
 /// Drops token `token_id` from the cache at `index`, if both are still
 /// there; returns that cache.
 pub(crate) fn invalidate(index: usize, token_id: u64) -> Option<TokenCache> {
-    let cache = caches().get(index).and_then(WeakTokenCache::upgrade);
+    let cache = table().caches.get(index).and_then(WeakTokenCache::upgrade);
     if let Some(cache) = &cache {
         cache.invalidate_id(token_id);
     }
     cache
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, Token, TokenSource};
+
+    struct Never;
+
+    impl TokenSource for Never {
+        async fn fetch(&mut self) -> Result<Token, Error> {
+            unreachable!("no test here asks for a token")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_keeps_its_index_and_a_dropped_one_gives_it_back() {
+        let a = TokenCache::new(Never);
+        let index = index_of(&a);
+        assert_eq!(index_of(&a.clone()), index);
+        drop(a);
+        // Other tests enter caches meanwhile: the freed index is taken by
+        // one of them or by `b`, and `b`'s index names `b`.
+        let b = TokenCache::new(Never);
+        let of_b = index_of(&b);
+        let found = table().caches[of_b].upgrade();
+        assert!(found.is_some_and(|found| found.downgrade().is(&b)));
+        let length = table().caches.len();
+        for _ in 0..100 {
+            let c = TokenCache::new(Never);
+            index_of(&c);
+        }
+        // Each of the hundred gave its index back before the next took one.
+        assert!(table().caches.len() <= length + 1 + 8);
+    }
 }
