@@ -110,7 +110,7 @@ pub use cache::{CacheBuilder, CacheStats, RefreshPolicy, TokenCache};
 #[cfg(dpop)]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use dpop::{DpopKey, DpopSigner};
-pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint, TokenTypeHint};
+pub use endpoint::{AssertionContext, AuthMethod, ClientIdentity, TokenEndpoint, TokenTypeHint};
 #[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use endpoint::{JwsAlgorithm, PrivateKey};
