@@ -69,8 +69,9 @@ impl ClientIdentity {
     /// Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when the
     /// chain holds no certificate, a block that is not one, or bad base64;
     /// when the key is not exactly one unencrypted private key; or, with a
-    /// reqwest TLS feature, when the TLS stack refuses the pair. The errors
-    /// never quote the input.
+    /// reqwest TLS feature, when the TLS stack cannot read them. Whether the
+    /// key is the certificate's is checked when a grant's `build` makes its
+    /// client. The errors never quote the input.
     pub fn from_pem(
         cert_chain_pem: impl AsRef<[u8]>,
         key_pem: impl AsRef<[u8]>,

@@ -181,9 +181,14 @@ impl Transport {
                     "a client certificate or root certificates need reqwest with a TLS stack",
                 ));
             }
-            let client = builder
-                .build()
-                .map_err(|_| Error::config("could not build the HTTP client"))?;
+            let client = builder.build().map_err(|_| match identity {
+                // rustls checks here that the key is the certificate's.
+                Some(_) => Error::config(
+                    "could not build the HTTP client with the client certificate \
+                     (is the key the certificate's?)",
+                ),
+                None => Error::config("could not build the HTTP client"),
+            })?;
             Ok(Self::reqwest(client))
         }
         #[cfg(not(reqwest_client))]
