@@ -51,7 +51,9 @@
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
 //! The `dpop` feature binds tokens to a key the client holds (RFC 9449):
-//! see its `dpop` module.
+//! see its `dpop` module. A grant's `client_certificate` ([`ClientIdentity`])
+//! authenticates with mutual TLS and has tokens bound to the certificate
+//! (RFC 8705).
 //! The `metrics` feature counts token requests, waits, rejected tokens,
 //! replays and saves through the `metrics` facade: see [`metrics`] for the
 //! names.

@@ -1675,7 +1675,24 @@ async fn mtls_a_wrong_certificate_is_invalid_client() {
         );
         assert!(!error.is_transient());
     }
-    assert_eq!(provider.token_requests("mtls-pki").await, 2);
+    // No certificate, over a client of the test's own that trusts the CA.
+    let alias = provider.metadata().await;
+    let alias = alias.mtls_endpoint_alias("token_endpoint").unwrap();
+    let mut grant = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-pki")
+        .auth_method(AuthMethod::TlsClientAuth)
+        .http_client(reqwest_presenting(&pki, None))
+        .build()
+        .unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+        "no certificate: {error}"
+    );
+    assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(provider.token_requests("mtls-pki").await, 3);
     // No certificate at all: the mTLS method needs one on the crate's own client.
     let error = ClientCredentials::builder()
         .token_url(provider.token_url())
