@@ -48,10 +48,12 @@
 //! §2). A builder given a private key or an assertion callback uses
 //! `private_key_jwt`, whatever the list; one given a client certificate and
 //! no secret uses `tls_client_auth` when listed, else
-//! `self_signed_tls_client_auth` (RFC 8705), and the document's
-//! `mtls_endpoint_aliases` in place of its endpoints; a key whose algorithm the document's
-//! `token_endpoint_auth_signing_alg_values_supported` leaves out is refused
-//! by `build` (the server would refuse every assertion it signs).
+//! `self_signed_tls_client_auth` (RFC 8705). Any builder given a client
+//! certificate (or a mutual-TLS method) uses the document's
+//! `mtls_endpoint_aliases` in place of the endpoints they name. A key whose
+//! algorithm the document's `token_endpoint_auth_signing_alg_values_supported`
+//! leaves out is refused by `build` (the server would refuse every assertion
+//! it signs).
 //!
 //! [`ErrorKind::Discovery`]: crate::ErrorKind::Discovery
 //! [`ErrorKind::Network`]: crate::ErrorKind::Network
