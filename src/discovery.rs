@@ -46,9 +46,14 @@
 //! secret, `client_secret_basic` when listed, else `client_secret_post`;
 //! without one, `none`. An absent list means `client_secret_basic` (RFC 8414
 //! §2). A builder given a private key or an assertion callback uses
-//! `private_key_jwt`, whatever the list; a key whose algorithm the document's
-//! `token_endpoint_auth_signing_alg_values_supported` leaves out is refused
-//! by `build` (the server would refuse every assertion it signs).
+//! `private_key_jwt`, whatever the list; one given a client certificate and
+//! no secret uses `tls_client_auth` when listed, else
+//! `self_signed_tls_client_auth` (RFC 8705). Any builder given a client
+//! certificate (or a mutual-TLS method) uses the document's
+//! `mtls_endpoint_aliases` in place of the endpoints they name. A key whose
+//! algorithm the document's `token_endpoint_auth_signing_alg_values_supported`
+//! leaves out is refused by `build` (the server would refuse every assertion
+//! it signs).
 //!
 //! [`ErrorKind::Discovery`]: crate::ErrorKind::Discovery
 //! [`ErrorKind::Network`]: crate::ErrorKind::Network
@@ -100,6 +105,8 @@ struct Document {
     par_endpoint: Option<Url>,
     device_endpoint: Option<Url>,
     auth_methods: Option<Vec<String>>,
+    /// `mtls_endpoint_aliases` (RFC 8705 §5), each checked like an endpoint.
+    mtls_aliases: Vec<(String, Url)>,
     fields: Map<String, Value>,
     /// The hosts allowed over plain http when the document was read.
     http_hosts: HttpHosts,
@@ -166,6 +173,26 @@ impl ServerMetadata {
         let revocation_endpoint = endpoint("revocation_endpoint")?;
         let par_endpoint = endpoint("pushed_authorization_request_endpoint")?;
         let device_endpoint = endpoint("device_authorization_endpoint")?;
+        let mtls_aliases = match fields.get("mtls_endpoint_aliases") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(aliases)) => {
+                let mut checked = Vec::with_capacity(aliases.len());
+                for (name, value) in aliases {
+                    let raw = value.as_str().ok_or_else(|| {
+                        invalid("an endpoint in `mtls_endpoint_aliases` is not a string")
+                    })?;
+                    let url = validate_url_allowing(raw, name, &http_hosts).map_err(|error| {
+                        Error::discovery(
+                            DiscoveryErrorKind::InsecureEndpoint,
+                            format!("in the metadata document's mtls_endpoint_aliases: {error}"),
+                        )
+                    })?;
+                    checked.push((name.clone(), url));
+                }
+                checked
+            }
+            Some(_) => return Err(invalid("`mtls_endpoint_aliases` is not an object")),
+        };
         let auth_methods = match fields.get("token_endpoint_auth_methods_supported") {
             None => None,
             Some(Value::Array(methods)) => Some(
@@ -192,6 +219,7 @@ impl ServerMetadata {
                 par_endpoint,
                 device_endpoint,
                 auth_methods,
+                mtls_aliases,
                 fields,
                 http_hosts,
             }),
@@ -240,6 +268,19 @@ impl ServerMetadata {
         self.inner.device_endpoint.as_ref()
     }
 
+    /// The mutual-TLS alias of endpoint `name` (`"token_endpoint"`,
+    /// `"revocation_endpoint"`, ...) from `mtls_endpoint_aliases`
+    /// (RFC 8705 §5), checked like every endpoint. A grant given a client
+    /// certificate, or a mutual-TLS [`AuthMethod`], uses the aliases in place
+    /// of the endpoints they stand for.
+    pub fn mtls_endpoint_alias(&self, name: &str) -> Option<&Url> {
+        self.inner
+            .mtls_aliases
+            .iter()
+            .find(|(alias, _)| alias == name)
+            .map(|(_, url)| url)
+    }
+
     /// `token_endpoint_auth_methods_supported`, when the document lists them.
     pub fn token_endpoint_auth_methods(&self) -> Option<&[String]> {
         self.inner.auth_methods.as_deref()
@@ -266,6 +307,29 @@ impl ServerMetadata {
             "the server does not accept client assertions signed with {alg} \
              (token_endpoint_auth_signing_alg_values_supported); use a key of a listed algorithm"
         )))
+    }
+
+    /// The mutual-TLS client authentication of a client with a certificate
+    /// and no secret: `tls_client_auth` when listed (or with no list),
+    /// else `self_signed_tls_client_auth` (the requests are the same; the
+    /// server's registration tells them apart).
+    pub(crate) fn choose_mtls_auth_method(&self) -> Result<AuthMethod, Error> {
+        let Some(methods) = &self.inner.auth_methods else {
+            return Ok(AuthMethod::TlsClientAuth);
+        };
+        let listed = |method: AuthMethod| methods.iter().any(|m| m == method.as_str());
+        [
+            AuthMethod::TlsClientAuth,
+            AuthMethod::SelfSignedTlsClientAuth,
+        ]
+        .into_iter()
+        .find(|method| listed(*method))
+        .ok_or_else(|| {
+            Error::config(
+                "the server lists no mutual-TLS client authentication \
+                     (token_endpoint_auth_methods_supported); choose one with auth_method",
+            )
+        })
     }
 
     /// The client authentication a client with (or without) a secret should

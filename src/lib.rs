@@ -51,7 +51,9 @@
 //! request once more after a rejected token, and the `reqwest-middleware`
 //! feature adds `BearerAuthMiddleware` for `reqwest_middleware` clients.
 //! The `dpop` feature binds tokens to a key the client holds (RFC 9449):
-//! see its `dpop` module.
+//! see its `dpop` module. A grant's `client_certificate` ([`ClientIdentity`])
+//! authenticates with mutual TLS and has tokens bound to the certificate
+//! (RFC 8705).
 //! The `metrics` feature counts token requests, waits, rejected tokens,
 //! replays and saves through the `metrics` facade: see [`metrics`] for the
 //! names.
@@ -110,7 +112,7 @@ pub use cache::{CacheBuilder, CacheMap, CacheMapBuilder, CacheStats, RefreshPoli
 #[cfg(dpop)]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use dpop::{DpopKey, DpopSigner};
-pub use endpoint::{AssertionContext, AuthMethod, TokenEndpoint, TokenTypeHint};
+pub use endpoint::{AssertionContext, AuthMethod, ClientIdentity, TokenEndpoint, TokenTypeHint};
 #[cfg(signing)]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
 pub use endpoint::{JwsAlgorithm, PrivateKey};

@@ -48,6 +48,8 @@ struct Inner {
     /// The key a DPoP token is bound to, and its `ath`.
     #[cfg(dpop)]
     dpop: Option<Arc<crate::dpop::Binding>>,
+    /// The thumbprint of the client certificate the token request presented.
+    x5t_s256: Option<Arc<str>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -161,8 +163,28 @@ impl Token {
                 issued_at: inner.issued_at,
                 dpop_type: true,
                 dpop: Some(Arc::new(binding)),
+                x5t_s256: inner.x5t_s256.clone(),
             }),
         }
+    }
+
+    /// The SHA-256 thumbprint (`x5t#S256`, base64url) of the client
+    /// certificate the token request presented (RFC 8705 §3): the
+    /// certificate a certificate-bound token is bound to, which every
+    /// request carrying the token must present too. `Some` for tokens of a
+    /// grant given a `client_certificate`, `None` otherwise.
+    ///
+    /// It says which certificate was presented, not that the server bound
+    /// the token: a token response does not say (RFC 8705 §3.1), a server
+    /// binds when it supports it and the client is registered with
+    /// `tls_client_certificate_bound_access_tokens`. The server's own word
+    /// is the token's `cnf` claim (`x5t#S256`): in a JWT access token, or
+    /// in the token introspection answer (RFC 8705 §3.2). With a
+    /// `transport` of your own it is the certificate the builder was given,
+    /// which that transport must be the one to present. A token restored
+    /// from a [`TokenStore`](crate::TokenStore) has `None`.
+    pub fn x5t_s256(&self) -> Option<&str> {
+        self.inner.x5t_s256.as_deref()
     }
 
     /// Whether `self` and `other` are clones of one fetched token.
@@ -189,6 +211,28 @@ impl Token {
                 dpop_type: inner.dpop_type,
                 #[cfg(dpop)]
                 dpop: inner.dpop.clone(),
+                x5t_s256: inner.x5t_s256.clone(),
+            }),
+        }
+    }
+
+    /// The same token, obtained over a connection that presented the
+    /// client certificate with thumbprint `x5t_s256`.
+    pub(crate) fn bind_certificate(self, x5t_s256: Arc<str>) -> Token {
+        let inner = &self.inner;
+        Token {
+            inner: Arc::new(Inner {
+                id: inner.id,
+                access_token: inner.access_token.clone(),
+                header: inner.header.clone(),
+                refresh_token: inner.refresh_token.clone(),
+                scopes: inner.scopes.clone(),
+                expires_in: inner.expires_in,
+                issued_at: inner.issued_at,
+                dpop_type: inner.dpop_type,
+                #[cfg(dpop)]
+                dpop: inner.dpop.clone(),
+                x5t_s256: Some(x5t_s256),
             }),
         }
     }
@@ -296,6 +340,7 @@ impl TokenBuilder {
                 dpop_type: self.dpop_type,
                 #[cfg(dpop)]
                 dpop: None,
+                x5t_s256: None,
             }),
         })
     }

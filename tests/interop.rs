@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tower::{Service, ServiceExt};
 use tower_oauth2::{
     discovery::Discovery, AuthMethod, AuthorizationCode, BearerAuthLayer, ClientCredentials,
-    ErrorKind, OAuthErrorCode, RefreshPolicy, TokenCache, TokenSource,
+    ClientIdentity, ErrorKind, OAuthErrorCode, RefreshPolicy, TokenCache, TokenSource,
 };
 
 const AUDIENCE: &str = "urn:tower-oauth2:api";
@@ -49,9 +49,19 @@ struct Provider {
 impl Provider {
     /// Starts a fresh server, installing its npm packages first if needed.
     fn start() -> Provider {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start), with the mutual-TLS listener and clients
+    /// when `mtls` holds the certificates (`MTLS_DIR`, see the server's README).
+    fn start_with(mtls: Option<&Pki>) -> Provider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         install(&dir);
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some(pki) = mtls {
+            command.env("MTLS_DIR", pki.dir.path());
+        }
+        let mut child = command
             .arg("server.mjs")
             .current_dir(&dir)
             .env("PORT", "0")
@@ -1467,4 +1477,516 @@ async fn device_authorization_through_the_layer_with_short_tokens() {
     // 2 s tokens over 5 s: refreshed with the rotating refresh token.
     assert!((2..=10).contains(&refreshes), "{refreshes} refreshes");
     assert_eq!(cache.stats().failures, 0);
+}
+
+// ------------------------------------------------------------ mTLS (RFC 8705) --
+
+/// A PEM certificate and its PEM private key.
+struct Pem {
+    cert: String,
+    key: String,
+}
+
+impl Pem {
+    fn identity(&self) -> ClientIdentity {
+        ClientIdentity::from_pem(&self.cert, &self.key).unwrap()
+    }
+}
+
+/// The certificates of the mTLS tests, made fresh for each server: one CA
+/// that issues the https listeners' certificates and the `tls_client_auth`
+/// ones, and self-signed client certificates. Written where the server
+/// reads them (`MTLS_DIR`).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: String,
+    /// `CN=mtls-pki` from the CA: what `mtls-pki` and `mtls-short` registered.
+    pki: Pem,
+    /// `CN=intruder` from the same CA.
+    intruder: Pem,
+    /// The certificate `mtls-self-signed` registered.
+    self_signed: Pem,
+    /// A self-signed certificate nobody registered.
+    stranger: Pem,
+    /// The resource server's https certificate, for 127.0.0.1.
+    resource_server: Pem,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+            ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let named = |cn: &str, sans: Vec<String>| {
+            let mut params = CertificateParams::new(sans).unwrap();
+            let mut name = DistinguishedName::new();
+            name.push(DnType::CommonName, cn);
+            params.distinguished_name = name;
+            params
+        };
+        let mut ca = named("tower-oauth2 interop CA", vec![]);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let issue = |cn: &str, purpose: ExtendedKeyUsagePurpose, self_signed: bool| {
+            let sans = match purpose {
+                ExtendedKeyUsagePurpose::ServerAuth => vec!["127.0.0.1".to_owned()],
+                _ => vec![],
+            };
+            let mut params = named(cn, sans);
+            params.extended_key_usages = vec![purpose];
+            let key = KeyPair::generate().unwrap();
+            let cert = match self_signed {
+                true => params.self_signed(&key).unwrap(),
+                false => params.signed_by(&key, &ca).unwrap(),
+            };
+            Pem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            }
+        };
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca: ca.pem(),
+            pki: issue("mtls-pki", ClientAuth, false),
+            intruder: issue("intruder", ClientAuth, false),
+            self_signed: issue("mtls-self-signed", ClientAuth, true),
+            stranger: issue("stranger", ClientAuth, true),
+            resource_server: issue("resource server", ServerAuth, false),
+        };
+        let authorization_server = issue("authorization server", ServerAuth, false);
+        let write =
+            |name: &str, text: &str| std::fs::write(pki.dir.path().join(name), text).unwrap();
+        write("server.pem", &authorization_server.cert);
+        write("server.key", &authorization_server.key);
+        write("client-ca.pem", &pki.ca);
+        write("self-signed.pem", &pki.self_signed.cert);
+        pki
+    }
+}
+
+impl Provider {
+    async fn metadata(&self) -> tower_oauth2::discovery::ServerMetadata {
+        Discovery::default().metadata(&self.base).await.unwrap()
+    }
+
+    /// A client credentials grant of `id` presenting `cert`, to the token
+    /// endpoint's mutual-TLS alias as discovery names it.
+    async fn mtls_grant(&self, pki: &Pki, id: &str, cert: &Pem) -> ClientCredentials {
+        ClientCredentials::builder()
+            .metadata(&self.metadata().await)
+            .client_id(id)
+            .client_certificate(cert.identity())
+            .tls_root_certificates_pem(&pki.ca)
+            .scope("api.read")
+            .build()
+            .unwrap()
+    }
+}
+
+/// Both RFC 8705 client authentications, each through discovery's
+/// `mtls_endpoint_aliases`; the tokens are bound to the certificate that
+/// was presented, as introspection confirms.
+#[tokio::test]
+async fn mtls_client_credentials_with_each_method() {
+    let pki = Pki::new();
+    let provider = Provider::start_with(Some(&pki));
+    let metadata = provider.metadata().await;
+    let alias = metadata
+        .mtls_endpoint_alias("token_endpoint")
+        .expect("the server names an mTLS token endpoint")
+        .clone();
+    assert_eq!(alias.scheme(), "https");
+    assert_ne!(alias.as_str(), provider.token_url());
+    let methods = metadata.token_endpoint_auth_methods().unwrap();
+    assert!(
+        methods.iter().any(|m| m == "tls_client_auth"),
+        "{methods:?}"
+    );
+
+    // self_signed_tls_client_auth, named, with the alias as the token URL.
+    let identity = pki.self_signed.identity();
+    let mut grant = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-self-signed")
+        .auth_method(AuthMethod::SelfSignedTlsClientAuth)
+        .client_certificate(identity.clone())
+        .tls_root_certificates_pem(&pki.ca)
+        .scope("api.read api.write")
+        .build()
+        .unwrap();
+    // tls_client_auth, chosen by the metadata for a client with a
+    // certificate and no secret; the alias too.
+    let mut pki_grant = provider.mtls_grant(&pki, "mtls-pki", &pki.pki).await;
+    for (id, grant, identity) in [
+        ("mtls-self-signed", &mut grant, identity),
+        ("mtls-pki", &mut pki_grant, pki.pki.identity()),
+    ] {
+        let token = grant.fetch().await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(token.x5t_s256(), Some(identity.x5t_s256()), "{id}");
+        let info = provider.introspect(&secret_of(&token)).await;
+        assert_eq!(info["active"], true, "{id}: {info}");
+        assert_eq!(info["client_id"], id);
+        assert_eq!(info["cnf"]["x5t#S256"], identity.x5t_s256(), "{id}: {info}");
+        assert_eq!(provider.token_requests(id).await, 1);
+    }
+    // Bound to different certificates.
+    assert_ne!(
+        pki.self_signed.identity().x5t_s256(),
+        pki.pki.identity().x5t_s256()
+    );
+}
+
+/// A certificate the server does not accept for the client is
+/// `invalid_client`, typed and permanent: one token request however many
+/// callers ask.
+#[tokio::test]
+async fn mtls_a_wrong_certificate_is_invalid_client() {
+    let pki = Pki::new();
+    let provider = Provider::start_with(Some(&pki));
+    // Not the certificate it registered.
+    let stranger = provider
+        .mtls_grant(&pki, "mtls-self-signed", &pki.stranger)
+        .await;
+    assert_no_retry_storm(
+        &provider,
+        stranger,
+        "mtls-self-signed",
+        OAuthErrorCode::InvalidClient,
+    )
+    .await;
+    // From the right CA with another subject; from no CA the server trusts.
+    for (cert, why) in [
+        (&pki.intruder, "another subject"),
+        (&pki.self_signed, "not issued by the CA"),
+    ] {
+        let mut grant = provider.mtls_grant(&pki, "mtls-pki", cert).await;
+        let error = grant.fetch().await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+            "{why}: {error}"
+        );
+        assert!(!error.is_transient());
+    }
+    // No certificate, over a client of the test's own that trusts the CA.
+    let alias = provider.metadata().await;
+    let alias = alias.mtls_endpoint_alias("token_endpoint").unwrap();
+    let mut grant = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-pki")
+        .auth_method(AuthMethod::TlsClientAuth)
+        .http_client(reqwest_presenting(&pki, None))
+        .build()
+        .unwrap();
+    let error = grant.fetch().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+        "no certificate: {error}"
+    );
+    assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(provider.token_requests("mtls-pki").await, 3);
+    // No certificate at all: the mTLS method needs one on the crate's own client.
+    let error = ClientCredentials::builder()
+        .token_url(provider.token_url())
+        .client_id("mtls-pki")
+        .auth_method(AuthMethod::TlsClientAuth)
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::Config, "{error}");
+}
+
+/// The thumbprint of the certificate a request's connection presented.
+#[derive(Clone)]
+struct Presented(Option<String>);
+
+/// A resource server on https that asks for a client certificate and
+/// serves a token only to the certificate it is bound to: the
+/// introspection answer's `cnf.x5t#S256` must be the presented
+/// certificate's thumbprint (RFC 8705 §3).
+async fn bound_resource(
+    State(rs): State<ResourceServer>,
+    axum::Extension(Presented(presented)): axum::Extension<Presented>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, &'static str) {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let info: Value = rs
+        .http
+        .post(format!("{}/token/introspection", rs.provider_base))
+        .basic_auth("resource-server", Some("rs-secret"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scopes = info["scope"].as_str().unwrap_or_default();
+    let bound = info["cnf"]["x5t#S256"].as_str();
+    let ok = info["active"] == true
+        && info["aud"] == AUDIENCE
+        && scopes.split(' ').any(|s| s == "api.read")
+        && bound.is_some()
+        && bound == presented.as_deref();
+    if ok {
+        rs.served.fetch_add(1, Ordering::SeqCst);
+        (StatusCode::OK, HeaderMap::new(), "data")
+    } else {
+        rs.rejected.fetch_add(1, Ordering::SeqCst);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+        );
+        (StatusCode::UNAUTHORIZED, headers, "")
+    }
+}
+
+/// Takes any client certificate, or none, as Node's `rejectUnauthorized:
+/// false` does (the handshake signature is still checked: the client holds
+/// the key). The handler judges the certificate by its thumbprint.
+#[derive(Debug)]
+struct AnyClientCertificate(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn root_hint_subjects(&self) -> &[tokio_rustls::rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _now: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::server::danger::ClientCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ResourceServer {
+    /// [`bound_resource`] on `https://127.0.0.1:<port>/data`.
+    async fn start_mtls(provider: &Provider, pki: &Pki) -> (ResourceServer, String) {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+        };
+        let rs = ResourceServer {
+            provider_base: provider.base.clone(),
+            http: reqwest::Client::new(),
+            served: Arc::default(),
+            rejected: Arc::default(),
+        };
+        let crypto = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(crypto.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(AnyClientCertificate(crypto)))
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(pki.resource_server.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(pki.resource_server.key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let app = Router::new()
+            .route("/data", get(bound_resource))
+            .with_state(rs.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/data", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let presented = Presented(
+                        tls.get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|leaf| URL_SAFE_NO_PAD.encode(Sha256::digest(leaf))),
+                    );
+                    let service = hyper::service::service_fn(
+                        move |mut request: Request<hyper::body::Incoming>| {
+                            request.extensions_mut().insert(presented.clone());
+                            app.clone().call(request)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (rs, url)
+    }
+}
+
+/// A reqwest client presenting `identity`, trusting the test CA.
+fn reqwest_presenting(pki: &Pki, identity: Option<&ClientIdentity>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_merge([reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap()]);
+    if let Some(identity) = identity {
+        builder = builder.identity(identity.to_reqwest().unwrap());
+    }
+    builder.build().unwrap()
+}
+
+type MtlsApiClient =
+    tower::retry::Retry<tower_oauth2::Replay, tower_oauth2::BearerAuth<reqwest::Client>>;
+
+async fn call_reqwest(client: &mut MtlsApiClient, url: &str) -> StatusCode {
+    let request = reqwest::Request::new(reqwest::Method::GET, url.parse().unwrap());
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let status = response.status();
+    let _ = response.bytes().await;
+    status
+}
+
+/// 2-second certificate-bound tokens through `TokenCache` and the layer,
+/// refreshed under traffic from four workers, against a resource server
+/// that serves a token only over a connection presenting the certificate
+/// it is bound to. The same token over a connection with another
+/// certificate, or none, is refused.
+#[tokio::test]
+async fn mtls_bound_short_lived_tokens_under_concurrent_traffic() {
+    let pki = Pki::new();
+    let provider = Provider::start_with(Some(&pki));
+    let (rs, url) = ResourceServer::start_mtls(&provider, &pki).await;
+    let identity = pki.pki.identity();
+    let grant = provider.mtls_grant(&pki, "mtls-short", &pki.pki).await;
+    let cache = TokenCache::new(grant);
+    let api = reqwest_presenting(&pki, Some(&identity));
+    let lifetimes = 10;
+    let run_for = Duration::from_secs(2 * lifetimes + 1);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client: MtlsApiClient = tower::ServiceBuilder::new()
+                .retry(tower_oauth2::Replay::new())
+                .layer(BearerAuthLayer::new(cache.clone()))
+                .service(api.clone());
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let end = tokio::time::Instant::now() + run_for;
+                while tokio::time::Instant::now() < end {
+                    match call_reqwest(&mut client, &url).await {
+                        StatusCode::OK => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let token_requests = provider.token_requests("mtls-short").await;
+    let stats = cache.stats();
+    println!("{ok} requests, {failed} failed, {token_requests} token requests, {stats:?}");
+    assert!(ok > 100, "traffic was continuous: {ok}");
+    assert_eq!(failed, 0);
+    assert_eq!(
+        rs.rejected.load(Ordering::SeqCst),
+        0,
+        "no request carried an expired or unbound token"
+    );
+    assert!(
+        stats.waits <= 4,
+        "only each worker's first request waited: {stats:?}"
+    );
+    assert!(
+        (lifetimes..=3 * lifetimes + 2).contains(&token_requests),
+        "{token_requests} token requests over {lifetimes} lifetimes"
+    );
+
+    // The current token, valid, from connections without its certificate.
+    let token = cache.token().await.unwrap();
+    assert_eq!(token.x5t_s256(), Some(identity.x5t_s256()));
+    let stranger = pki.stranger.identity();
+    for client in [
+        reqwest_presenting(&pki, Some(&stranger)),
+        reqwest_presenting(&pki, None),
+    ] {
+        let status = client
+            .get(&url)
+            .header(AUTHORIZATION, token.header_value().clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(rs.rejected.load(Ordering::SeqCst), 2);
+    // With its certificate, it is served.
+    let status = api
+        .get(&url)
+        .header(AUTHORIZATION, token.header_value().clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
 }

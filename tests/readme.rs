@@ -318,6 +318,41 @@ async fn dpop() -> Result {
 }
 
 #[rustfmt::skip] // the README's text, verbatim
+async fn mtls(hyper_presenting_the_certificate: Client<HttpConnector, String>) -> Result {
+    // README: mTLS
+    use tower_oauth2::{discovery::Discovery, AuthMethod, ClientIdentity};
+
+    let (cert, key) = (std::fs::read("client.pem")?, std::fs::read("client-key.pem")?);
+    let identity = ClientIdentity::from_pem(&cert, &key)?;  // chain (leaf first), key
+    let metadata = Discovery::default().metadata("https://auth.example.com").await?;
+    let grant = ClientCredentials::builder()
+        .metadata(&metadata)                    // its mtls_endpoint_aliases, when it names them
+        .client_id("my-service")                // no secret: tls_client_auth
+        .client_certificate(identity.clone())   // presented by the crate's own reqwest client
+        .build()?;
+    let cache = TokenCache::new(grant);
+
+    // The API requests present the same certificate.
+    let api = reqwest::Client::builder().identity(identity.to_reqwest()?).build()?;
+    let client = ServiceBuilder::new()
+        .retry(Replay::new())
+        .layer(BearerAuthLayer::new(cache.clone()))
+        .service(api);
+
+    // A transport of your own presents the certificate itself (a hyper-util
+    // client whose rustls config has it): the grant only needs to know which.
+    let grant = ClientCredentials::builder()
+        .token_url("https://mtls.auth.example.com/oauth2/token")
+        .client_id("my-service")
+        .auth_method(AuthMethod::SelfSignedTlsClientAuth)
+        .client_certificate(ClientIdentity::from_certificate_pem(&cert)?)
+        .transport(hyper_presenting_the_certificate)
+        .build()?;
+    // end
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's text, verbatim
 fn metrics(grant: ClientCredentials) -> Result {
     // README: metrics
     // metrics_exporter_prometheus::PrometheusBuilder::new().install()?; // any exporter

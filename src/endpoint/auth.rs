@@ -34,6 +34,44 @@ pub enum AuthMethod {
     /// builders' `private_key_jwt` (the `private-key-jwt` feature) and
     /// `client_assertion` methods, which need no `auth_method` call.
     PrivateKeyJwt,
+    /// `tls_client_auth` (RFC 8705 §2.1): the client authenticates with a
+    /// certificate from a CA the server trusts, in the TLS handshake, and
+    /// sends `client_id` in the body, no secret. The server matches the
+    /// certificate's subject (or a SAN) against the client's registration.
+    /// The certificate is the builders' `client_certificate`
+    /// ([`ClientIdentity`](crate::endpoint::ClientIdentity)), presented by the crate's
+    /// own reqwest client, or configured on a `transport` of your own. Implied
+    /// by `client_certificate` for a client with no secret and no assertion.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): as
+    /// [`TlsClientAuth`](AuthMethod::TlsClientAuth) (the request is the
+    /// same), with a self-signed certificate the client registered with the
+    /// server (in its `jwks`, as an `x5c`) instead of one from a CA.
+    SelfSignedTlsClientAuth,
+}
+
+impl AuthMethod {
+    /// The method's registered name (`client_secret_basic`,
+    /// `tls_client_auth`, ...), as `token_endpoint_auth_method` and server
+    /// metadata spell it. [`ClientSecretBasicUnencoded`] is
+    /// `client_secret_basic` too.
+    ///
+    /// [`ClientSecretBasicUnencoded`]: AuthMethod::ClientSecretBasicUnencoded
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic | Self::ClientSecretBasicUnencoded => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::None => "none",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        }
+    }
+
+    /// Whether the client authenticates with its TLS certificate (RFC 8705 §2).
+    pub fn is_mtls(self) -> bool {
+        matches!(self, Self::TlsClientAuth | Self::SelfSignedTlsClientAuth)
+    }
 }
 
 /// Client credentials, ready to attach to a token request.
@@ -105,6 +143,18 @@ impl ClientAuth {
                 client_id,
                 client_secret: None,
             }),
+            // RFC 8705 §2: the certificate authenticates; the body names the client.
+            (AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth, None) => {
+                Ok(Self::Body {
+                    client_id,
+                    client_secret: None,
+                })
+            }
+            (AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth, Some(_)) => {
+                Err(Error::config(
+                    "mutual-TLS client authentication uses no client secret; remove client_secret",
+                ))
+            }
             (AuthMethod::ClientSecretPost, Some(secret)) => Ok(Self::Body {
                 client_id,
                 client_secret: Some(secret),

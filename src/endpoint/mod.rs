@@ -36,6 +36,7 @@
 
 mod assertion;
 mod auth;
+mod mtls;
 mod response;
 pub(crate) mod transport;
 
@@ -57,6 +58,7 @@ pub(crate) use assertion::{AssertionSettings, AssertionSource};
 pub use assertion::{JwsAlgorithm, PrivateKey};
 pub use auth::AuthMethod;
 pub(crate) use auth::ClientAuth;
+pub use mtls::ClientIdentity;
 use response::Leniency;
 pub(crate) use response::Refused;
 use transport::Failure;
@@ -115,6 +117,9 @@ pub struct TokenEndpoint {
     /// token URL as its proofs name it.
     #[cfg(dpop)]
     dpop: Option<(crate::DpopKey, crate::dpop::Htu)>,
+    /// The thumbprint of the client certificate the token requests present
+    /// (RFC 8705 §3), when the builder was given one.
+    x5t_s256: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for TokenEndpoint {
@@ -143,6 +148,13 @@ impl TokenEndpoint {
         &self.client_id
     }
 
+    /// The SHA-256 thumbprint (`x5t#S256`) of the client certificate the
+    /// builder was given (`client_certificate`), which the token requests
+    /// present; see [`Token::x5t_s256`].
+    pub fn client_certificate_x5t_s256(&self) -> Option<&str> {
+        self.x5t_s256.as_deref()
+    }
+
     /// Accepts `token_type: N_A` answers (RFC 8693 §2.2.1), for a token
     /// exchange that asks for something other than an access token.
     pub(crate) fn accept_not_applicable(&mut self, accept: bool) {
@@ -158,6 +170,11 @@ impl TokenEndpoint {
             .scopes(scopes);
         for (name, value) in &self.extra_params {
             key = key.param(name, value);
+        }
+        // Tokens bound to one client certificate are no use to a process
+        // presenting another (a certificate being rotated): apart in a store.
+        if let Some(x5t) = &self.x5t_s256 {
+            key = key.param("x5t#S256", &**x5t);
         }
         key
     }
@@ -436,7 +453,13 @@ impl TokenEndpoint {
 
         let sent_at = clock::now();
         tracing::debug!(target: "tower_oauth2", url = %self.url, grant_type, "token request");
-        let result = self.send(request, sent_at, requested_scopes).await;
+        let result = self
+            .send(request, sent_at, requested_scopes)
+            .await
+            .map(|token| match &self.x5t_s256 {
+                Some(x5t) => token.bind_certificate(x5t.clone()),
+                None => token,
+            });
         match &result {
             Ok(token) => tracing::debug!(
                 target: "tower_oauth2",
@@ -744,25 +767,40 @@ pub(crate) struct EndpointSettings {
     pub(crate) device_url: Option<String>,
     #[cfg(dpop)]
     pub(crate) dpop: Option<crate::DpopKey>,
+    pub(crate) client_identity: Option<ClientIdentity>,
+    pub(crate) tls_roots: Option<Vec<u8>>,
 }
 
 impl EndpointSettings {
     pub(crate) fn build(self) -> Result<TokenEndpoint, Error> {
         self.http_hosts.check()?;
+        // A client that presents a certificate uses the server's mutual-TLS
+        // endpoints where it names them (RFC 8705 §5).
+        let mtls =
+            self.client_identity.is_some() || self.auth_method.is_some_and(AuthMethod::is_mtls);
+        let discovered = |name: &str, plain: Option<&Url>| -> Option<Url> {
+            let metadata = self.metadata.as_ref()?;
+            match mtls {
+                true => metadata.mtls_endpoint_alias(name).or(plain).cloned(),
+                false => plain.cloned(),
+            }
+        };
         let (raw_url, http_hosts) = match (self.token_url, &self.metadata) {
             (Some(url), _) => (url, self.http_hosts),
             // Discovery read the document allowing these hosts over http:
             // its token endpoint may name one of them.
             (None, Some(metadata)) => (
-                metadata.token_endpoint().to_string(),
+                discovered("token_endpoint", Some(metadata.token_endpoint()))
+                    .map(String::from)
+                    .unwrap_or_default(),
                 self.http_hosts.union(metadata.http_hosts()),
             ),
             (None, None) => return Err(Error::config("token_url is required")),
         };
         let url = validate_url_allowing(&raw_url, "token URL", &http_hosts)?;
         // Set, or else discovered: checked by the token URL's rules.
-        let side = |set: Option<String>, discovered: Option<&Url>, what: &str| {
-            let raw = set.or_else(|| discovered.map(|url| url.to_string()));
+        let side = |set: Option<String>, discovered: Option<Url>, what: &str| {
+            let raw = set.or_else(|| discovered.map(String::from));
             raw.map(|raw| {
                 let url = validate_url_allowing(&raw, what, &http_hosts)?;
                 let uri = transport::to_uri(&url)?;
@@ -770,23 +808,29 @@ impl EndpointSettings {
             })
             .transpose()
         };
+        let metadata = self.metadata.as_ref();
         let revocation = side(
             self.revocation_url.clone(),
-            self.metadata.as_ref().and_then(|m| m.revocation_endpoint()),
+            discovered(
+                "revocation_endpoint",
+                metadata.and_then(|m| m.revocation_endpoint()),
+            ),
             "revocation URL",
         )?;
         let par = side(
             self.par_url.clone(),
-            self.metadata
-                .as_ref()
-                .and_then(|m| m.pushed_authorization_request_endpoint()),
+            discovered(
+                "pushed_authorization_request_endpoint",
+                metadata.and_then(|m| m.pushed_authorization_request_endpoint()),
+            ),
             "pushed authorization request URL",
         )?;
         let device = side(
             self.device_url.clone(),
-            self.metadata
-                .as_ref()
-                .and_then(|m| m.device_authorization_endpoint()),
+            discovered(
+                "device_authorization_endpoint",
+                metadata.and_then(|m| m.device_authorization_endpoint()),
+            ),
             "device authorization URL",
         )?;
         let client_id = self
@@ -805,6 +849,13 @@ impl EndpointSettings {
             (Some(method), _) => method,
             // A key or an assertion source was given: that is the choice.
             (None, _) if assertion.is_some() => AuthMethod::PrivateKeyJwt,
+            // A certificate and nothing else to authenticate with.
+            (None, Some(metadata)) if self.client_identity.is_some() && !has_secret => {
+                metadata.choose_mtls_auth_method()?
+            }
+            (None, None) if self.client_identity.is_some() && !has_secret => {
+                AuthMethod::TlsClientAuth
+            }
             (None, Some(metadata)) => metadata.choose_auth_method(has_secret)?,
             (None, None) if has_secret => AuthMethod::ClientSecretBasic,
             (None, None) => AuthMethod::None,
@@ -819,8 +870,28 @@ impl EndpointSettings {
         }
         let uri = transport::to_uri(&url)?;
         let transport = match self.transport {
+            Some(_) if self.tls_roots.is_some() => {
+                return Err(Error::config(
+                    "tls_root_certificates_pem configures the crate's own HTTP client; \
+                     add the roots to the client given to transport or http_client instead",
+                ))
+            }
+            // The user's client presents the certificate (or not: the
+            // crate cannot see its TLS configuration).
             Some(transport) => transport,
-            None => Transport::default_client()?,
+            None => {
+                if method.is_mtls() && self.client_identity.is_none() {
+                    return Err(Error::config(format!(
+                        "{} needs the client certificate: set client_certificate, \
+                         or give a transport that presents it",
+                        method.as_str()
+                    )));
+                }
+                Transport::default_client_with(
+                    self.client_identity.as_ref(),
+                    self.tls_roots.as_deref(),
+                )?
+            }
         };
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
@@ -856,6 +927,10 @@ impl EndpointSettings {
             revocation,
             par,
             device,
+            x5t_s256: self
+                .client_identity
+                .as_ref()
+                .map(|identity| Arc::from(identity.x5t_s256())),
         })
     }
 }
@@ -1012,6 +1087,40 @@ macro_rules! endpoint_settings {
         #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
         pub fn dpop(mut self, key: crate::DpopKey) -> Self {
             self.endpoint.dpop = Some(key);
+            self
+        }
+
+        /// Presents this client certificate to the authorization server
+        /// (RFC 8705): mutual-TLS client authentication
+        /// ([`AuthMethod::TlsClientAuth`](crate::AuthMethod::TlsClientAuth),
+        /// the default for a client with no secret and no assertion, or
+        /// [`AuthMethod::SelfSignedTlsClientAuth`](crate::AuthMethod::SelfSignedTlsClientAuth)),
+        /// and access tokens bound to the certificate where the server binds
+        /// them (RFC 8705 §3), whatever the auth method. Discovered
+        /// [`metadata`](Self::metadata)'s `mtls_endpoint_aliases` are used in
+        /// place of its endpoints.
+        ///
+        /// The crate's own reqwest client presents it (an identity made by
+        /// [`ClientIdentity::from_pem`](crate::endpoint::ClientIdentity::from_pem)).
+        /// With [`transport`](Self::transport) or `http_client`, that client
+        /// must present it itself (on its TLS configuration), and the
+        /// identity only names the certificate, for
+        /// [`Token::x5t_s256`](crate::Token::x5t_s256);
+        /// [`ClientIdentity::from_certificate_pem`](crate::endpoint::ClientIdentity::from_certificate_pem)
+        /// then does without the key.
+        pub fn client_certificate(mut self, identity: crate::endpoint::ClientIdentity) -> Self {
+            self.endpoint.client_identity = Some(identity);
+            self
+        }
+
+        /// Trusts these CA certificates (PEM, one or more), beside the
+        /// platform's, for the authorization server's TLS certificate: a
+        /// server on a private PKI. Only for the crate's own reqwest
+        /// client: `build` refuses it next to [`transport`](Self::transport)
+        /// or `http_client` (give those clients the roots), and without a
+        /// reqwest TLS feature.
+        pub fn tls_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+            self.endpoint.tls_roots = Some(pem.as_ref().to_vec());
             self
         }
 

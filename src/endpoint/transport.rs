@@ -131,6 +131,16 @@ impl Transport {
     /// own and would panic here: ring becomes the process's default rustls
     /// `CryptoProvider` first, unless the application installed one.
     pub(crate) fn default_client() -> Result<Self, Error> {
+        Self::default_client_with(None, None)
+    }
+
+    /// [`default_client`](Self::default_client), presenting `identity` in
+    /// every TLS handshake (RFC 8705) and trusting the PEM certificates of
+    /// `roots` beside the platform's.
+    pub(crate) fn default_client_with(
+        identity: Option<&super::ClientIdentity>,
+        roots: Option<&[u8]>,
+    ) -> Result<Self, Error> {
         #[cfg(reqwest_client)]
         {
             #[cfg(all(feature = "reqwest-rustls-ring", not(feature = "reqwest")))]
@@ -138,17 +148,57 @@ impl Transport {
                 // Losing a race to another installer leaves a provider in place all the same.
                 let _ = rustls::crypto::ring::default_provider().install_default();
             }
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|_| Error::config("could not build the HTTP client"))?;
+            #[cfg_attr(not(reqwest_tls), allow(unused_mut))]
+            let mut builder =
+                reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+            #[cfg(reqwest_tls)]
+            {
+                if let Some(identity) = identity {
+                    builder = builder.identity(identity.reqwest_identity()?);
+                    // A rustls identity fits only rustls, which reqwest
+                    // stops using by default when something else in the
+                    // build turns its native-tls on.
+                    #[cfg(not(feature = "reqwest-native-tls"))]
+                    {
+                        builder = builder.tls_backend_rustls();
+                    }
+                }
+                if let Some(roots) = roots {
+                    let roots = reqwest::Certificate::from_pem_bundle(roots).map_err(|_| {
+                        Error::config("the TLS root certificates are not valid PEM certificates")
+                    })?;
+                    if roots.is_empty() {
+                        return Err(Error::config(
+                            "the TLS root certificates hold no PEM certificate",
+                        ));
+                    }
+                    builder = builder.tls_certs_merge(roots);
+                }
+            }
+            #[cfg(not(reqwest_tls))]
+            if identity.is_some() || roots.is_some() {
+                return Err(Error::config(
+                    "a client certificate or root certificates need reqwest with a TLS stack",
+                ));
+            }
+            let client = builder.build().map_err(|_| match identity {
+                // rustls checks here that the key is the certificate's.
+                Some(_) => Error::config(
+                    "could not build the HTTP client with the client certificate \
+                     (is the key the certificate's?)",
+                ),
+                None => Error::config("could not build the HTTP client"),
+            })?;
             Ok(Self::reqwest(client))
         }
         #[cfg(not(reqwest_client))]
-        Err(Error::config(
-            "no HTTP transport: enable the `reqwest` feature (or `reqwest-rustls-ring`, \
+        {
+            let _ = (identity, roots);
+            Err(Error::config(
+                "no HTTP transport: enable the `reqwest` feature (or `reqwest-rustls-ring`, \
              `reqwest-native-tls`) or call `transport(...)`",
-        ))
+            ))
+        }
     }
 
     /// Sends `request` and reads the answer, all within `timeout`, reading at

@@ -5,9 +5,10 @@
 // accepts requests, then nothing else on stdout. Exits when stdin closes or on
 // SIGTERM. Clients, endpoints and test helpers are listed in README.md.
 
-import { createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes, sign, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -137,7 +138,7 @@ clients.push(
   jwtBearerClient('jb-short', 'jb-short-secret'),
 );
 
-const accessTokenTTL = (clientId) => (['cc-short', 'device-short'].includes(clientId) ? 2 : 300);
+const accessTokenTTL = (clientId) => (['cc-short', 'device-short', 'mtls-short'].includes(clientId) ? 2 : 300);
 
 // ---------------------------------------------------------------- storage --
 
@@ -337,12 +338,93 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
+// ------------------------------------------------------------------ mTLS --
+// RFC 8705, only when MTLS_DIR names a directory of PEM files the test made:
+// server.pem and server.key (this listener's certificate, for 127.0.0.1),
+// client-ca.pem (the CA that issues `tls_client_auth` certificates) and
+// self-signed.pem (the certificate `mtls-self-signed` registered). A second
+// listener, https on 127.0.0.1, asks every client for a certificate and takes
+// any (oidc-provider judges it); discovery names it in mtls_endpoint_aliases.
+// oidc-provider does not terminate TLS: getCertificate reads the peer
+// certificate from the request's socket.
+const PKI_SUBJECT = 'CN=mtls-pki';
+let mtls = null;
+if (process.env.MTLS_DIR) {
+  const file = (name) => readFileSync(`${process.env.MTLS_DIR}/${name}`);
+  const tlsServer = https.createServer({
+    cert: file('server.pem'),
+    key: file('server.key'),
+    ca: file('client-ca.pem'),
+    requestCert: true,
+    rejectUnauthorized: false,
+  });
+  await new Promise((resolve, reject) => {
+    tlsServer.once('error', reject);
+    tlsServer.listen(0, '127.0.0.1', resolve);
+  });
+  const origin = `https://127.0.0.1:${tlsServer.address().port}`;
+  const selfSigned = new X509Certificate(file('self-signed.pem'));
+  const mtlsClient = (client_id, token_endpoint_auth_method, extra) => ({
+    client_id,
+    token_endpoint_auth_method,
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api.read api.write',
+    ...extra,
+  });
+  clients.push(
+    mtlsClient('mtls-self-signed', 'self_signed_tls_client_auth', {
+      jwks: { keys: [{ ...selfSigned.publicKey.export({ format: 'jwk' }), x5c: [selfSigned.raw.toString('base64')] }] },
+    }),
+    mtlsClient('mtls-pki', 'tls_client_auth', { tls_client_auth_subject_dn: PKI_SUBJECT }),
+    mtlsClient('mtls-short', 'tls_client_auth', { tls_client_auth_subject_dn: PKI_SUBJECT }),
+  );
+  mtls = { server: tlsServer, origin };
+}
+
+// The certificate the client presented on this request's connection, if any
+// (none on the plain http listener).
+function peerCertificate(ctx) {
+  const { socket } = ctx.req;
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  const peer = socket.getPeerCertificate();
+  return peer && peer.raw ? new X509Certificate(peer.raw) : undefined;
+}
+
+const mtlsConfiguration = mtls ? {
+  clientAuthMethods: ['client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none', 'tls_client_auth', 'self_signed_tls_client_auth'],
+  discovery: {
+    mtls_endpoint_aliases: {
+      token_endpoint: `${mtls.origin}/token`,
+      revocation_endpoint: `${mtls.origin}/token/revocation`,
+      introspection_endpoint: `${mtls.origin}/token/introspection`,
+    },
+  },
+} : {};
+const mtlsFeatures = mtls ? {
+  mTLS: {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    selfSignedTlsClientAuth: true,
+    tlsClientAuth: true,
+    getCertificate: (ctx) => peerCertificate(ctx)?.toString(),
+    // Verified against client-ca.pem by the TLS listener.
+    certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+    certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+      && peerCertificate(ctx)?.subject.split('\n').join(',') === expected,
+  },
+} : {};
+// ---------------------------------------------------------------- end mTLS --
+
 // A signing key of our own (ID tokens), instead of the provider's
 // development-only quick-start keys and their warning.
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'interop', use: 'sig', alg: 'RS256' };
 
 const provider = new Provider(issuer, {
+  ...mtlsConfiguration,
   clients,
   adapter: MapAdapter,
   jwks: { keys: [signingKey] },
@@ -421,6 +503,7 @@ const provider = new Provider(issuer, {
     },
     ...parRarFeatures,
     ...deviceFeatures,
+    ...mtlsFeatures,
   },
 });
 
@@ -656,7 +739,7 @@ function json(res, status, body) {
 
 // Test helpers first; everything else is oidc-provider's.
 const providerCallback = provider.callback();
-server.on('request', async (req, res) => {
+async function handle(req, res) {
   const url = new URL(req.url, issuer);
   const route = `${req.method} ${url.pathname}`;
   try {
@@ -694,7 +777,9 @@ server.on('request', async (req, res) => {
     process.stderr.write(`interop server: ${err.stack || err}\n`);
     return json(res, 500, { error: 'server_error', error_description: String(err.message || err) });
   }
-});
+}
+server.on('request', handle);
+mtls?.server.on('request', handle);
 
 // ------------------------------------------------------------- lifecycle --
 
