@@ -1116,6 +1116,46 @@ async fn revoking_the_refresh_token_ends_the_next_refresh() {
         .unwrap();
 }
 
+/// `shutdown_and_revoke` after a refresh: the rotated refresh token is the
+/// one given back (oidc-provider says it is inactive), and the store keeps
+/// nothing a restart would resume.
+#[tokio::test]
+async fn shutdown_and_revoke_gives_the_rotated_refresh_token_back() {
+    use tower_oauth2::{FileStore, TokenSource, TokenStore};
+    let provider = Provider::start();
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = web_app_from_discovery(&provider, issued.clone()).await;
+    let (request, code) = pushed_code_flow(&provider, &client, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let grant = client.authorization_code(&request, code);
+    let key = grant.store_key().unwrap();
+    let cache = TokenCache::builder(grant)
+        .store(FileStore::new(dir.path().join("tokens.json")))
+        .build();
+    let first = cache.token().await.unwrap();
+    // One refresh: the server rotates the refresh token.
+    cache.refresh_now().await.unwrap();
+    let issued = issued.lock().unwrap().clone();
+    assert_eq!(issued.len(), 2, "a code exchange and one refresh");
+    let newest = issued.last().unwrap();
+    assert_eq!(provider.introspect(newest).await["active"], true);
+
+    cache.shutdown_and_revoke().await.unwrap();
+    let info = provider.introspect(newest).await;
+    assert_eq!(info["active"], false, "{info}");
+    let info = provider.introspect(&secret_of(&first)).await;
+    assert_eq!(
+        info["active"], false,
+        "the access tokens of the grant: {info}"
+    );
+    let state = FileStore::new(dir.path().join("tokens.json"))
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("a state");
+    assert!(state.refresh_token().is_none());
+}
+
 /// `authorization_details` on a client credentials token request: sent as a
 /// form parameter, and the token carries it.
 #[tokio::test]

@@ -265,3 +265,107 @@ fn authorization_details_in_the_url() {
         assert_eq!(error.kind(), &ErrorKind::Config, "{bad}");
     }
 }
+
+/// A refresh-token grant over a file store, through its first refresh
+/// (which rotates `rt-0` to `rt-1`).
+async fn refreshed_cache(
+    server: &Recorder,
+    dir: &tempfile::TempDir,
+) -> (tower_oauth2::TokenCache, tower_oauth2::StoreKey) {
+    use tower_oauth2::{FileStore, TokenCache, TokenSource};
+    server.reply([Reply::json(
+        200,
+        r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#,
+    )]);
+    let grant = client(server).refresh_token(Some(SecretString::from("rt-0")));
+    let key = grant.store_key().unwrap();
+    let cache = TokenCache::builder(grant)
+        .store(FileStore::new(dir.path().join("tokens.json")))
+        .build();
+    cache.token().await.unwrap();
+    (cache, key)
+}
+
+#[tokio::test]
+async fn shutdown_and_revoke_gives_the_newest_refresh_token_back_and_clears_the_store() {
+    use tower_oauth2::{FileStore, TokenCache, TokenStore};
+    let server = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, key) = refreshed_cache(&server, &dir).await;
+    server.reply([Reply::json(200, "")]);
+    cache.shutdown_and_revoke().await.unwrap();
+
+    let sent = server.last();
+    assert_eq!(sent.path, "/revoke");
+    assert_eq!(sent.param("token"), "rt-1", "not the newest refresh token");
+    assert_eq!(sent.param("token_type_hint"), "refresh_token");
+    assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
+
+    let store = FileStore::new(dir.path().join("tokens.json"));
+    let state = store.load(&key).await.unwrap().expect("a state");
+    assert!(state.refresh_token().is_none(), "the store still holds it");
+    // A restart finds nothing to resume: a person must authorize again.
+    let grant = client(&server).refresh_token(None);
+    let restarted = TokenCache::builder(grant).store(store).build();
+    assert!(restarted.authorization_required().await.unwrap());
+    assert!(cache.authorization_required().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_refused_revocation_stops_the_cache_and_keeps_the_stored_token() {
+    use tower_oauth2::{FileStore, TokenStore};
+    let server = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, key) = refreshed_cache(&server, &dir).await;
+    server.reply([Reply::json(503, "busy")]);
+    let refused = cache.shutdown_and_revoke().await.unwrap_err();
+    assert_eq!(refused.kind(), &ErrorKind::Status);
+    assert_eq!(cache.token().await.unwrap_err().kind(), &ErrorKind::Closed);
+    let state = FileStore::new(dir.path().join("tokens.json"))
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("a state");
+    let kept = state
+        .refresh_token()
+        .map(secrecy::ExposeSecret::expose_secret);
+    assert_eq!(kept, Some("rt-1"), "give it back with OAuthClient::revoke");
+    // The cache is gone: asking again says so.
+    assert_eq!(
+        cache.shutdown_and_revoke().await.unwrap_err().kind(),
+        &ErrorKind::Closed
+    );
+}
+
+#[tokio::test]
+async fn shutdown_and_revoke_without_a_revocation_endpoint_is_a_config_error() {
+    use tower_oauth2::TokenCache;
+    let server = Recorder::start().await;
+    server.reply([Reply::token("at-1")]);
+    let grant = OAuthClient::builder()
+        .token_url(server.url("/token"))
+        .client_id("my-app")
+        .client_secret("s3cret")
+        .build()
+        .unwrap()
+        .client_credentials();
+    let cache = TokenCache::new(grant);
+    cache.token().await.unwrap();
+    let error = cache.shutdown_and_revoke().await.unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::Config);
+    assert_eq!(server.requests().len(), 1, "something was sent");
+}
+
+#[tokio::test]
+async fn client_credentials_give_the_access_token_back() {
+    use tower_oauth2::TokenCache;
+    let server = Recorder::start().await;
+    server.reply([Reply::token("at-secret-1"), Reply::json(200, "")]);
+    let cache = TokenCache::new(client(&server).client_credentials());
+    cache.token().await.unwrap();
+    cache.shutdown_and_revoke().await.unwrap();
+    let sent = server.last();
+    assert_eq!(sent.path, "/revoke");
+    assert_eq!(sent.param("token"), "at-secret-1");
+    assert_eq!(sent.param("token_type_hint"), "access_token");
+}

@@ -153,6 +153,9 @@ pub(crate) enum Message {
     Expired(u64),
     /// Finish the token request under way and its save, then stop.
     Shutdown(oneshot::Sender<Result<(), Error>>),
+    /// `Shutdown`, then give the grant back to the server (RFC 7009) and
+    /// clear it from the store.
+    Revoke(oneshot::Sender<Result<(), Error>>),
     /// Ask for a token now, whatever the backoff; answer with the outcome.
     RefreshNow(oneshot::Sender<Result<Token, Error>>),
 }
@@ -489,6 +492,30 @@ impl TokenCache {
         if !self.shared.used.load(Ordering::Relaxed) {
             self.shared.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Stops the cache as [`shutdown`](Self::shutdown) does, then gives the
+    /// grant back to the server (RFC 7009): the refresh token, or without
+    /// one the current access token (see [`TokenSource::revoke`]). Then the
+    /// store is cleared of it, so no restart and no replica sends it again,
+    /// and [`authorization_required`](Self::authorization_required) answers
+    /// `true` for a grant that needs a person. For a person logging out of a
+    /// CLI or an app, or a credential taken out of service. In a fleet
+    /// this ends the grant for every replica (under the fleet's lease, with
+    /// the newest refresh token): call it on decommission, never on a
+    /// rolling restart.
+    ///
+    /// Needs the grant's revocation endpoint (`revocation_url`, or the
+    /// discovered one); without it the answer is a
+    /// [`Config`](crate::ErrorKind::Config) error. On any error the cache
+    /// is stopped all the same and the store keeps what it held: give the
+    /// token back with [`OAuthClient::revoke`](crate::OAuthClient::revoke).
+    /// After a [`shutdown`](Self::shutdown) it answers
+    /// [`Closed`](crate::ErrorKind::Closed).
+    pub async fn shutdown_and_revoke(&self) -> Result<(), Error> {
+        let (done, finished) = oneshot::channel();
+        self.shared.send(Message::Revoke(done))?;
+        finished.await.unwrap_or_else(|_| Err(Error::closed()))
     }
 
     /// Tells the task a request waits, unless a `Wanted` is already on its way.

@@ -166,6 +166,8 @@ struct Refresher<T> {
     /// `Shutdown` was asked: answer here once the fetch under way is done.
     /// Every caller waiting for the answer: two may ask at once.
     closing: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// A `closing` caller asked for the grant to be revoked too.
+    revoking: bool,
     /// `refresh_now` callers, answered by the next token or failure.
     refreshing: Vec<oneshot::Sender<Result<Token, Error>>>,
     /// The last token the server rejected: a shared store may still hold
@@ -199,6 +201,7 @@ pub(super) fn start<S: TokenSource, T: TokenStore>(
         loading: None,
         rejections: 0,
         closing: Vec::new(),
+        revoking: false,
         refreshing: Vec::new(),
         rejected: None,
         metrics,
@@ -246,8 +249,15 @@ async fn run<S: TokenSource, T: TokenStore>(
     }
     loop {
         if !task.closing.is_empty() {
-            let flushed = task.flush().await;
-            let saved = flushed.is_ok();
+            let mut flushed = task.flush().await;
+            if flushed.is_ok() && std::mem::take(&mut task.revoking) {
+                flushed = task.revoke(&mut source).await;
+            }
+            let saved = task
+                .store
+                .as_ref()
+                .and_then(Protocol::unsaved_error)
+                .is_none();
             for done in task.closing.drain(..) {
                 let _ = done.send(flushed.clone());
             }
@@ -438,6 +448,10 @@ impl<T: TokenStore> Refresher<T> {
                 }
             }
             Message::Shutdown(done) => self.closing.push(done),
+            Message::Revoke(done) => {
+                self.revoking = true;
+                self.closing.push(done);
+            }
             Message::RefreshNow(done) => {
                 let now = clock::now();
                 match &mut self.phase {
@@ -1123,6 +1137,10 @@ impl<T: TokenStore> Refresher<T> {
                 Some(Message::Shutdown(done)) => {
                     let _ = done.send(self.flush().await);
                 }
+                // Closed: a revocation waits for a state saved first.
+                Some(Message::Revoke(done)) => {
+                    let _ = done.send(Err(Error::closed()));
+                }
                 // The cache is closed: nothing else is served.
                 Some(Message::Wanted | Message::Rejected(_) | Message::Expired(_)) => {}
                 // Closed: the sender hears it by the dropped reply.
@@ -1157,6 +1175,57 @@ impl<T: TokenStore> Refresher<T> {
             Some(error) => Err(Error::store(
                 crate::StoreErrorKind::WriteFailed,
                 "the newest token state (with the newest refresh token) is not in the store yet; it is kept in memory and the save is retried",
+            )
+            .with_source(error)),
+        }
+    }
+
+    /// Gives the grant back to the server, then clears it from the store
+    /// (`shutdown_and_revoke`). In a fleet, under the lease and with the
+    /// newest refresh token, like a refresh.
+    async fn revoke<S: TokenSource>(&mut self, source: &mut S) -> Result<(), Error> {
+        if let Some(protocol) = &mut self.store {
+            match protocol
+                .before_fetch(source.refresh_token().is_some())
+                .await
+            {
+                Before::Fetch(newer) => {
+                    if let Some(state) = newer {
+                        self.take_state(state, source);
+                    }
+                }
+                Before::Wait(_) => {
+                    return Err(Error::store(
+                        crate::StoreErrorKind::Unavailable,
+                        "another replica is asking the token endpoint: the grant was not revoked",
+                    ))
+                }
+                Before::NoLease(error, _) => return Err(error),
+            }
+        }
+        let access_token = self.live().map(|live| live.token.clone());
+        let timeout = self.policy.timeout();
+        let revoked = tokio::time::timeout(timeout, source.revoke(access_token.as_ref()))
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout(timeout)));
+        if let Err(error) = revoked {
+            self.release().await;
+            return Err(error);
+        }
+        tracing::info!(target: "tower_oauth2", "grant revoked");
+        self.tell(Ok(source.needs_authorization()));
+        let Some(protocol) = &mut self.store else {
+            return Ok(());
+        };
+        // Nothing left to resume: no restart or replica sends it again.
+        let wrote = protocol.save(TokenState::of(None, None)).await;
+        self.count_only(wrote);
+        self.release().await;
+        match self.store.as_ref().and_then(Protocol::unsaved_error) {
+            None => Ok(()),
+            Some(error) => Err(Error::store(
+                crate::StoreErrorKind::WriteFailed,
+                "the grant is revoked, but the store still holds it; clearing it is retried",
             )
             .with_source(error)),
         }

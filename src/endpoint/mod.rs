@@ -263,6 +263,17 @@ impl TokenEndpoint {
         Ok(())
     }
 
+    /// [`revoke`](Self::revoke) for an access token, if there is one.
+    pub(crate) async fn revoke_access_token(&self, token: Option<&Token>) -> Result<(), Error> {
+        match token {
+            Some(token) => {
+                self.revoke(token.access_token(), Some(TokenTypeHint::AccessToken))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Pushes authorization parameters (RFC 9126 §2.1) and returns the
     /// `request_uri` with its lifetime.
     pub(crate) async fn push_authorization(

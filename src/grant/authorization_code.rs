@@ -151,6 +151,10 @@ impl TokenSource for AuthorizationCode {
     fn needs_authorization(&self) -> bool {
         self.exchange.is_none() && self.rotation.refresh_token.is_none()
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.rotation.revoke(access_token).await
+    }
 }
 
 /// Names the authorization a code starts: a digest, never the code.

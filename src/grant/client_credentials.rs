@@ -91,6 +91,10 @@ impl TokenSource for ClientCredentials {
         }
         Some(key.build())
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.endpoint.revoke_access_token(access_token).await
+    }
 }
 
 /// Builds a [`ClientCredentials`] grant. Made by [`ClientCredentials::builder`].

@@ -334,6 +334,10 @@ impl TokenSource for DeviceGrant {
     fn needs_authorization(&self) -> bool {
         self.first.is_none() && self.rotation.refresh_token.is_none()
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.rotation.revoke(access_token).await
+    }
 }
 
 /// Builds a [`DeviceAuthorization`]. Made by [`DeviceAuthorization::builder`].

@@ -169,6 +169,10 @@ impl TokenSource for JwtBearer {
         }
         Some(key.build())
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.endpoint.revoke_access_token(access_token).await
+    }
 }
 
 /// Builds a [`JwtBearer`] grant. Made by [`JwtBearer::builder`].

@@ -101,6 +101,21 @@ pub trait TokenSource: Send + 'static {
     fn needs_authorization(&self) -> bool {
         false
     }
+
+    /// Gives the grant back to the server (RFC 7009), for
+    /// [`TokenCache::shutdown_and_revoke`](crate::TokenCache::shutdown_and_revoke):
+    /// the refresh token when the source holds one (the server should then
+    /// end the access tokens issued with it too), else `access_token`, the
+    /// token the cache hands out. The source holds no refresh token after it
+    /// succeeded. The default revokes nothing; the grants revoke at their
+    /// endpoint's `revocation_url` (or the discovered one).
+    fn revoke(
+        &mut self,
+        access_token: Option<&Token>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = access_token;
+        async { Ok(()) }
+    }
 }
 
 /// Scopes as RFC 6749 §3.3 defines them: split on any whitespace, each

@@ -103,6 +103,10 @@ impl TokenSource for RefreshToken {
     fn needs_authorization(&self) -> bool {
         self.rotation.refresh_token.is_none()
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.rotation.revoke(access_token).await
+    }
 }
 
 /// The refresh half shared by [`RefreshToken`] and
@@ -120,6 +124,19 @@ pub(crate) struct Rotation {
 }
 
 impl Rotation {
+    /// [`TokenSource::revoke`]: the refresh token, kept if the server
+    /// refuses; without one, the access token.
+    pub(crate) async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        let Some(refresh_token) = &self.refresh_token else {
+            return self.endpoint.revoke_access_token(access_token).await;
+        };
+        self.endpoint
+            .revoke(refresh_token, Some(crate::TokenTypeHint::RefreshToken))
+            .await?;
+        self.refresh_token = None;
+        Ok(())
+    }
+
     pub(crate) async fn refresh(&mut self) -> Result<Token, Error> {
         let Some(current) = &self.refresh_token else {
             return Err(Error::reauthorization_required(

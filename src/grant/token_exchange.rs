@@ -274,6 +274,10 @@ impl TokenSource for TokenExchange {
         }
         Some(key.build())
     }
+
+    async fn revoke(&mut self, access_token: Option<&Token>) -> Result<(), Error> {
+        self.endpoint.revoke_access_token(access_token).await
+    }
 }
 
 /// Builds a [`TokenExchange`] grant. Made by [`TokenExchange::builder`].
