@@ -1743,6 +1743,35 @@ async fn mtls_a_wrong_certificate_is_invalid_client() {
     assert_eq!(error.kind(), &ErrorKind::Config, "{error}");
 }
 
+/// A client of the application's own presents the certificate (here a
+/// `reqwest::Client` given as `http_client`; a hyper-util client with the
+/// certificate in its rustls config is the same to the grant), and the
+/// grant is told only which certificate that is, without its key.
+#[tokio::test]
+async fn mtls_through_a_client_of_your_own() {
+    let pki = Pki::new();
+    let provider = Provider::start_with(Some(&pki));
+    let metadata = provider.metadata().await;
+    let alias = metadata.mtls_endpoint_alias("token_endpoint").unwrap();
+    let presenting = pki.pki.identity();
+    let public = ClientIdentity::from_certificate_pem(pki.pki.cert.as_bytes()).unwrap();
+    assert!(!public.has_private_key());
+    let mut grant = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-pki")
+        .auth_method(AuthMethod::TlsClientAuth)
+        .client_certificate(public)
+        .http_client(reqwest_presenting(&pki, Some(&presenting)))
+        .scope("api.read")
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.x5t_s256(), Some(presenting.x5t_s256()));
+    let info = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["cnf"]["x5t#S256"], presenting.x5t_s256(), "{info}");
+}
+
 /// The thumbprint of the certificate a request's connection presented.
 #[derive(Clone)]
 struct Presented(Option<String>);
