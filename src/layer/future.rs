@@ -16,8 +16,10 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, BearerAuthError<E>>
 /// and small (no handle, so no reference count per request).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sent {
-    pub(crate) cache: usize,
     pub(crate) token_id: u64,
+    /// The cache's index in the registry: 16 bytes in all, so the response
+    /// future carries little more than the inner one.
+    pub(crate) cache: u32,
     pub(crate) plain_401: bool,
 }
 

@@ -149,7 +149,7 @@ pub struct BearerAuthLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     pub(crate) cache: TokenCache,
-    pub(crate) index: usize,
+    pub(crate) index: u32,
 }
 
 impl BearerAuthLayer {
@@ -340,7 +340,7 @@ enum Sources {
 #[derive(Clone)]
 struct Source {
     reader: HeaderReader,
-    index: usize,
+    index: u32,
     /// The binding of the last DPoP token this clone sent, by token id.
     #[cfg(dpop)]
     dpop: Option<(u64, Arc<crate::dpop::Binding>)>,
@@ -468,7 +468,7 @@ impl<S> BearerAuth<S> {
         &mut self,
         mut request: R,
         tokens: TokenCache,
-        cache: usize,
+        cache: u32,
         plain_401: bool,
     ) -> ResponseFuture<S::Future, S::Response, S::Error>
     where

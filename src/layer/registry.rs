@@ -35,8 +35,8 @@ fn table() -> MutexGuard<'static, Table> {
 
 /// The index of `cache`, entering it the first time. Called when a layer is
 /// built, never per request; O(1).
-pub(crate) fn index_of(cache: &TokenCache) -> usize {
-    *cache.registry_index().get_or_init(|| {
+pub(crate) fn index_of(cache: &TokenCache) -> u32 {
+    let index = *cache.registry_index().get_or_init(|| {
         let entry = cache.downgrade();
         let mut table = table();
         match table.free.pop() {
@@ -49,7 +49,10 @@ pub(crate) fn index_of(cache: &TokenCache) -> usize {
                 table.caches.len() - 1
             }
         }
-    })
+    });
+    // Four billion caches at once cannot fit in memory; were it ever
+    // reached, an index past it is merely stale (see the module docs).
+    u32::try_from(index).unwrap_or(u32::MAX)
 }
 
 /// Gives `index` back: its cache is being dropped.
@@ -63,7 +66,8 @@ pub(crate) fn release(index: usize) {
 
 /// Drops token `token_id` from the cache at `index`, if both are still
 /// there; returns that cache.
-pub(crate) fn invalidate(index: usize, token_id: u64) -> Option<TokenCache> {
+pub(crate) fn invalidate(index: u32, token_id: u64) -> Option<TokenCache> {
+    let index = usize::try_from(index).ok()?;
     let cache = table().caches.get(index).and_then(WeakTokenCache::upgrade);
     if let Some(cache) = &cache {
         cache.invalidate_id(token_id);
@@ -94,7 +98,7 @@ mod tests {
         // one of them or by `b`, and `b`'s index names `b`.
         let b = TokenCache::new(Never);
         let of_b = index_of(&b);
-        let found = table().caches[of_b].upgrade();
+        let found = table().caches[of_b as usize].upgrade();
         assert!(found.is_some_and(|found| found.downgrade().is(&b)));
         let length = table().caches.len();
         for _ in 0..100 {
