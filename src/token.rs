@@ -182,7 +182,7 @@ impl Token {
     /// in the token introspection answer (RFC 8705 §3.2). With a
     /// `transport` of your own it is the certificate the builder was given,
     /// which that transport must be the one to present. A token restored
-    /// from a [`TokenStore`](crate::TokenStore) has `None`.
+    /// from a [`TokenStore`](crate::TokenStore) keeps it.
     pub fn x5t_s256(&self) -> Option<&str> {
         self.inner.x5t_s256.as_deref()
     }

@@ -245,6 +245,9 @@ struct StoredAccess {
     scopes: Vec<String>,
     /// The thumbprint of the key a DPoP token is bound to (`None`: bearer).
     dpop_jkt: Option<String>,
+    /// The thumbprint of the client certificate its token request presented
+    /// (mutual TLS, RFC 8705).
+    x5t_s256: Option<String>,
 }
 
 impl std::fmt::Debug for TokenState {
@@ -277,6 +280,7 @@ impl TokenState {
                 expires_in: token.expires_in(),
                 scopes: token.scopes().to_vec(),
                 dpop_jkt: dpop_jkt(token),
+                x5t_s256: token.x5t_s256().map(str::to_owned),
             }),
         }
     }
@@ -345,13 +349,17 @@ impl TokenState {
         if let Some(refresh_token) = &self.refresh_token {
             builder = builder.refresh_token(expose(refresh_token));
         }
+        let certificate = |token: Token| match &access.x5t_s256 {
+            Some(x5t) => token.bind_certificate(x5t.as_str().into()),
+            None => token,
+        };
         match &access.dpop_jkt {
-            None => builder.build().ok(),
+            None => builder.build().ok().map(certificate),
             // Bound to a key: usable only by a process that holds that key.
             #[cfg(dpop)]
             Some(jkt) => {
                 let key = crate::DpopKey::with_thumbprint(jkt)?;
-                Some(builder.dpop_type().build().ok()?.bind_dpop(&key))
+                Some(certificate(builder.dpop_type().build().ok()?.bind_dpop(&key)))
             }
             #[cfg(not(dpop))]
             Some(_) => None,
@@ -386,6 +394,10 @@ impl TokenState {
             if let (Some(jkt), Value::Object(object)) = (&access.dpop_jkt, &mut value) {
                 object.insert("token_type".into(), "DPoP".into());
                 object.insert("dpop_jkt".into(), jkt.as_str().into());
+            }
+            // Only with mutual TLS, likewise.
+            if let (Some(x5t), Value::Object(object)) = (&access.x5t_s256, &mut value) {
+                object.insert("x5t_s256".into(), x5t.as_str().into());
             }
             value
         });
@@ -477,12 +489,18 @@ impl TokenState {
                     (Some(Value::String(kind)), _) if kind.eq_ignore_ascii_case("bearer") => None,
                     _ => return Err(corrupt("bad token_type or dpop_jkt")),
                 };
+                let x5t_s256 = match access.get("x5t_s256") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(x5t)) if !x5t.is_empty() => Some(x5t.clone()),
+                    Some(_) => return Err(corrupt("bad x5t_s256")),
+                };
                 Some(StoredAccess {
                     token,
                     issued_at: UNIX_EPOCH + Duration::from_secs_f64(issued_at.min(1e10)),
                     expires_in,
                     scopes,
                     dpop_jkt,
+                    x5t_s256,
                 })
             }
             Some(_) => return Err(corrupt("bad access_token")),
@@ -620,6 +638,31 @@ mod tests {
         );
 
         let odd = expose(&text).replace(&format!("\"dpop_jkt\":\"{jkt}\""), "\"dpop_jkt\":7");
+        assert_eq!(
+            TokenState::decode(&key(), &odd).unwrap_err().kind(),
+            &ErrorKind::Store(StoreErrorKind::Corrupt)
+        );
+    }
+
+    /// A token obtained over mutual TLS keeps the certificate's thumbprint
+    /// through the store; a bearer document is written as before.
+    #[tokio::test]
+    async fn certificate_thumbprint_state() {
+        let bearer = Token::builder("at").build().unwrap();
+        let text = TokenState::of(Some(&bearer), None).encode(&key());
+        assert!(!expose(&text).contains("x5t_s256"), "as before");
+
+        let bound = Token::builder("at")
+            .build()
+            .unwrap()
+            .bind_certificate("x5t-of-the-cert".into());
+        let text = TokenState::of(Some(&bound), None).encode(&key());
+        let back = TokenState::decode(&key(), expose(&text)).unwrap();
+        let restored = back.access_token(Duration::from_secs(60)).unwrap();
+        assert_eq!(restored.x5t_s256(), Some("x5t-of-the-cert"));
+        assert_eq!(restored.header_value(), "Bearer at");
+
+        let odd = expose(&text).replace("\"x5t-of-the-cert\"", "[]");
         assert_eq!(
             TokenState::decode(&key(), &odd).unwrap_err().kind(),
             &ErrorKind::Store(StoreErrorKind::Corrupt)
