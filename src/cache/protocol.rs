@@ -383,6 +383,23 @@ impl<T: TokenStore> Protocol<T> {
             // Found behind just now: another replica may hold a still newer
             // state; give it its time, then look again.
             if !sends_refresh_token || clock::now() >= self.quiet_until {
+                if sends_refresh_token && self.shared && self.lease.is_none() {
+                    // The lease went while the state was written back (the
+                    // store restarted empty): taken again, the store is read
+                    // once more; taken by another, that one sends.
+                    let acquired = self
+                        .bounded(
+                            "lease",
+                            self.store.acquire(&self.key, &self.owner, self.lease_ttl),
+                        )
+                        .await;
+                    if let Ok(Lease::Acquired) = acquired {
+                        self.leases += 1;
+                        self.hold(clock::now());
+                        continue;
+                    }
+                    return Before::Wait(newer);
+                }
                 break;
             }
         }
@@ -393,10 +410,12 @@ impl<T: TokenStore> Protocol<T> {
         Before::Fetch(newer)
     }
 
-    /// The lease is held with at least half of it left (or not needed).
+    /// The lease is held with at least half of it left, or not needed (a
+    /// store of one process). With a shared store, a lease found taken by
+    /// another while this task wrote its state back is gone: that one sends.
     fn lease_left(&self) -> bool {
         match &self.lease {
-            None => true,
+            None => !self.shared,
             Some(held) => {
                 let valid_until = *held
                     .clock
@@ -953,6 +972,42 @@ mod tests {
         match before {
             Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
             _ => panic!("y would have sent rt-1, spent already"),
+        }
+    }
+
+    /// x refreshed (rt-1 to rt-2) under the lease; the store went down
+    /// before x could save, and came back empty, and y took the lease. x,
+    /// still holding its lease as far as it knew, writes rt-2 back: the
+    /// store says x no longer holds the lease, and x writes on the
+    /// generation alone (nobody wrote since). x must not then send rt-2
+    /// itself: y holds the lease and reads rt-2 (random chaos seed 2: both
+    /// sent rt-23, 5 ms apart).
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_whose_lease_was_taken_meanwhile_writes_back_and_sends_nothing() {
+        let store = Arc::new(Memory::default());
+        let (mut x, mut y) = both_saw_rt_1(&store).await;
+        assert!(matches!(x.before_fetch(true).await, Before::Fetch(None)));
+        store.down.store(true, Ordering::SeqCst);
+        assert!(matches!(x.save(state("rt-2")).await, Wrote::Failed(_)));
+        store.lose_everything();
+        store.down.store(false, Ordering::SeqCst);
+        assert_eq!(
+            store.acquire(&key(), &y.owner, y.lease_ttl).await.unwrap(),
+            Lease::Acquired
+        );
+        y.shared = true;
+        y.leases += 1;
+        y.hold(clock::now());
+
+        let sent = x.before_fetch(true).await;
+        assert!(
+            !matches!(sent, Before::Fetch(_)),
+            "x would send rt-2 while y holds the lease"
+        );
+        // What x wrote back is what y, the holder, sends.
+        match y.before_fetch(true).await {
+            Before::Fetch(Some(newer)) => assert_eq!(rt(&newer), "rt-2"),
+            other => panic!("y: {}", matches!(other, Before::Wait(_))),
         }
     }
 

@@ -359,7 +359,9 @@ impl TokenState {
             #[cfg(dpop)]
             Some(jkt) => {
                 let key = crate::DpopKey::with_thumbprint(jkt)?;
-                Some(certificate(builder.dpop_type().build().ok()?.bind_dpop(&key)))
+                Some(certificate(
+                    builder.dpop_type().build().ok()?.bind_dpop(&key),
+                ))
             }
             #[cfg(not(dpop))]
             Some(_) => None,
