@@ -95,9 +95,16 @@ const RESERVED_PARAMS: &[&str] = &[
     "device_code",
 ];
 
-/// A configured token endpoint. Cheap to clone.
+/// A configured token endpoint. Cheap to clone: every grant of an
+/// [`OAuthClient`](crate::OAuthClient) (one per caller in a proxy) shares
+/// its settings.
 #[derive(Clone)]
 pub struct TokenEndpoint {
+    settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+struct Settings {
     url: Url,
     client_id: String,
     uri: http::Uri,
@@ -125,9 +132,9 @@ pub struct TokenEndpoint {
 impl std::fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenEndpoint")
-            .field("url", &self.url.as_str())
-            .field("timeout", &self.timeout)
-            .field("max_body", &self.max_body)
+            .field("url", &self.settings.url.as_str())
+            .field("timeout", &self.settings.timeout)
+            .field("max_body", &self.settings.max_body)
             .finish_non_exhaustive()
     }
 }
@@ -140,40 +147,40 @@ impl TokenEndpoint {
 
     /// The token URL.
     pub fn url(&self) -> &Url {
-        &self.url
+        &self.settings.url
     }
 
     /// The client identifier.
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        &self.settings.client_id
     }
 
     /// The SHA-256 thumbprint (`x5t#S256`) of the client certificate the
     /// builder was given (`client_certificate`), which the token requests
     /// present; see [`Token::x5t_s256`].
     pub fn client_certificate_x5t_s256(&self) -> Option<&str> {
-        self.x5t_s256.as_deref()
+        self.settings.x5t_s256.as_deref()
     }
 
     /// Accepts `token_type: N_A` answers (RFC 8693 §2.2.1), for a token
     /// exchange that asks for something other than an access token.
     pub(crate) fn accept_not_applicable(&mut self, accept: bool) {
-        self.leniency.not_applicable = accept;
+        Arc::make_mut(&mut self.settings).leniency.not_applicable = accept;
     }
 
     /// The store key of `flow` with `scopes` at this endpoint, with its
     /// extra parameters: the grant adds what else it sends.
     pub(crate) fn store_key(&self, flow: &str, scopes: &[String]) -> crate::store::StoreKeyBuilder {
         let mut key = crate::StoreKey::builder(flow)
-            .client_id(&self.client_id)
-            .token_url(self.url.as_str())
+            .client_id(&self.settings.client_id)
+            .token_url(self.settings.url.as_str())
             .scopes(scopes);
-        for (name, value) in &self.extra_params {
+        for (name, value) in &self.settings.extra_params {
             key = key.param(name, value);
         }
         // Tokens bound to one client certificate are no use to a process
         // presenting another (a certificate being rotated): apart in a store.
-        if let Some(x5t) = &self.x5t_s256 {
+        if let Some(x5t) = &self.settings.x5t_s256 {
             key = key.param("x5t#S256", &**x5t);
         }
         key
@@ -181,19 +188,19 @@ impl TokenEndpoint {
 
     /// The revocation endpoint, when one was set or discovered.
     pub fn revocation_url(&self) -> Option<&Url> {
-        self.revocation.as_ref().map(|(url, _)| url)
+        self.settings.revocation.as_ref().map(|(url, _)| url)
     }
 
     /// The pushed authorization request endpoint, when one was set or
     /// discovered.
     pub fn par_url(&self) -> Option<&Url> {
-        self.par.as_ref().map(|(url, _)| url)
+        self.settings.par.as_ref().map(|(url, _)| url)
     }
 
     /// The device authorization endpoint (RFC 8628), when one was set or
     /// discovered.
     pub fn device_authorization_url(&self) -> Option<&Url> {
-        self.device.as_ref().map(|(url, _)| url)
+        self.settings.device.as_ref().map(|(url, _)| url)
     }
 
     /// Posts a device authorization request (RFC 8628 §3.1) and returns the
@@ -202,7 +209,7 @@ impl TokenEndpoint {
         &self,
         params: &[(&str, &str)],
     ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-        let (url, uri) = self.device.as_ref().ok_or_else(|| {
+        let (url, uri) = self.settings.device.as_ref().ok_or_else(|| {
             Error::config(
                 "no device authorization endpoint: set device_authorization_url, or give metadata naming one",
             )
@@ -243,7 +250,7 @@ impl TokenEndpoint {
         token: &SecretString,
         hint: Option<TokenTypeHint>,
     ) -> Result<(), Error> {
-        let (url, uri) = self.revocation.as_ref().ok_or_else(|| {
+        let (url, uri) = self.settings.revocation.as_ref().ok_or_else(|| {
             Error::config("no revocation endpoint: set revocation_url, or give metadata naming one")
         })?;
         let mut params = vec![("token", crate::token::expose(token))];
@@ -280,7 +287,7 @@ impl TokenEndpoint {
         &self,
         params: &[(&str, &str)],
     ) -> Result<(String, Duration), Error> {
-        let (url, uri) = self.par.as_ref().ok_or_else(|| {
+        let (url, uri) = self.settings.par.as_ref().ok_or_else(|| {
             Error::config(
                 "no pushed authorization request endpoint: set par_url, or give metadata naming one",
             )
@@ -322,9 +329,12 @@ impl TokenEndpoint {
     ) -> Result<transport::Answer, Error> {
         // The assertion's audience stays the token URL (or the configured
         // one): servers accept it at every endpoint that authenticates.
-        let auth = tokio::time::timeout(self.timeout, self.auth.for_request(&self.url))
-            .await
-            .unwrap_or_else(|_| Err(Error::timeout(self.timeout)))?;
+        let auth = tokio::time::timeout(
+            self.settings.timeout,
+            self.settings.auth.for_request(&self.settings.url),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Error::timeout(self.settings.timeout)))?;
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.extend_pairs(params);
@@ -345,14 +355,17 @@ impl TokenEndpoint {
         }
         tracing::debug!(target: "tower_oauth2", %url, what, "request");
         match self
+            .settings
             .transport
-            .send(request, self.timeout, self.max_body)
+            .send(request, self.settings.timeout, self.settings.max_body)
             .await
         {
             Ok(answer) => Ok(answer),
-            Err(Failure::TooLarge { status, headers }) => {
-                Err(too_large(status, self.max_body, retry_after(&headers)))
-            }
+            Err(Failure::TooLarge { status, headers }) => Err(too_large(
+                status,
+                self.settings.max_body,
+                retry_after(&headers),
+            )),
             Err(Failure::Error(error)) => Err(error),
         }
     }
@@ -388,7 +401,7 @@ impl TokenEndpoint {
         requested_scopes: &[String],
     ) -> Result<Token, Refused> {
         #[cfg(dpop)]
-        if let Some((key, htu)) = &self.dpop {
+        if let Some((key, htu)) = &self.settings.dpop {
             let sent_nonce = key.nonce(htu.origin());
             let result = match self.attempt(params, requested_scopes).await {
                 // RFC 9449 §8: the server wants a nonce, and gave a new one.
@@ -422,9 +435,12 @@ impl TokenEndpoint {
             .map_or("", |(_, value)| *value);
         // Per request: a client assertion is fresh every time, retries too.
         // A callback that hangs is bounded like the request it is for.
-        let auth = tokio::time::timeout(self.timeout, self.auth.for_request(&self.url))
-            .await
-            .unwrap_or_else(|_| Err(Error::timeout(self.timeout)));
+        let auth = tokio::time::timeout(
+            self.settings.timeout,
+            self.settings.auth.for_request(&self.settings.url),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Error::timeout(self.settings.timeout)));
         let auth = match auth {
             Ok(auth) => auth,
             Err(error) => {
@@ -435,14 +451,14 @@ impl TokenEndpoint {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.extend_pairs(params);
-            form.extend_pairs(&self.extra_params);
+            form.extend_pairs(&self.settings.extra_params);
             auth.append_to(&mut form);
             form.finish()
         };
 
         let mut request = http::Request::new(body);
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = self.settings.uri.clone();
         let headers = request.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -453,7 +469,7 @@ impl TokenEndpoint {
             headers.insert(header::AUTHORIZATION, value.clone());
         }
         #[cfg(dpop)]
-        if let Some((key, htu)) = &self.dpop {
+        if let Some((key, htu)) = &self.settings.dpop {
             match key.token_request_proof(htu) {
                 Ok(proof) => {
                     headers.insert(crate::dpop::DPOP, proof);
@@ -463,11 +479,11 @@ impl TokenEndpoint {
         }
 
         let sent_at = clock::now();
-        tracing::debug!(target: "tower_oauth2", url = %self.url, grant_type, "token request");
+        tracing::debug!(target: "tower_oauth2", url = %self.settings.url, grant_type, "token request");
         let result = self
             .send(request, sent_at, requested_scopes)
             .await
-            .map(|token| match &self.x5t_s256 {
+            .map(|token| match &self.settings.x5t_s256 {
                 Some(x5t) => token.bind_certificate(x5t.clone()),
                 None => token,
             });
@@ -508,20 +524,21 @@ impl TokenEndpoint {
         requested_scopes: &[String],
     ) -> Result<Token, Refused> {
         let answer = match self
+            .settings
             .transport
-            .send(request, self.timeout, self.max_body)
+            .send(request, self.settings.timeout, self.settings.max_body)
             .await
         {
             Ok(answer) => answer,
             Err(Failure::TooLarge { status, headers }) => {
                 let retry_after = retry_after(&headers);
-                return Err(too_large(status, self.max_body, retry_after).into());
+                return Err(too_large(status, self.settings.max_body, retry_after).into());
             }
             Err(Failure::Error(error)) => return Err(error.into()),
         };
         let retry_after = retry_after(&answer.headers);
         #[cfg(dpop)]
-        if let Some((key, htu)) = &self.dpop {
+        if let Some((key, htu)) = &self.settings.dpop {
             key.remember_nonce(htu.origin(), &answer.headers);
         }
         response::parse(
@@ -529,7 +546,7 @@ impl TokenEndpoint {
             &answer.body,
             sent_at,
             requested_scopes,
-            self.leniency,
+            self.settings.leniency,
         )
         .map_err(|refused| Refused {
             error: refused.error.with_retry_after_opt(retry_after),
@@ -924,24 +941,26 @@ impl EndpointSettings {
             leniency.dpop = dpop.is_some();
         }
         Ok(TokenEndpoint {
-            #[cfg(dpop)]
-            dpop,
-            url,
-            uri,
-            client_id,
-            auth,
-            transport,
-            timeout,
-            max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
-            extra_params: self.extra_params,
-            leniency,
-            revocation,
-            par,
-            device,
-            x5t_s256: self
-                .client_identity
-                .as_ref()
-                .map(|identity| Arc::from(identity.x5t_s256())),
+            settings: Arc::new(Settings {
+                #[cfg(dpop)]
+                dpop,
+                url,
+                uri,
+                client_id,
+                auth,
+                transport,
+                timeout,
+                max_body: self.max_body.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+                extra_params: self.extra_params,
+                leniency,
+                revocation,
+                par,
+                device,
+                x5t_s256: self
+                    .client_identity
+                    .as_ref()
+                    .map(|identity| Arc::from(identity.x5t_s256())),
+            }),
         })
     }
 }
