@@ -165,7 +165,10 @@ impl TokenEndpoint {
     /// Accepts `token_type: N_A` answers (RFC 8693 §2.2.1), for a token
     /// exchange that asks for something other than an access token.
     pub(crate) fn accept_not_applicable(&mut self, accept: bool) {
-        Arc::make_mut(&mut self.settings).leniency.not_applicable = accept;
+        // Copied only when it changes: the grants of one client share them.
+        if self.settings.leniency.not_applicable != accept {
+            Arc::make_mut(&mut self.settings).leniency.not_applicable = accept;
+        }
     }
 
     /// The store key of `flow` with `scopes` at this endpoint, with its
