@@ -222,8 +222,8 @@ impl TokenCache {
     ///
     /// # Panics
     ///
-    /// When called outside a Tokio runtime: the cache spawns its background
-    /// task on the current runtime.
+    /// When called outside a Tokio runtime: the cache's background task
+    /// runs on the current runtime (started when a token is first asked for).
     pub fn new<S: TokenSource>(source: S) -> Self {
         Self::with_policy(source, RefreshPolicy::default())
     }
