@@ -1792,6 +1792,139 @@ async fn mtls_through_a_client_of_your_own() {
     assert_eq!(info["cnf"]["x5t#S256"], presenting.x5t_s256(), "{info}");
 }
 
+/// A TLS connection for hyper-util's client: a rustls stream over TCP
+/// that presents the client certificate (what hyper-rustls does, written
+/// out with the test's own dependencies).
+struct MtlsStream(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for MtlsStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for MtlsStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for MtlsStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+/// A hyper-util client whose connections trust the test CA and present
+/// `cert`: the application's own transport, holding the private key.
+fn hyper_presenting(
+    pki: &Pki,
+    cert: &Pem,
+) -> hyper_util::client::legacy::Client<
+    tower::util::BoxCloneSyncService<
+        http::Uri,
+        hyper_util::rt::TokioIo<MtlsStream>,
+        std::io::Error,
+    >,
+    String,
+> {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(cert.cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(MtlsStream(tls)))
+        }
+    });
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(tower::util::BoxCloneSyncService::new(connect))
+}
+
+/// The certificate presented by a hyper-util transport of the
+/// application's own (rustls with the client certificate): the grant is
+/// given only the certificate, for the thumbprint.
+#[tokio::test]
+async fn mtls_through_a_hyper_transport() {
+    let pki = Pki::new();
+    let provider = Provider::start_with(Some(&pki));
+    let metadata = provider.metadata().await;
+    let alias = metadata.mtls_endpoint_alias("token_endpoint").unwrap();
+    let public = ClientIdentity::from_certificate_pem(pki.self_signed.cert.as_bytes()).unwrap();
+    let mut grant = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-self-signed")
+        .auth_method(AuthMethod::SelfSignedTlsClientAuth)
+        .client_certificate(public.clone())
+        .transport(hyper_presenting(&pki, &pki.self_signed))
+        .scope("api.read")
+        .build()
+        .unwrap();
+    let token = grant.fetch().await.unwrap();
+    assert_eq!(token.x5t_s256(), Some(public.x5t_s256()));
+    let info = provider.introspect(&secret_of(&token)).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["cnf"]["x5t#S256"], public.x5t_s256(), "{info}");
+    // Another certificate on the same transport: refused, typed.
+    let mut wrong = ClientCredentials::builder()
+        .token_url(alias.as_str())
+        .client_id("mtls-self-signed")
+        .auth_method(AuthMethod::SelfSignedTlsClientAuth)
+        .transport(hyper_presenting(&pki, &pki.stranger))
+        .build()
+        .unwrap();
+    let error = wrong.fetch().await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        &ErrorKind::OAuth(OAuthErrorCode::InvalidClient),
+        "{error}"
+    );
+}
+
 /// The thumbprint of the certificate a request's connection presented.
 #[derive(Clone)]
 struct Presented(Option<String>);
