@@ -34,6 +34,7 @@ pub struct Token {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     id: u64,
     access_token: SecretString,
@@ -150,22 +151,8 @@ impl Token {
         if !self.inner.dpop_type {
             return self;
         }
-        let inner = &self.inner;
-        let binding = crate::dpop::Binding::new(key.clone(), expose(&inner.access_token));
-        Token {
-            inner: Arc::new(Inner {
-                id: inner.id,
-                access_token: inner.access_token.clone(),
-                header: inner.header.clone(),
-                refresh_token: inner.refresh_token.clone(),
-                scopes: inner.scopes.clone(),
-                expires_in: inner.expires_in,
-                issued_at: inner.issued_at,
-                dpop_type: true,
-                dpop: Some(Arc::new(binding)),
-                x5t_s256: inner.x5t_s256.clone(),
-            }),
-        }
+        let binding = crate::dpop::Binding::new(key.clone(), expose(&self.inner.access_token));
+        self.with(|inner| inner.dpop = Some(Arc::new(binding)))
     }
 
     /// The SHA-256 thumbprint (`x5t#S256`, base64url) of the client
@@ -198,42 +185,22 @@ impl Token {
 
     /// The same token with the refresh token set to `refresh_token`.
     pub(crate) fn with_refresh_token(self, refresh_token: Option<SecretString>) -> Token {
-        let inner = &self.inner;
-        Token {
-            inner: Arc::new(Inner {
-                id: inner.id,
-                access_token: inner.access_token.clone(),
-                header: inner.header.clone(),
-                refresh_token,
-                scopes: inner.scopes.clone(),
-                expires_in: inner.expires_in,
-                issued_at: inner.issued_at,
-                dpop_type: inner.dpop_type,
-                #[cfg(dpop)]
-                dpop: inner.dpop.clone(),
-                x5t_s256: inner.x5t_s256.clone(),
-            }),
-        }
+        self.with(|inner| inner.refresh_token = refresh_token)
     }
 
     /// The same token, obtained over a connection that presented the
     /// client certificate with thumbprint `x5t_s256`.
     pub(crate) fn bind_certificate(self, x5t_s256: Arc<str>) -> Token {
-        let inner = &self.inner;
+        self.with(|inner| inner.x5t_s256 = Some(x5t_s256))
+    }
+
+    /// The same token (same id) with `change` made: copied only if another
+    /// handle shares it.
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Token {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        change(&mut inner);
         Token {
-            inner: Arc::new(Inner {
-                id: inner.id,
-                access_token: inner.access_token.clone(),
-                header: inner.header.clone(),
-                refresh_token: inner.refresh_token.clone(),
-                scopes: inner.scopes.clone(),
-                expires_in: inner.expires_in,
-                issued_at: inner.issued_at,
-                dpop_type: inner.dpop_type,
-                #[cfg(dpop)]
-                dpop: inner.dpop.clone(),
-                x5t_s256: Some(x5t_s256),
-            }),
+            inner: Arc::new(inner),
         }
     }
 }

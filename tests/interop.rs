@@ -528,28 +528,8 @@ async fn short_lived_tokens_under_concurrent_traffic() {
     let cache = TokenCache::new(grant);
     let lifetimes = 10;
     let run_for = Duration::from_secs(2 * lifetimes + 1);
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (mut client, url) = (api_client(&cache), url.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
-                let end = tokio::time::Instant::now() + run_for;
-                while tokio::time::Instant::now() < end {
-                    match call(&mut client, &url).await {
-                        StatusCode::OK => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for worker in workers {
-        let (o, f) = worker.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let clients = (0..4).map(|_| api_client(&cache)).collect();
+    let (ok, failed) = traffic_through(clients, &url, run_for).await;
     let token_requests = provider.token_requests("cc-short").await;
     let stats = cache.stats();
     println!("{ok} requests, {failed} failed, {token_requests} token requests, {stats:?}");
@@ -1208,14 +1188,36 @@ const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// Calls `url` through the layer from two tasks for `run_for`: (ok, failed).
 async fn traffic(cache: &TokenCache, url: &str, run_for: Duration) -> (usize, usize) {
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (mut client, url) = (api_client(cache), url.to_owned());
+    traffic_through((0..2).map(|_| api_client(cache)).collect(), url, run_for).await
+}
+
+/// An API client the traffic tests drive: the status of one GET.
+trait Caller: Send + 'static {
+    fn status(&mut self, url: &str) -> impl std::future::Future<Output = StatusCode> + Send;
+}
+
+impl Caller for ApiClient {
+    fn status(&mut self, url: &str) -> impl std::future::Future<Output = StatusCode> + Send {
+        call(self, url)
+    }
+}
+
+/// Calls `url` from one task per client, each for `run_for`: (answered
+/// 200, anything else).
+async fn traffic_through<C: Caller>(
+    clients: Vec<C>,
+    url: &str,
+    run_for: Duration,
+) -> (usize, usize) {
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let url = url.to_owned();
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, 0);
                 let end = tokio::time::Instant::now() + run_for;
                 while tokio::time::Instant::now() < end {
-                    match call(&mut client, &url).await {
+                    match client.status(&url).await {
                         StatusCode::OK => ok += 1,
                         _ => failed += 1,
                     }
@@ -2123,6 +2125,12 @@ async fn call_reqwest(client: &mut MtlsApiClient, url: &str) -> StatusCode {
     status
 }
 
+impl Caller for MtlsApiClient {
+    fn status(&mut self, url: &str) -> impl std::future::Future<Output = StatusCode> + Send {
+        call_reqwest(self, url)
+    }
+}
+
 /// 2-second certificate-bound tokens through `TokenCache` and the layer,
 /// refreshed under traffic from four workers, against a resource server
 /// that serves a token only over a connection presenting the certificate
@@ -2139,32 +2147,15 @@ async fn mtls_bound_short_lived_tokens_under_concurrent_traffic() {
     let api = reqwest_presenting(&pki, Some(&identity));
     let lifetimes = 10;
     let run_for = Duration::from_secs(2 * lifetimes + 1);
-    let workers: Vec<_> = (0..4)
+    let clients: Vec<MtlsApiClient> = (0..4)
         .map(|_| {
-            let mut client: MtlsApiClient = tower::ServiceBuilder::new()
+            tower::ServiceBuilder::new()
                 .retry(tower_oauth2::Replay::new())
                 .layer(BearerAuthLayer::new(cache.clone()))
-                .service(api.clone());
-            let url = url.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
-                let end = tokio::time::Instant::now() + run_for;
-                while tokio::time::Instant::now() < end {
-                    match call_reqwest(&mut client, &url).await {
-                        StatusCode::OK => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
+                .service(api.clone())
         })
         .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for worker in workers {
-        let (o, f) = worker.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = traffic_through(clients, &url, run_for).await;
     let token_requests = provider.token_requests("mtls-short").await;
     let stats = cache.stats();
     println!("{ok} requests, {failed} failed, {token_requests} token requests, {stats:?}");
